@@ -1,0 +1,131 @@
+"""Wire names and defaults shared with the original Node.js implementation.
+
+Everything a Node worker on the same bus must agree with lives here, so the
+compatibility contract can be read in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Default worker namespace; channels are ``<namespace>:<service>``.
+DEFAULT_NAMESPACE: Final = "ipc"
+#: The broadcast target and the channel suffix every worker subscribes to.
+BROADCAST: Final = "broadcast"
+#: The Bridge's own service name on the bus.
+BRIDGE_SERVICE: Final = "exprsn-bridge"
+#: The original CRUD/JSONLex helpers default to this target; the Bridge serves it too.
+BRIDGE_ALIAS: Final = "bridge"
+
+#: Envelope keys in the order the original's ``JSON.stringify`` writes them.
+ENVELOPE_KEYS: Final = (
+    "event",
+    "data",
+    "source",
+    "target",
+    "operation",
+    "token",
+    "requireAck",
+    "timestamp",
+    "metadata",
+)
+
+#: Broker token claims in the order the original signs them (no ``iat``).
+TOKEN_CLAIMS: Final = (
+    "id",
+    "type",
+    "version",
+    "source",
+    "target",
+    "operation",
+    "exp",
+    "stateful",
+    "stateKey",
+    "rateLimitExempt",
+    "authBypass",
+    "data",
+    "metadata",
+)
+TOKEN_TYPE: Final = "broker"
+TOKEN_VERSION: Final = "1.0"
+
+#: Registry key prefix (full name as stored, i.e. after ioredis' ``ipc:data:`` prefix).
+REGISTRY_PREFIX: Final = "ipc:data:services:"
+#: Registry entries live this long (seconds) ...
+REGISTRY_TTL_S: Final = 60
+#: ... and are refreshed this often (seconds).
+REGISTRY_REFRESH_S: Final = 30
+#: Token metadata / revocation records, where the original's ``isRevoked`` reads them.
+TOKEN_KEY_PREFIX: Final = "ipc:data:token:"
+#: State of stateful tokens.
+STATE_KEY_PREFIX: Final = "ipc:data:state:"
+#: How long a revocation record is kept (the original's SETEX 86400).
+REVOCATION_TTL_S: Final = 86_400
+
+#: Events that are only ever delivered inside the process (DESIGN fix 1).
+LOCAL_EVENTS: Final = frozenset(
+    {
+        "ready",
+        "error",
+        "sent",
+        "received",
+        "handler-error",
+        "subscribed",
+        "unsubscribed",
+        "disconnected",
+    }
+)
+#: Names Socket.IO reserves; they cannot travel as IPC events.
+RESERVED_EVENTS: Final = frozenset(
+    {
+        "connect",
+        "connect_error",
+        "disconnect",
+        "disconnecting",
+        "newListener",
+        "removeListener",
+        "message",
+    }
+)
+
+#: The 19 services the original knows, with the ports its certificate script prints.
+KNOWN_SERVICES: Final[dict[str, int]] = {
+    "exprsn-ca": 3000,
+    "exprsn-auth": 3001,
+    "exprsn-spark": 3002,
+    "exprsn-timeline": 3004,
+    "exprsn-prefetch": 3005,
+    "exprsn-moderator": 3006,
+    "exprsn-filevault": 3007,
+    "exprsn-gallery": 3008,
+    "exprsn-live": 3009,
+    "exprsn-bridge": 3010,
+    "exprsn-nexus": 3011,
+    "exprsn-pulse": 3012,
+    "exprsn-vault": 3013,
+    "exprsn-herald": 3014,
+    "exprsn-setup": 3015,
+    "exprsn-workflow": 3017,
+    "exprsn-payments": 3018,
+    "exprsn-atlas": 3019,
+    "exprsn-svr": 5001,
+}
+
+#: Request/reply: the reply event and the metadata keys that correlate it.
+REPLY_EVENT: Final = "ipc:reply"
+ACK_EVENT: Final = "ack"
+
+
+def channel_for(target: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The pub/sub channel a message for ``target`` is published on."""
+    return f"{namespace}:{target}"
+
+
+def full_service_name(name: str) -> str:
+    """``timeline`` → ``exprsn-timeline``; full names are returned unchanged."""
+    return name if name.startswith("exprsn-") else f"exprsn-{name}"
+
+
+def short_service_name(name: str) -> str:
+    """``exprsn-timeline`` → ``timeline``; short names are returned unchanged."""
+    return name.removeprefix("exprsn-")

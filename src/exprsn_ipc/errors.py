@@ -1,0 +1,167 @@
+"""One exception hierarchy for exprsn-ipc.
+
+Every error raised by this package is an :class:`IPCError`. Subclasses also
+inherit the builtin they resemble, so callers may catch either
+``IPCError``/``TokenError`` or ``ValueError``/``TimeoutError``. Each class has a
+stable machine-readable ``code`` (the string used in counters, ``ipc:error``
+payloads and ack callbacks).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BufferFullError",
+    "CertificateError",
+    "ConfigError",
+    "EnvelopeError",
+    "HandlerError",
+    "IPCError",
+    "JSONLexError",
+    "NoReceiversError",
+    "NotConnectedError",
+    "PayloadTooLargeError",
+    "RateLimitError",
+    "RemoteError",
+    "RequestTimeoutError",
+    "ServerStartError",
+    "TokenBindingError",
+    "TokenError",
+    "TokenExpiredError",
+    "TokenRevokedError",
+    "TransportError",
+]
+
+
+class IPCError(Exception):
+    """Base class of every exprsn-ipc error."""
+
+    code: str = "IPC_ERROR"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(IPCError, ValueError):
+    """A setting is missing or has a bad value; the message names the variable."""
+
+    code = "CONFIG_ERROR"
+
+
+class EnvelopeError(IPCError, ValueError):
+    """A message envelope is malformed: not JSON, wrong types, missing fields."""
+
+    code = "INVALID_MESSAGE"
+
+
+class PayloadTooLargeError(EnvelopeError):
+    """A message is larger than the configured limit."""
+
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class TokenError(IPCError, ValueError):
+    """A broker token is malformed, forged or otherwise invalid."""
+
+    code = "INVALID_TOKEN"
+
+
+class TokenExpiredError(TokenError):
+    """A broker token's ``exp`` is in the past."""
+
+    code = "TOKEN_EXPIRED"
+
+
+class TokenRevokedError(TokenError):
+    """A broker token was revoked."""
+
+    code = "TOKEN_REVOKED"
+
+
+class TokenBindingError(TokenError):
+    """The envelope's event, source, target or data differ from the signed claims."""
+
+    code = "TOKEN_MISMATCH"
+
+
+class AuthError(IPCError, PermissionError):
+    """A caller is not authenticated or not allowed."""
+
+    code = "UNAUTHORIZED"
+
+
+class RateLimitError(IPCError):
+    """A service exceeded its IPC rate limit."""
+
+    code = "RATE_LIMIT_EXCEEDED"
+
+
+class JSONLexError(IPCError, ValueError):
+    """A JSONLex expression failed; ``path`` locates the failing node."""
+
+    code = "JSONLEX_ERROR"
+
+    def __init__(self, message: str, *, path: str = "$") -> None:
+        super().__init__(f"{message} (at {path})")
+        self.path = path
+        self.reason = message
+
+
+class TransportError(IPCError, ConnectionError):
+    """The transport (Redis, the Bridge, the in-memory bus) failed."""
+
+    code = "TRANSPORT_ERROR"
+
+
+class NotConnectedError(TransportError):
+    """The worker is not started or already disconnected."""
+
+    code = "NOT_CONNECTED"
+
+
+class BufferFullError(TransportError):
+    """The offline emit buffer of the bridge transport is full."""
+
+    code = "BUFFER_FULL"
+
+
+class NoReceiversError(IPCError, LookupError):
+    """Nobody is subscribed to the target of a request."""
+
+    code = "NO_RECEIVERS"
+
+
+class RequestTimeoutError(IPCError, TimeoutError):
+    """No reply arrived within the request's timeout."""
+
+    code = "REQUEST_TIMEOUT"
+
+
+class RemoteError(IPCError):
+    """The serving side of a request, CRUD call or JSONLex call reported an error."""
+
+    code = "REMOTE_ERROR"
+
+
+class HandlerError(IPCError):
+    """A message handler raised; wraps the original exception as ``__cause__``."""
+
+    code = "HANDLER_ERROR"
+
+
+class CertificateError(IPCError, OSError):
+    """A certificate is missing, unreadable, expired or does not chain to the CA."""
+
+    code = "CERTIFICATE_ERROR"
+
+
+class ServerStartError(IPCError, OSError):
+    """A server could not start, for example because its port is in use."""
+
+    code = "SERVER_START_FAILED"

@@ -1,0 +1,255 @@
+"""The one settings object, read from the environment and ``.env``.
+
+Build it once at the edge (``Settings.load()``, the CLI, or your app's start-up)
+and pass it down; library code never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["MIN_KEY_BYTES", "Settings", "load_or_create_key_file"]
+
+log = logging.getLogger(__name__)
+
+#: A broker key shorter than this is refused outside development (HS256 wants ≥ 256 bits).
+MIN_KEY_BYTES = 32
+
+TransportName = Literal["bridge", "redis", "memory"]
+
+
+class Settings(BaseSettings):
+    """Every variable of the migration guide, plus the ones exprsn-ipc adds.
+
+    Field names are the environment variable names in lower case
+    (``IPC_RATE_MAX`` → ``ipc_rate_max``). ``docs/configuration.md`` lists them all.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # Environment ------------------------------------------------------------
+    node_env: str | None = None
+    log_level: str = "INFO"
+
+    # TLS ----------------------------------------------------------------------
+    tls_enabled: bool = True
+    certs_dir: Path = Path("certs")
+
+    # Broker tokens ------------------------------------------------------------
+    ipc_broker_key: SecretStr | None = None
+    ipc_key_file: Path = Path(".exprsn-ipc/broker.key")
+    ipc_token_ttl: int = Field(300, gt=0)
+    ipc_bypass_auth: bool = True
+
+    # Rate limits --------------------------------------------------------------
+    ipc_rate_limit: bool = True
+    ipc_rate_window: int = Field(60_000, gt=0)
+    ipc_rate_max: int = Field(1000, gt=0)
+
+    # Development bypass -------------------------------------------------------
+    dev_bypass: bool = False
+
+    # Redis --------------------------------------------------------------------
+    redis_url: str | None = None
+    redis_host: str = "localhost"
+    redis_port: int = Field(6379, gt=0, lt=65536)
+    redis_password: SecretStr | None = None
+    redis_db: int = Field(0, ge=0)
+
+    # Bridge -------------------------------------------------------------------
+    bridge_url: str = "https://localhost:3010"
+    bridge_host: str = "127.0.0.1"
+    bridge_port: int = Field(3010, gt=0, lt=65536)
+    bridge_http_port: int | None = Field(None, gt=0, lt=65536)
+    cors_origin: str | None = None
+    ipc_allowed_services: str | None = None
+
+    # Worker -------------------------------------------------------------------
+    ipc_transport: TransportName = "bridge"
+    ipc_max_message_bytes: int = Field(1_048_576, gt=0)
+    ipc_max_concurrency: int = Field(64, gt=0)
+    ipc_request_timeout: float = Field(5.0, gt=0)
+    ipc_drain_timeout: float = Field(10.0, ge=0)
+    ipc_emit_buffer: int = Field(1000, ge=0)
+    ipc_tls_verify: bool = True
+
+    @field_validator("node_env", "redis_url", "cors_origin", "ipc_allowed_services", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("ipc_broker_key", "redis_password", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value:
+            return None
+        return value
+
+    # Derived ------------------------------------------------------------------
+    @property
+    def environment(self) -> str:
+        """``NODE_ENV``, or ``development`` when unset (Express' rule).
+
+        Only conveniences follow this (a generated, persisted broker key). The
+        development bypass needs ``NODE_ENV=development`` spelled out:
+        see :attr:`bypass_enabled`.
+        """
+        return self.node_env if self.node_env is not None else "development"
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment == "development"
+
+    @property
+    def is_production(self) -> bool:
+        return self.node_env == "production"
+
+    @property
+    def bypass_requested(self) -> bool:
+        return self.dev_bypass
+
+    @property
+    def bypass_enabled(self) -> bool:
+        """True only with ``NODE_ENV=development`` exactly and ``DEV_BYPASS=true``.
+
+        The caller must still check that the peer is on loopback.
+        """
+        return self.node_env == "development" and self.dev_bypass
+
+    @property
+    def auth_bypass_claim(self) -> bool:
+        """The original's ``authBypass`` token claim (informational only)."""
+        return self.node_env != "production" and self.ipc_bypass_auth
+
+    @property
+    def broker_key_bytes(self) -> bytes:
+        if self.ipc_broker_key is None:
+            raise ConfigError(
+                "IPC_BROKER_KEY is not set: run `exprsn-ipc init` to write one to .env"
+            )
+        return self.ipc_broker_key.get_secret_value().encode("utf-8")
+
+    @property
+    def effective_redis_url(self) -> str:
+        """``REDIS_URL``, or one built from ``REDIS_HOST/PORT/PASSWORD/DB``."""
+        if self.redis_url:
+            return self.redis_url
+        auth = ""
+        if self.redis_password is not None:
+            from urllib.parse import quote
+
+            auth = f":{quote(self.redis_password.get_secret_value(), safe='')}@"
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @property
+    def redis_configured(self) -> bool:
+        """Redis is used by the Bridge when ``REDIS_URL`` is set."""
+        return self.redis_url is not None
+
+    @property
+    def allowed_services(self) -> frozenset[str] | None:
+        if self.ipc_allowed_services is None:
+            return None
+        return frozenset(s.strip() for s in self.ipc_allowed_services.split(",") if s.strip())
+
+    @property
+    def cors_origins(self) -> list[str]:
+        if self.cors_origin is None:
+            return []
+        return [o.strip() for o in self.cors_origin.split(",") if o.strip()]
+
+    # Construction -------------------------------------------------------------
+    @classmethod
+    def load(cls, *, env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+        """Read the environment (and ``env_file``), validate, and resolve the broker key.
+
+        Raises:
+            ConfigError: a variable has a bad value (the message names it), or the
+                broker key is missing or too short outside development.
+        """
+        try:
+            settings = cls(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            raise ConfigError(_describe_validation_error(exc)) from None
+        return settings.with_resolved_key()
+
+    def with_resolved_key(self) -> Settings:
+        """Return settings whose broker key is usable, generating one in development."""
+        key = self.ipc_broker_key
+        if key is None:
+            if not self.is_development:
+                raise ConfigError(
+                    f"IPC_BROKER_KEY is required when NODE_ENV={self.environment}: "
+                    "run `exprsn-ipc init` or set a key of at least 32 bytes"
+                )
+            generated = load_or_create_key_file(self.ipc_key_file)
+            return self.model_copy(update={"ipc_broker_key": SecretStr(generated)})
+        if len(key.get_secret_value().encode("utf-8")) < MIN_KEY_BYTES:
+            if not self.is_development:
+                raise ConfigError(
+                    f"IPC_BROKER_KEY is shorter than {MIN_KEY_BYTES} bytes; "
+                    "run `exprsn-ipc init --force` to generate a strong one"
+                )
+            log.warning("IPC_BROKER_KEY is shorter than %d bytes (allowed in development only)", MIN_KEY_BYTES)
+        if not self.ipc_tls_verify and not self.is_development:
+            raise ConfigError("IPC_TLS_VERIFY=false is allowed only with NODE_ENV=development")
+        return self
+
+
+def load_or_create_key_file(path: Path) -> str:
+    """Return the development key stored at ``path``, creating it exactly once.
+
+    Several processes may start together; ``O_EXCL`` makes one of them the
+    creator and the others read its key, so all share one key.
+    """
+    try:
+        text = path.read_text("utf-8").strip()
+    except FileNotFoundError:
+        text = ""
+    if text:
+        return text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    try:
+        # link() fails if another process won the race; then use its key.
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    text = path.read_text("utf-8").strip()
+    if text == key:
+        log.warning("generated a development broker key in %s (run `exprsn-ipc init` for a .env)", path)
+    return text
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+        value = err.get("input")
+        shown = "" if name in {"IPC_BROKER_KEY", "REDIS_PASSWORD"} else f" (got {value!r})"
+        parts.append(f"{name}: {err['msg']}{shown}")
+    return "invalid configuration: " + "; ".join(parts)

@@ -1,0 +1,694 @@
+"""``IPCWorker``: one per service process, the facade over a transport.
+
+It signs what it sends, verifies what it receives (target first, then the
+signature, then the envelope binding), runs handlers with bounded concurrency,
+and offers request/reply, CRUD and JSONLex calls on top of plain events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import jsonlex
+from .constants import (
+    ACK_EVENT,
+    BROADCAST,
+    BRIDGE_ALIAS,
+    BRIDGE_SERVICE,
+    DEFAULT_NAMESPACE,
+    LOCAL_EVENTS,
+    REPLY_EVENT,
+    channel_for,
+)
+from .envelope import MISSING, Envelope, validate_event_name, validate_service_name
+from .errors import (
+    EnvelopeError,
+    HandlerError,
+    IPCError,
+    NoReceiversError,
+    NotConnectedError,
+    PayloadTooLargeError,
+    RemoteError,
+    RequestTimeoutError,
+    TokenError,
+)
+from .handlers import Handler, LocalEmitter, MessageMeta, call_handler
+from .resources import ResourceTable
+from .settings import Settings
+from .tokens import BrokerTokenManager
+from .transport import Transport, create_transport
+
+__all__ = ["EmitResult", "IPCWorker", "WorkerStats"]
+
+log = logging.getLogger("exprsn_ipc.worker")
+
+H = TypeVar("H", bound=Handler)
+
+#: Request-style operations: the receiver answers with an ``ipc:reply``.
+_CRUD_EVENTS = {"crud:create": "create", "crud:read": "read", "crud:update": "update", "crud:delete": "delete"}
+_JSONLEX_EVENT = "jsonlex:execute"
+
+
+@dataclass(frozen=True, slots=True)
+class EmitResult:
+    """What :meth:`IPCWorker.emit` published and how many subscribers got it."""
+
+    envelope: Envelope
+    receivers: int
+    channel: str
+
+
+@dataclass
+class WorkerStats:
+    """Counters a worker keeps; ``rejected`` is keyed by error code."""
+
+    sent: int = 0
+    received: int = 0
+    handled: int = 0
+    handler_errors: int = 0
+    dropped: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "received": self.received,
+            "handled": self.handled,
+            "handler_errors": self.handler_errors,
+            "dropped": self.dropped,
+            "rejected": dict(self.rejected),
+        }
+
+
+class IPCWorker:
+    """A service's connection to the IPC bus.
+
+    Args:
+        service_name: the exact service name (``exprsn-timeline``).
+        namespace: channel prefix; ``ipc`` everywhere in the original.
+        settings: defaults to ``Settings.load()`` (environment and ``.env``).
+        transport: defaults to the one ``IPC_TRANSPORT`` names.
+        aliases: further targets this worker answers to (the Bridge answers ``bridge``).
+        max_concurrency: handlers running at once (``IPC_MAX_CONCURRENCY``).
+
+    Use ``async with IPCWorker(...) as ipc`` or ``await ipc.start()`` /
+    ``await ipc.disconnect()``; with FastAPI, ``FastAPI(lifespan=ipc.lifespan)``.
+    """
+
+    def __init__(
+        self,
+        service_name: str,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        settings: Settings | None = None,
+        transport: Transport | None = None,
+        aliases: tuple[str, ...] = (),
+        max_concurrency: int | None = None,
+    ) -> None:
+        self.service_name = validate_service_name(service_name)
+        self.namespace = namespace
+        self.settings = settings if settings is not None else Settings.load()
+        self.transport = transport if transport is not None else create_transport(self.settings)
+        self.tokens = BrokerTokenManager(
+            service_name=self.service_name,
+            settings=self.settings,
+            revocations=self.transport.revocations,
+            states=self.transport.states,
+        )
+        self.aliases = frozenset(aliases)
+        self.max_bytes = self.settings.ipc_max_message_bytes
+        self.max_concurrency = max_concurrency or self.settings.ipc_max_concurrency
+        self.stats = WorkerStats()
+        self.resources = ResourceTable()
+        self.serves_jsonlex = False
+        self._handlers: dict[str, list[Handler]] = {}
+        self._local = LocalEmitter(self.service_name)
+        self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._high_water = self.max_concurrency * 16
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._pending: dict[str, tuple[asyncio.Future[Any], str]] = {}
+        self._unprocessed = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._warned: set[str] = set()
+        self._started = False
+        self._closing = False
+        self._registered_at = 0
+
+    # Registration ---------------------------------------------------------------
+    def on(self, event: str, handler: H | None = None) -> Any:
+        """Register ``handler(data, meta)`` for ``event``; usable as a decorator.
+
+        Local events (``ready``, ``error``, ``sent``, ``received``,
+        ``handler-error``, ``subscribed``, ``unsubscribed``, ``disconnected``)
+        get in-process listeners; every other name is an IPC event.
+        """
+
+        def register(fn: H) -> H:
+            if event in LOCAL_EVENTS:
+                self._local.add(event, fn)
+            else:
+                validate_event_name(event)
+                self._handlers.setdefault(event, []).append(fn)
+            return fn
+
+        if handler is not None:
+            return register(handler)
+        return register
+
+    def off(self, event: str, handler: Handler | None = None) -> None:
+        """Remove one handler, or all handlers, of ``event``."""
+        if event in LOCAL_EVENTS:
+            self._local.remove(event, handler)
+        elif handler is None:
+            self._handlers.pop(event, None)
+        elif handler in self._handlers.get(event, []):
+            self._handlers[event].remove(handler)
+
+    def resource(self, name: str) -> Callable[[Any], Any]:
+        """Serve CRUD for ``name`` with a class or object having ``create``,
+        ``read``, ``update`` and/or ``delete`` methods (each sync or async)::
+
+            @ipc.resource("posts")
+            class Posts:
+                async def create(self, data, meta): ...
+                async def read(self, query, meta): ...
+                async def update(self, id, data, meta): ...
+                async def delete(self, id, meta): ...
+        """
+        return self.resources.decorator(name)
+
+    def serve_jsonlex(self, enabled: bool = True) -> None:
+        """Answer ``jsonlex:execute`` requests addressed to this worker."""
+        self.serves_jsonlex = enabled
+
+    # Lifecycle ------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._started and not self._closing
+
+    def registry_entry(self) -> dict[str, Any]:
+        now = time.time_ns() // 1_000_000
+        return {
+            "name": self.service_name,
+            "namespace": self.namespace,
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "registered": self._registered_at or now,
+            "lastSeen": now,
+            "resources": self.resources.names(),
+        }
+
+    async def start(self) -> IPCWorker:
+        """Connect, subscribe to ``ipc:<service>`` and ``ipc:broadcast``, register, emit ``ready``."""
+        if self._started:
+            return self
+        self._registered_at = time.time_ns() // 1_000_000
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name=f"ipc-dispatch:{self.service_name}")
+        channels = [self._channel(self.service_name), self._channel(BROADCAST)]
+        channels += [self._channel(alias) for alias in sorted(self.aliases)]
+        try:
+            await self.transport.connect(self, channels)
+        except BaseException:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+            self._dispatcher = None
+            raise
+        self._started = True
+        for channel in channels:
+            self._local.emit("subscribed", channel)
+        self._local.emit("ready")
+        return self
+
+    async def disconnect(self) -> None:
+        """Stop receiving, let running handlers finish (``IPC_DRAIN_TIMEOUT``), then close."""
+        if not self._started or self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(Exception):
+            await self.transport.stop_receiving()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=self.settings.ipc_drain_timeout)
+        except TimeoutError:
+            log.warning("%s: %d handlers still running after the drain timeout; cancelling", self.service_name, len(self._tasks))
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for future, _ in self._pending.values():
+            if not future.done():
+                future.set_exception(NotConnectedError(f"{self.service_name} disconnected before the reply"))
+        self._pending.clear()
+        try:
+            await self.transport.close()
+        finally:
+            self._started = False
+            self._local.emit("disconnected")
+            await self._local.close()
+
+    async def __aenter__(self) -> IPCWorker:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[dict[str, Any]]:
+        """A Starlette/FastAPI lifespan: starts the worker and puts it in
+        ``request.state.ipc`` (the guide's ``req.ipc``)."""
+        await self.start()
+        try:
+            yield {"ipc": self}
+        finally:
+            await self.disconnect()
+
+    # Sending --------------------------------------------------------------------
+    def _channel(self, target: str) -> str:
+        return channel_for(target, self.namespace)
+
+    def build_envelope(
+        self,
+        event: str,
+        data: Any = MISSING,
+        *,
+        target: str = BROADCAST,
+        operation: str = "event",
+        require_ack: bool = False,
+        ttl: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Envelope:
+        """Sign an envelope without publishing it."""
+        meta = dict(metadata or {})
+        claims = self.tokens.build_claims(
+            data,
+            target_service=target,
+            operation=operation,
+            ttl=ttl,
+            metadata={"event": event, **meta},
+        )
+        return Envelope(
+            event=event,
+            source=self.service_name,
+            target=target,
+            data=data,
+            operation=operation,
+            token=self.tokens.sign_claims(claims),
+            require_ack=require_ack,
+            metadata=meta,
+        )
+
+    async def emit(
+        self,
+        event: str,
+        data: Any = MISSING,
+        *,
+        target: str = BROADCAST,
+        require_ack: bool = False,
+        ttl: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        operation: str = "event",
+    ) -> EmitResult:
+        """Publish ``event`` to ``target`` (a service name or ``broadcast``).
+
+        Returns the signed envelope and the number of subscribers that got it
+        (0 means nobody was listening; plain pub/sub is at-most-once).
+
+        Raises:
+            EnvelopeError: bad event or target name, or data that is not JSON.
+            PayloadTooLargeError: the encoded envelope exceeds ``IPC_MAX_MESSAGE_BYTES``.
+            NotConnectedError: the worker is not started.
+        """
+        validate_event_name(event)
+        validate_service_name(target, allow_broadcast=True)
+        return await self._publish(
+            self.build_envelope(
+                event, data, target=target, operation=operation, require_ack=require_ack, ttl=ttl, metadata=metadata
+            )
+        )
+
+    async def _publish(self, envelope: Envelope) -> EmitResult:
+        if not self._started:
+            raise NotConnectedError(f"{self.service_name} is not started: call `await ipc.start()` first")
+        raw = envelope.encode()
+        if len(raw) > self.max_bytes:
+            raise PayloadTooLargeError(f"message of {len(raw)} bytes exceeds the limit of {self.max_bytes} bytes")
+        channel = self._channel(envelope.target)
+        receivers = await self.transport.publish(channel, raw)
+        self.stats.sent += 1
+        if self._local.has("sent"):
+            self._local.emit(
+                "sent", {"event": envelope.event, "target": envelope.target, "channel": channel, "receivers": receivers}
+            )
+        return EmitResult(envelope, receivers, channel)
+
+    async def request(
+        self,
+        target: str,
+        event: str,
+        data: Any = MISSING,
+        *,
+        timeout: float | None = None,
+        operation: str = "request",
+        metadata: dict[str, Any] | None = None,
+    ) -> Any:
+        """Send ``event`` to one service and return what its handler returned.
+
+        Raises:
+            NoReceiversError: nobody is subscribed to ``target`` (raised at once).
+            RequestTimeoutError: no reply within ``timeout`` (``IPC_REQUEST_TIMEOUT``).
+            RemoteError: the handler raised or there was no handler; ``code`` says which.
+        """
+        validate_event_name(event)
+        validate_service_name(target)
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        expected = BRIDGE_SERVICE if target == BRIDGE_ALIAS else target
+        self._pending[request_id] = (future, expected)
+        meta = {**(metadata or {}), "requestId": request_id}
+        try:
+            result = await self._publish(
+                self.build_envelope(event, data, target=target, operation=operation, metadata=meta)
+            )
+            if result.receivers == 0:
+                raise NoReceiversError(f"no service is listening on {result.channel}")
+            wait = self.settings.ipc_request_timeout if timeout is None else timeout
+            try:
+                return await asyncio.wait_for(future, timeout=wait)
+            except TimeoutError:
+                raise RequestTimeoutError(f"{target} did not answer {event!r} within {wait:g} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def create(self, resource: str, data: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None) -> Any:
+        """Create an item of ``resource`` on ``target``; returns the serving side's result."""
+        payload = {"resource": resource, "data": data, "operation": "create"}
+        return await self.request(target, "crud:create", payload, timeout=timeout, operation="crud")
+
+    async def read(self, resource: str, query: Any = None, *, target: str = BRIDGE_SERVICE, timeout: float | None = None) -> Any:
+        """Read items of ``resource`` (``query`` is an id or a filter object)."""
+        payload = {"resource": resource, "query": {} if query is None else query, "operation": "read"}
+        return await self.request(target, "crud:read", payload, timeout=timeout, operation="crud")
+
+    async def update(
+        self, resource: str, id: Any, data: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
+    ) -> Any:
+        """Update item ``id`` of ``resource``."""
+        payload = {"resource": resource, "id": id, "data": data, "operation": "update"}
+        return await self.request(target, "crud:update", payload, timeout=timeout, operation="crud")
+
+    async def delete(self, resource: str, id: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None) -> Any:
+        """Delete item ``id`` of ``resource``."""
+        payload = {"resource": resource, "id": id, "operation": "delete"}
+        return await self.request(target, "crud:delete", payload, timeout=timeout, operation="crud")
+
+    async def execute_jsonlex(
+        self, expression: Any, context: Any = None, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
+    ) -> Any:
+        """Evaluate a JSONLex expression on ``target`` (the Bridge by default)."""
+        payload = {"expression": expression, "context": {} if context is None else context, "operation": "jsonlex"}
+        return await self.request(target, _JSONLEX_EVENT, payload, timeout=timeout, operation="jsonlex")
+
+    async def subscribe(self, channel: str) -> None:
+        """Also receive ``channel`` (messages must still be addressed to this worker)."""
+        await self.transport.subscribe(channel)
+        self._local.emit("subscribed", channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self.transport.unsubscribe(channel)
+        self._local.emit("unsubscribed", channel)
+
+    async def get_active_services(self) -> list[dict[str, Any]]:
+        """Registry records of the services on the bus."""
+        return await self.transport.active_services()
+
+    # Receiving ------------------------------------------------------------------
+    def deliver_nowait(self, channel: str, raw: bytes) -> None:
+        if self._closing and not self._started:
+            return
+        self._unprocessed += 1
+        self._idle.clear()
+        self._inbox.put_nowait((channel, raw))
+
+    async def deliver(self, channel: str, raw: bytes) -> None:
+        self.deliver_nowait(channel, raw)
+        if self._inbox.qsize() >= self._high_water:
+            # Saturated: make the network reader wait, so back-pressure reaches the socket.
+            self._drained.clear()
+            await self._drained.wait()
+
+    @property
+    def is_idle(self) -> bool:
+        """True when every delivered message has been fully handled."""
+        return self._idle.is_set()
+
+    async def idle(self) -> None:
+        """Wait until every message delivered so far has been fully handled."""
+        await self._idle.wait()
+
+    def transport_event(self, name: str, detail: Any = None) -> None:
+        if name == "error" and isinstance(detail, IPCError):
+            self._reject(detail, "transport")
+        elif name in LOCAL_EVENTS:
+            self._local.emit(name, detail)
+
+    async def _dispatch_loop(self) -> None:
+        inbox = self._inbox
+        while True:
+            channel, raw = await inbox.get()
+            if not self._drained.is_set() and inbox.qsize() < self._high_water // 2:
+                self._drained.set()
+            try:
+                accepted = self._accept(channel, raw)
+            except Exception:  # a bug here must not stop the worker
+                log.exception("%s: failed to process a message", self.service_name)
+                accepted = None
+            if accepted is None:
+                self._processed()
+                continue
+            await self._slots.acquire()
+            task = asyncio.create_task(self._handle(*accepted))
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        self._processed()
+
+    def _processed(self) -> None:
+        self._unprocessed -= 1
+        if self._unprocessed <= 0:
+            self._unprocessed = 0
+            self._idle.set()
+
+    def _accept(self, channel: str, raw: bytes) -> tuple[Envelope, MessageMeta] | None:
+        """Validate one message; return it with its meta, or None when dropped."""
+        try:
+            envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
+        except EnvelopeError as exc:
+            self._reject(exc, channel)
+            return None
+        target = envelope.target
+        if target != self.service_name and target != BROADCAST and target not in self.aliases:
+            # Not ours: drop before spending anything on verification (DESIGN fix 2).
+            self.stats.dropped += 1
+            return None
+        if envelope.event in LOCAL_EVENTS:
+            self.stats.rejected["LOCAL_EVENT"] += 1
+            self._warn_once(
+                f"local:{envelope.source}:{envelope.event}",
+                "%s: dropped local event %r published by %s (local events never travel)",
+                self.service_name,
+                envelope.event,
+                envelope.source,
+            )
+            return None
+        try:
+            claims = self.tokens.verify_envelope(envelope)
+        except TokenError as exc:
+            self._reject(exc, channel, envelope)
+            return None
+        self.stats.received += 1
+        request_id = envelope.metadata.get("requestId")
+        meta = MessageMeta(
+            source=envelope.source,
+            token=claims,
+            channel=channel,
+            message=envelope,
+            target=target,
+            event=envelope.event,
+            request_id=request_id if isinstance(request_id, str) else None,
+        )
+        return envelope, meta
+
+    def _reject(self, exc: IPCError, channel: str, envelope: Envelope | None = None) -> None:
+        self.stats.rejected[exc.code] += 1
+        origin = f" from {envelope.source} ({envelope.event})" if envelope is not None else ""
+        log.warning("%s: rejected a message on %s%s: %s [%s]", self.service_name, channel, origin, exc, exc.code)
+        self._local.emit("error", exc)
+
+    def _warn_once(self, key: str, msg: str, *args: Any) -> None:
+        if key not in self._warned and len(self._warned) < 1000:
+            self._warned.add(key)
+            log.warning(msg, *args)
+
+    async def _handle(self, envelope: Envelope, meta: MessageMeta) -> None:
+        event = envelope.event
+        data = envelope.payload
+        try:
+            if event == REPLY_EVENT:
+                self._resolve_reply(envelope, meta)
+                return
+            if meta.request_id is not None:
+                await self._answer(envelope, meta)
+            else:
+                await self._run_handlers(event, data, meta)
+            if envelope.require_ack and event != ACK_EVENT:
+                await self._send_ack(envelope)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: failed while handling %r", self.service_name, event)
+        finally:
+            if self._local.has("received"):
+                self._local.emit("received", {"event": event, "source": envelope.source, "channel": meta.channel})
+
+    async def _run_handlers(self, event: str, data: Any, meta: MessageMeta) -> tuple[Any, Exception | None]:
+        """Run every handler of ``event`` in order; return the first one's result or error."""
+        handlers = self._handlers.get(event)
+        if not handlers:
+            builtin = self._builtin(event)
+            if builtin is None:
+                return None, None
+            handlers = [builtin]
+        result: Any = None
+        error: Exception | None = None
+        for index, handler in enumerate(list(handlers)):
+            try:
+                value = await call_handler(handler, data, meta)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._handler_failed(event, handler, exc)
+                if index == 0:
+                    error = exc
+                continue
+            if index == 0:
+                result = value
+        if error is None:
+            self.stats.handled += 1
+        return result, error
+
+    def _handler_failed(self, event: str, handler: Handler, exc: Exception) -> None:
+        self.stats.handler_errors += 1
+        name = getattr(handler, "__qualname__", repr(handler))
+        log.error("%s: handler %s for %r raised", self.service_name, name, event, exc_info=exc)
+        self._local.emit("handler-error", {"event": event, "error": exc, "handler": name})
+
+    def _builtin(self, event: str) -> Handler | None:
+        op = _CRUD_EVENTS.get(event)
+        if op is not None and (self.resources.serves_anything()):
+            return self.resources.handler(op)
+        if event == _JSONLEX_EVENT and self.serves_jsonlex:
+            return _evaluate_jsonlex
+        return None
+
+    async def _answer(self, envelope: Envelope, meta: MessageMeta) -> None:
+        event = envelope.event
+        if not self._handlers.get(event) and self._builtin(event) is None:
+            reply: dict[str, Any] = {
+                "success": False,
+                "error": "NO_HANDLER",
+                "message": f"{self.service_name} has no handler for {event!r}",
+            }
+        else:
+            value, error = await self._run_handlers(event, envelope.payload, meta)
+            if error is None:
+                reply = {"success": True, "data": value}
+            else:
+                code = error.code if isinstance(error, IPCError) else HandlerError.code
+                reply = {"success": False, "error": code, "message": _error_message(error)}
+        try:
+            await self._publish(
+                self.build_envelope(
+                    REPLY_EVENT,
+                    reply,
+                    target=envelope.source,
+                    operation="reply",
+                    metadata={"requestId": meta.request_id},
+                )
+            )
+        except IPCError as exc:
+            # e.g. the result is too large or not JSON: tell the caller instead.
+            if reply.get("success"):
+                failure = {"success": False, "error": exc.code, "message": str(exc)}
+                await self._publish(
+                    self.build_envelope(
+                        REPLY_EVENT, failure, target=envelope.source, operation="reply",
+                        metadata={"requestId": meta.request_id},
+                    )
+                )
+            else:
+                raise
+
+    def _resolve_reply(self, envelope: Envelope, meta: MessageMeta) -> None:
+        request_id = meta.request_id
+        pending = self._pending.get(request_id) if request_id else None
+        if pending is None:
+            return  # late reply, or a second replica answering: the first one won
+        future, expected = pending
+        if envelope.source != expected:
+            self._warn_once(f"reply:{envelope.source}", "%s: ignored a reply from %s", self.service_name, envelope.source)
+            return
+        if future.done():
+            return
+        body = envelope.payload
+        if isinstance(body, dict) and body.get("success") is True:
+            future.set_result(body.get("data"))
+        elif isinstance(body, dict):
+            future.set_exception(
+                RemoteError(str(body.get("message") or body.get("error")), code=str(body.get("error") or "REMOTE_ERROR"))
+            )
+        else:
+            future.set_exception(RemoteError("malformed reply"))
+
+    async def _send_ack(self, envelope: Envelope) -> None:
+        ack = {"originalEvent": envelope.event, "originalId": envelope.token}
+        try:
+            await self._publish(self.build_envelope(ACK_EVENT, ack, target=envelope.source, operation="ack"))
+        except IPCError as exc:
+            log.warning("%s: could not ack %r to %s: %s", self.service_name, envelope.event, envelope.source, exc)
+
+
+def _error_message(error: Exception) -> str:
+    if isinstance(error, IPCError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def _evaluate_jsonlex(data: Any, meta: MessageMeta) -> Any:
+    if not isinstance(data, dict):
+        raise EnvelopeError("jsonlex:execute needs {expression, context}")
+    context = data.get("context") or {}
+    if not isinstance(context, dict):
+        raise EnvelopeError("jsonlex:execute context must be an object")
+    return jsonlex.evaluate(data.get("expression"), context)
