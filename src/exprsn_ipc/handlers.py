@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .envelope import Envelope
+from .errors import RemoteError
 
-__all__ = ["Handler", "LocalEmitter", "MessageMeta", "call_handler"]
+__all__ = ["Handler", "LocalEmitter", "MessageMeta", "call_handler", "settle_reply"]
 
 log = logging.getLogger("exprsn_ipc.worker")
 
@@ -91,3 +92,16 @@ class LocalEmitter:
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks.clear()
+
+
+def settle_reply(future: asyncio.Future[Any], body: Any) -> None:
+    """Resolve a pending request from an ``ipc:reply`` body ``{success, data|error, message}``."""
+    if future.done():
+        return
+    if isinstance(body, dict) and body.get("success") is True:
+        future.set_result(body.get("data"))
+    elif isinstance(body, dict):
+        message = str(body.get("message") or body.get("error") or "remote error")
+        future.set_exception(RemoteError(message, code=str(body.get("error") or RemoteError.code)))
+    else:
+        future.set_exception(RemoteError("malformed reply"))

@@ -215,6 +215,33 @@ class BrokerTokenManager:
             )
         )
 
+    def sign_envelope(
+        self,
+        event: str,
+        data: Any = MISSING,
+        *,
+        target: str,
+        operation: str = "event",
+        require_ack: bool = False,
+        ttl: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Envelope:
+        """An envelope from this service, signed for exactly this event, target and data."""
+        meta = dict(metadata or {})
+        claims = self.build_claims(
+            data, target_service=target, operation=operation, ttl=ttl, metadata={"event": event, **meta}
+        )
+        return Envelope(
+            event=event,
+            source=self.service_name,
+            target=target,
+            data=data,
+            operation=operation,
+            token=self.sign_claims(claims),
+            require_ack=require_ack,
+            metadata=meta,
+        )
+
     # Verification ---------------------------------------------------------------
     def verify_token(self, token: str) -> dict[str, Any]:
         """Verify ``token`` and return its claims.

@@ -42,7 +42,7 @@ from .errors import (
     RequestTimeoutError,
     TokenError,
 )
-from .handlers import Handler, LocalEmitter, MessageMeta, call_handler
+from .handlers import Handler, LocalEmitter, MessageMeta, call_handler, settle_reply
 from .resources import ResourceTable
 from .settings import Settings
 from .tokens import BrokerTokenManager
@@ -297,23 +297,8 @@ class IPCWorker:
         metadata: dict[str, Any] | None = None,
     ) -> Envelope:
         """Sign an envelope without publishing it."""
-        meta = dict(metadata or {})
-        claims = self.tokens.build_claims(
-            data,
-            target_service=target,
-            operation=operation,
-            ttl=ttl,
-            metadata={"event": event, **meta},
-        )
-        return Envelope(
-            event=event,
-            source=self.service_name,
-            target=target,
-            data=data,
-            operation=operation,
-            token=self.tokens.sign_claims(claims),
-            require_ack=require_ack,
-            metadata=meta,
+        return self.tokens.sign_envelope(
+            event, data, target=target, operation=operation, require_ack=require_ack, ttl=ttl, metadata=metadata
         )
 
     async def emit(
@@ -659,17 +644,7 @@ class IPCWorker:
         if envelope.source != expected:
             self._warn_once(f"reply:{envelope.source}", "%s: ignored a reply from %s", self.service_name, envelope.source)
             return
-        if future.done():
-            return
-        body = envelope.payload
-        if isinstance(body, dict) and body.get("success") is True:
-            future.set_result(body.get("data"))
-        elif isinstance(body, dict):
-            future.set_exception(
-                RemoteError(str(body.get("message") or body.get("error")), code=str(body.get("error") or "REMOTE_ERROR"))
-            )
-        else:
-            future.set_exception(RemoteError("malformed reply"))
+        settle_reply(future, envelope.payload)
 
     async def _send_ack(self, envelope: Envelope) -> None:
         ack = {"originalEvent": envelope.event, "originalId": envelope.token}

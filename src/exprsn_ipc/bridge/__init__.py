@@ -1,0 +1,80 @@
+"""The Bridge: FastAPI routes and a Socket.IO server in one ASGI app."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import socketio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from .. import __version__
+from ..settings import Settings
+from .backend import BridgeBackend, MemoryBackend, create_backend
+from .core import Bridge, BridgeStats, Connection, Identity
+from .http import add_error_handlers, build_router
+from .sockets import ENVELOPE_PROTOCOL, attach
+
+__all__ = [
+    "ENVELOPE_PROTOCOL",
+    "Bridge",
+    "BridgeApp",
+    "BridgeBackend",
+    "BridgeStats",
+    "Connection",
+    "Identity",
+    "MemoryBackend",
+    "create_app",
+    "create_backend",
+]
+
+
+class BridgeApp(socketio.ASGIApp):  # type: ignore[misc]
+    """The ASGI app serving the Bridge; ``.bridge`` and ``.api`` give its parts."""
+
+    bridge: Bridge
+    api: FastAPI
+
+
+def create_app(settings: Settings | None = None, *, backend: BridgeBackend | None = None) -> BridgeApp:
+    """Build the Bridge's ASGI app: HTTP API + Socket.IO on ``/socket.io``.
+
+    The embedded in-memory backend is used unless ``REDIS_URL`` is set (or a
+    ``backend`` is given). The Bridge starts and stops with the app's lifespan.
+    """
+    settings = settings if settings is not None else Settings.load()
+    bridge = Bridge(settings, backend=backend)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        await bridge.start()
+        try:
+            yield {"bridge": bridge}
+        finally:
+            await bridge.stop()
+
+    api = FastAPI(
+        title="Exprsn Bridge",
+        version=__version__,
+        description="IPC router for Exprsn services: Socket.IO namespaces /ipc/<service> and this HTTP API.",
+        lifespan=lifespan,
+    )
+    origins = settings.cors_origins or (["*"] if settings.is_development else [])
+    if origins:
+        api.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            # Credentials only with an explicit origin list: never `*` with credentials.
+            allow_credentials="*" not in origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    api.include_router(build_router(bridge))
+    add_error_handlers(api)
+    sio = attach(bridge)
+    app = BridgeApp(sio, other_asgi_app=api, socketio_path="socket.io")
+    app.bridge = bridge
+    app.api = api
+    return app

@@ -1,0 +1,488 @@
+"""The Bridge: routes between Socket.IO clients and the bus, authenticates them,
+limits their rate, and serves CRUD and JSONLex for the fleet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import jsonlex
+from ..constants import BRIDGE_ALIAS, BRIDGE_SERVICE, BROADCAST, REPLY_EVENT, channel_for, full_service_name
+from ..envelope import MISSING, Envelope, dumps, validate_event_name, validate_service_name
+from ..errors import (
+    AuthError,
+    IPCError,
+    NoReceiversError,
+    PayloadTooLargeError,
+    RateLimitError,
+    RequestTimeoutError,
+    TokenError,
+)
+from ..handlers import settle_reply
+from ..net import is_loopback
+from ..resources import ResourceNotFoundError
+from ..settings import Settings
+from ..tokens import BrokerTokenManager
+from ..worker import IPCWorker
+from .backend import BridgeBackend, create_backend
+from .store import BuiltinStore
+
+__all__ = ["Bridge", "BridgeStats", "Connection", "Identity"]
+
+log = logging.getLogger("exprsn_ipc.bridge")
+
+#: Outgoing messages queued for one socket before further ones are dropped.
+SOCKET_QUEUE_LIMIT = 10_000
+DEV_BYPASS_SOURCE = "exprsn-dev-bypass"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is calling: the authenticated service, or the development bypass."""
+
+    service: str
+    bypass: bool = False
+    claims: dict[str, Any] | None = None
+
+
+@dataclass
+class Connection:
+    """One Socket.IO client connected to ``/ipc/<service>``."""
+
+    sid: str
+    namespace: str
+    service: str
+    mode: str  # "socket": events as (data, meta); "envelope": raw envelopes for IPC workers
+    peer: str | None
+    bypass: bool
+    connected: int = field(default_factory=lambda: int(time.time() * 1000))
+    last_activity: int = field(default_factory=lambda: int(time.time() * 1000))
+    queue: asyncio.Queue[tuple[str, bytes]] = field(default_factory=asyncio.Queue)
+    channels: set[str] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+    dropped: int = 0
+
+    @property
+    def short(self) -> str:
+        return self.service.removeprefix("exprsn-")
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}#{self.sid}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": f"{self.short}:{self.sid}",
+            "service": self.short,
+            "fullName": self.service,
+            "namespace": self.namespace,
+            "mode": self.mode,
+            "connected": self.connected,
+            "lastActivity": self.last_activity,
+            "bypass": self.bypass,
+        }
+
+
+@dataclass
+class BridgeStats:
+    """Counters behind ``/api/ipc/stats``."""
+
+    routed: int = 0
+    delivered: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    per_service: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def count(self, service: str, what: str, n: int = 1) -> None:
+        self.per_service.setdefault(service, Counter())[what] += n
+
+    def reject(self, service: str | None, code: str) -> None:
+        self.rejected[code] += 1
+        if service:
+            self.count(service, f"rejected:{code}")
+
+    def as_dict(self) -> dict[str, Any]:
+        per_service: dict[str, Any] = {}
+        for name, counts in self.per_service.items():
+            rejected = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rejected:")}
+            per_service[name] = {
+                "sent": counts["sent"],
+                "delivered": counts["delivered"],
+                "rejected": rejected,
+            }
+        return {
+            "messagesRouted": self.routed,
+            "messagesDelivered": self.delivered,
+            "rejected": dict(self.rejected),
+            "perService": per_service,
+        }
+
+
+class Bridge:
+    """The IPC router. ``bridge.app`` (from :func:`create_app`) serves it over ASGI."""
+
+    def __init__(self, settings: Settings, *, backend: BridgeBackend | None = None) -> None:
+        self.settings = settings
+        self.backend = backend if backend is not None else create_backend(settings)
+        self.max_bytes = settings.ipc_max_message_bytes
+        self.verifier = BrokerTokenManager(
+            service_name=BRIDGE_SERVICE,
+            settings=settings,
+            revocations=self.backend.revocations,
+            states=self.backend.states,
+        )
+        self.store = BuiltinStore()
+        self.worker = IPCWorker(
+            BRIDGE_SERVICE, aliases=(BRIDGE_ALIAS,), settings=settings, transport=self.backend.worker_transport()
+        )
+        self.worker.serve_jsonlex()
+        self.worker.resources.fallback = self.store.resource
+        self.limiter = self.backend.rate_limiter(settings) if settings.ipc_rate_limit else None
+        self.connections: dict[str, Connection] = {}
+        self.stats = BridgeStats()
+        self.started_at = time.time()
+        self._signers: dict[str, BrokerTokenManager] = {}
+        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._service_refs: Counter[str] = Counter()
+        self._running = False
+        self.sio: Any = None  # set by bridge.sockets.attach()
+
+    # Lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._running:
+            return
+        await self.backend.start()
+        await self.worker.start()
+        self._running = True
+        log.info("Bridge started (backend: %s, rate limit: %s)", self.backend.name, self._limit_text())
+
+    async def stop(self) -> None:
+        if not self._running:
+            return
+        self._running = False
+        for conn in list(self.connections.values()):
+            await self.drop_connection(conn)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RequestTimeoutError("the Bridge is shutting down"))
+        await self.worker.disconnect()
+        await self.backend.close()
+
+    def _limit_text(self) -> str:
+        if self.limiter is None:
+            return "off"
+        return f"{self.settings.ipc_rate_max} per {self.settings.ipc_rate_window} ms per service"
+
+    # Authentication ---------------------------------------------------------------
+    def authenticate(self, token: str | None, peer: str | None, *, service: str | None = None) -> Identity:
+        """Check a broker token, or admit the development bypass from loopback.
+
+        Raises:
+            AuthError: no valid token, or a token issued to another service.
+        """
+        if token and token != "true":
+            try:
+                claims = self.verifier.verify_token(token)
+            except TokenError as exc:
+                raise AuthError(f"invalid broker token: {exc}") from None
+            source = claims.get("source")
+            if not isinstance(source, str):
+                raise AuthError("broker token has no source")
+            if service is not None and source != service:
+                raise AuthError(f"broker token was issued to {source}, not {service}")
+            return Identity(source, False, claims)
+        if self.settings.bypass_enabled and is_loopback(peer):
+            return Identity(service or DEV_BYPASS_SOURCE, True, None)
+        if self.settings.dev_bypass and not self.settings.bypass_enabled:
+            raise AuthError("missing broker token (DEV_BYPASS is ignored unless NODE_ENV=development)")
+        raise AuthError("missing broker token")
+
+    def signer(self, service: str) -> BrokerTokenManager:
+        signer = self._signers.get(service)
+        if signer is None:
+            signer = self._signers[service] = BrokerTokenManager(
+                service_name=service,
+                settings=self.settings,
+                revocations=self.backend.revocations,
+                states=self.backend.states,
+            )
+        return signer
+
+    async def check_rate(self, service: str) -> None:
+        if self.limiter is None:
+            return
+        decision = await self.limiter.hit(service)
+        if not decision.allowed:
+            self.stats.reject(service, RateLimitError.code)
+            raise RateLimitError("IPC rate limit exceeded")
+
+    async def revoke(self, token_id: str, *, ttl: int, by: str) -> None:
+        """Revoke a token for the whole bus and tell every connected worker."""
+        await self.backend.revocations.revoke(token_id, ttl=ttl)
+        log.info("%s revoked broker token %s", by, token_id)
+        if self.sio is None:
+            return
+        for conn in list(self.connections.values()):
+            if conn.mode == "envelope":
+                await self.sio.emit("ipc:revoked", {"id": token_id, "ttl": ttl}, to=conn.sid, namespace=conn.namespace)
+
+    # Publishing -----------------------------------------------------------------
+    async def publish_as(
+        self,
+        identity: Identity,
+        event: Any,
+        data: Any,
+        target: Any,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[Envelope, int]:
+        """Sign and publish an event for a client; the source is always its own service."""
+        await self.check_rate(identity.service)
+        options = options or {}
+        validate_event_name(event)
+        target = BROADCAST if target is None else target
+        validate_service_name(target, allow_broadcast=True)
+        metadata = options.get("metadata")
+        ttl = options.get("ttl")
+        envelope = self.signer(identity.service).sign_envelope(
+            event,
+            data,
+            target=target,
+            operation=str(options.get("operation") or "event"),
+            require_ack=bool(options.get("requireAck", False)),
+            ttl=ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= 86_400 else None,
+            metadata=metadata if isinstance(metadata, dict) else None,
+        )
+        return envelope, await self._publish(identity.service, envelope.target, envelope.encode())
+
+    async def publish_raw(self, conn: Connection, raw: bytes) -> int:
+        """Publish a worker's signed envelope after checking it is really from that worker."""
+        await self.check_rate(conn.service)
+        envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
+        if envelope.source != conn.service:
+            raise AuthError(f"{conn.service} may not publish as {envelope.source}")
+        validate_event_name(envelope.event)
+        validate_service_name(envelope.target, allow_broadcast=True)
+        self.verifier.verify_envelope(envelope)
+        return await self._publish(conn.service, envelope.target, raw)
+
+    async def _publish(self, service: str, target: str, raw: bytes) -> int:
+        if len(raw) > self.max_bytes:
+            raise PayloadTooLargeError(f"message of {len(raw)} bytes exceeds the limit of {self.max_bytes} bytes")
+        receivers = await self.backend.publish(channel_for(target), raw)
+        self.stats.routed += 1
+        self.stats.count(service, "sent")
+        return receivers
+
+    async def request_as(
+        self,
+        identity: Identity,
+        target: str,
+        event: str,
+        data: Any,
+        *,
+        operation: str = "request",
+        timeout: float | None = None,
+    ) -> Any:
+        """Request/reply on behalf of a Socket.IO client (its service is the source)."""
+        validate_event_name(event)
+        validate_service_name(target)
+        if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
+            return await self.serve_locally(event, data)
+        request_id = uuid.uuid4().hex
+        envelope = self.signer(identity.service).sign_envelope(
+            event, data, target=target, operation=operation, metadata={"requestId": request_id}
+        )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            receivers = await self._publish(identity.service, target, envelope.encode())
+            if receivers == 0:
+                raise NoReceiversError(f"no service is listening on {channel_for(target)}")
+            wait = self.settings.ipc_request_timeout if timeout is None else timeout
+            try:
+                return await asyncio.wait_for(future, wait)
+            except TimeoutError:
+                raise RequestTimeoutError(f"{target} did not answer {event!r} within {wait:g} s") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def resolve_reply(self, envelope: Envelope) -> bool:
+        """Settle a request made by :meth:`request_as`; False if it is not ours."""
+        request_id = envelope.metadata.get("requestId")
+        future = self._pending.get(request_id) if isinstance(request_id, str) else None
+        if future is None:
+            return False
+        settle_reply(future, envelope.payload)
+        return True
+
+    async def serve_locally(self, event: str, data: Any) -> Any:
+        """CRUD on the built-in store and JSONLex, without a bus round trip."""
+        if event == "jsonlex:execute":
+            if not isinstance(data, dict):
+                raise TypeError("jsonlex:execute needs {expression, context}")
+            context = data.get("context") or {}
+            return jsonlex.evaluate(data.get("expression"), context)
+        operation = event.removeprefix("crud:")
+        if not event.startswith("crud:") or operation not in {"create", "read", "update", "delete"}:
+            raise ResourceNotFoundError(f"the Bridge does not serve {event!r}")
+        return await self.worker.resources.handler(operation)(data, None)
+
+    async def crud_target(self, resource: str) -> str:
+        """The service that registered ``resource``, or the Bridge's own store."""
+        for entry in await self.backend.services():
+            resources = entry.get("resources")
+            name = entry.get("name")
+            if isinstance(resources, list) and resource in resources and isinstance(name, str):
+                if name != BRIDGE_SERVICE:
+                    return name
+        return BRIDGE_SERVICE
+
+    # Connections ----------------------------------------------------------------
+    async def add_connection(self, conn: Connection, entry: dict[str, Any] | None) -> None:
+        self.connections[conn.key] = conn
+        conn.task = asyncio.create_task(self._sender(conn), name=f"bridge-send:{conn.key}")
+        for target in (conn.service, BROADCAST):
+            await self.subscribe(conn, channel_for(target))
+        self._service_refs[conn.service] += 1
+        now = int(time.time() * 1000)
+        record = {
+            "name": conn.service,
+            "namespace": "ipc",
+            "pid": None,
+            "hostname": conn.peer,
+            "registered": now,
+            "lastSeen": now,
+            "via": "socket.io",
+        }
+        if entry:
+            record.update({k: v for k, v in entry.items() if k in {"pid", "hostname", "registered", "resources"}})
+        await self.backend.register(conn.service, record)
+
+    async def subscribe(self, conn: Connection, channel: str) -> None:
+        conn.channels.add(channel)
+
+        def deliver(ch: str, raw: bytes, conn: Connection = conn) -> None:
+            if conn.queue.qsize() >= SOCKET_QUEUE_LIMIT:
+                conn.dropped += 1
+                self.stats.reject(conn.service, "SLOW_CONSUMER")
+                if conn.dropped == 1:
+                    log.warning("socket %s of %s is not keeping up; dropping messages", conn.sid, conn.service)
+                return
+            conn.queue.put_nowait((ch, raw))
+
+        await self.backend.subscribe(channel, conn.key, deliver)
+
+    async def unsubscribe(self, conn: Connection, channel: str) -> None:
+        conn.channels.discard(channel)
+        await self.backend.unsubscribe(channel, conn.key)
+
+    async def drop_connection(self, conn: Connection) -> None:
+        if self.connections.pop(conn.key, None) is None:
+            return
+        for channel in list(conn.channels):
+            await self.unsubscribe(conn, channel)
+        if conn.task is not None:
+            conn.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await conn.task
+        self._service_refs[conn.service] -= 1
+        if self._service_refs[conn.service] <= 0:
+            del self._service_refs[conn.service]
+            await self.backend.unregister(conn.service)
+
+    async def _sender(self, conn: Connection) -> None:
+        while True:
+            channel, raw = await conn.queue.get()
+            try:
+                await self._send(conn, channel, raw)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("failed to deliver a message to socket %s of %s", conn.sid, conn.service)
+
+    async def _send(self, conn: Connection, channel: str, raw: bytes) -> None:
+        if self.sio is None:
+            return
+        if conn.mode == "envelope":
+            await self.sio.emit("ipc:message", (channel, raw.decode("utf-8")), to=conn.sid, namespace=conn.namespace)
+            self._delivered(conn)
+            return
+        try:
+            envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
+        except IPCError as exc:
+            self.stats.reject(conn.service, exc.code)
+            return
+        if envelope.target not in (conn.service, BROADCAST):
+            return
+        try:
+            self.verifier.verify_envelope(envelope)
+        except TokenError as exc:
+            self.stats.reject(conn.service, exc.code)
+            log.warning("not forwarding %r from %s to %s: %s", envelope.event, envelope.source, conn.service, exc)
+            return
+        if envelope.event == REPLY_EVENT:
+            self.resolve_reply(envelope)
+            return
+        meta = {
+            "source": envelope.source,
+            "target": envelope.target,
+            "event": envelope.event,
+            "channel": channel,
+            "timestamp": envelope.timestamp,
+            "metadata": envelope.metadata,
+        }
+        data = None if envelope.data is MISSING else envelope.data
+        await self.sio.emit(envelope.event, (data, meta), to=conn.sid, namespace=conn.namespace)
+        self._delivered(conn)
+
+    def _delivered(self, conn: Connection) -> None:
+        self.stats.delivered += 1
+        self.stats.count(conn.service, "delivered")
+
+    # Stats ----------------------------------------------------------------------
+    async def snapshot(self) -> dict[str, Any]:
+        """``/api/ipc/stats``: the original's shape plus counters."""
+        services = await self.backend.services()
+        connections = [c.describe() for c in self.connections.values()]
+        usage = await self.limiter.snapshot() if self.limiter is not None else {}
+        return {
+            "activeServices": len(services),
+            "services": services,
+            "activeConnections": len(connections),
+            "connections": connections,
+            "rateLimits": {
+                "enabled": self.limiter is not None,
+                "window": self.settings.ipc_rate_window,
+                "maxRequests": self.settings.ipc_rate_max,
+                "usage": usage,
+            },
+            "counters": self.stats.as_dict(),
+            "backend": self.backend.name,
+            "uptime": round(time.time() - self.started_at, 3),
+        }
+
+
+def normalise_namespace(namespace: str, allowed: frozenset[str] | None) -> str | None:
+    """``/ipc/timeline`` or ``/ipc/exprsn-timeline`` → ``exprsn-timeline``; None if not an IPC namespace."""
+    prefix = "/ipc/"
+    if not namespace.startswith(prefix):
+        return None
+    name = namespace[len(prefix) :]
+    try:
+        validate_service_name(name)
+    except IPCError:
+        return None
+    service = full_service_name(name)
+    if allowed is not None and service not in allowed and name not in allowed:
+        return None
+    return service
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes ``value`` takes as JSON (used to refuse oversized payloads early)."""
+    return len(dumps(value))

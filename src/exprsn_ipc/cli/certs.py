@@ -1,0 +1,86 @@
+"""``exprsn-ipc certs``: the guide's ``node scripts/generate-tls-certs.js`` and more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import CertificateError
+from ._common import console, fail, load_settings
+
+certs_app = typer.Typer(help="Root CA and per-service TLS certificates.", no_args_is_help=True)
+
+
+def _dir(value: Path | None) -> Path:
+    return value if value is not None else load_settings().certs_dir
+
+
+@certs_app.command("generate")
+def generate(
+    services: Annotated[list[str] | None, typer.Option("--services", help="Extra services (repeatable).")] = None,
+    certs_dir: Annotated[Path | None, typer.Option("--dir", help="Output folder (CERTS_DIR).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Regenerate the CA and every certificate.")] = False,
+    ca_days: Annotated[int, typer.Option("--ca-days")] = 3650,
+    leaf_days: Annotated[int, typer.Option("--leaf-days")] = 730,
+) -> None:
+    """Create the root CA (kept if present), the localhost fallback and one certificate per service."""
+    from ..certs import format_report, generate_certificates
+
+    try:
+        report = generate_certificates(
+            _dir(certs_dir), extra_services=services or (), force=force, ca_days=ca_days, leaf_days=leaf_days
+        )
+    except CertificateError as exc:
+        console.print("❌ Error generating certificates:")
+        fail(str(exc), 1)
+    for line in format_report(report):
+        console.print(line, highlight=False)
+
+
+@certs_app.command("show")
+def show(
+    service: Annotated[str, typer.Argument(help="Service name, 'localhost' or 'ca'.")],
+    certs_dir: Annotated[Path | None, typer.Option("--dir")] = None,
+) -> None:
+    """Show one certificate and check its chain and expiry."""
+    from ..certs import cert_paths, certificate_info, verify_certificate
+
+    folder = _dir(certs_dir)
+    cert, _ = cert_paths(folder, service)
+    if not cert.is_file():
+        fail(f"{cert} does not exist: run `exprsn-ipc certs generate`", 1)
+    info = certificate_info(cert)
+    console.print(f"[bold]{cert}[/]")
+    console.print(f"  subject: {info.subject}")
+    console.print(f"  issuer:  {info.issuer}")
+    console.print(f"  valid:   {info.valid_from:%Y-%m-%d} → {info.valid_to:%Y-%m-%d} ({info.days_left} days left)")
+    console.print(f"  serial:  {info.serial_number}")
+    console.print(f"  SANs:    {', '.join(info.sans)}")
+    result = verify_certificate(folder, service)
+    _print_result(result.name, result.ok, result.problems, result.warning)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@certs_app.command("verify")
+def verify(certs_dir: Annotated[Path | None, typer.Option("--dir")] = None) -> None:
+    """Check every certificate's chain, key and expiry (warns under 30 days)."""
+    from ..certs import verify_all
+
+    try:
+        results = verify_all(_dir(certs_dir))
+    except CertificateError as exc:
+        fail(str(exc), 1)
+    for result in results:
+        _print_result(result.name, result.ok, result.problems, result.warning)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+def _print_result(name: str, ok: bool, problems: tuple[str, ...], warning: str | None) -> None:
+    mark = "[green]✓[/]" if ok else "[red]✗[/]"
+    console.print(f"{mark} {name}" + (f"  [yellow]⚠ {warning}[/]" if warning else ""))
+    for problem in problems:
+        console.print(f"    [red]{problem}[/]")

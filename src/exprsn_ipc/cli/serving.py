@@ -1,0 +1,89 @@
+"""Long-running CLI jobs: the Bridge server and the event tail."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+
+from ..errors import TransportError
+from ..settings import Settings
+from ..tokens import BrokerTokenManager
+
+log = logging.getLogger("exprsn_ipc.cli")
+
+
+def ensure_dev_certificates(settings: Settings) -> None:
+    """In development, create the local CA and certificates when none exist yet."""
+    from ..certs import find_certificate, generate_certificates
+
+    if not settings.tls_enabled or find_certificate(settings.certs_dir, "exprsn-bridge") is not None:
+        return
+    if not settings.is_development:
+        log.warning("TLS not enabled - certificates not found in %s (run `exprsn-ipc certs generate`)", settings.certs_dir)
+        return
+    generate_certificates(settings.certs_dir)
+    log.warning("generated development certificates in %s (trust %s/ca-cert.pem)", settings.certs_dir, settings.certs_dir)
+
+
+async def run_bridge(settings: Settings) -> None:
+    """Serve the Bridge until SIGINT/SIGTERM: HTTPS on BRIDGE_PORT when certificates exist."""
+    from ..bridge import create_app
+    from ..web.https import HTTPSServerManager
+
+    ensure_dev_certificates(settings)
+    app = create_app(settings)
+    manager = HTTPSServerManager(
+        "exprsn-bridge",
+        settings.bridge_port,
+        http_port=settings.bridge_http_port,
+        enable_http=settings.bridge_http_port is not None,
+        redirect_http=True,
+        settings=settings,
+        host=settings.bridge_host,
+    )
+    await manager.serve_forever(app)
+
+
+async def tail_events(
+    settings: Settings,
+    service: str,
+    url: str,
+    verify: ssl.SSLContext | bool,
+    show: Callable[[str, Any, Any], None],
+) -> None:
+    """Print every event reaching ``service`` through the Bridge until cancelled."""
+    tokens = BrokerTokenManager(service_name=service, settings=settings)
+    session = None
+    if isinstance(verify, ssl.SSLContext):
+        import aiohttp
+
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=verify))
+    client = socketio.AsyncClient(ssl_verify=verify is not False, http_session=session, logger=False)
+    namespace = f"/ipc/{service}"
+
+    @client.on("*", namespace=namespace)
+    async def on_any(event: str, data: Any = None, meta: Any = None) -> None:
+        show(event, data, meta)
+
+    try:
+        try:
+            await client.connect(
+                url,
+                namespaces=[namespace],
+                auth=lambda: {"token": tokens.generate_token(operation="connect")},
+                transports=["websocket"],
+                wait_timeout=10,
+            )
+        except socketio.exceptions.ConnectionError as exc:
+            raise TransportError(f"cannot connect to {url}{namespace}: {exc}") from exc
+        log.info("listening as %s on %s (Ctrl-C to stop)", service, url)
+        await asyncio.Event().wait()
+    finally:
+        await client.disconnect()
+        if session is not None:
+            await session.close()

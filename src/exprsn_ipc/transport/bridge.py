@@ -1,0 +1,311 @@
+"""The bridge transport (``IPC_TRANSPORT=bridge``, the default): Socket.IO to the Bridge.
+
+The worker connects to ``BRIDGE_URL`` on ``/ipc/<service>`` with a fresh broker
+token, publishes signed envelopes with ``ipc:publish`` (the Bridge checks that
+they really come from this service and answers with the receiver count), and
+receives raw envelopes as ``ipc:message``, verifying them itself. After the
+Bridge restarts it reconnects with backoff and registers again; emits made while
+disconnected are buffered (bounded) and flushed in order on reconnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+import socketio
+
+from ..constants import BROADCAST, channel_for
+from ..errors import (
+    AuthError,
+    BufferFullError,
+    EnvelopeError,
+    IPCError,
+    NotConnectedError,
+    PayloadTooLargeError,
+    RateLimitError,
+    TokenError,
+    TransportError,
+)
+from ..settings import Settings
+from ..tokens import BrokerTokenManager, MemoryRevocationStore
+from .base import Transport, TransportPeer
+
+__all__ = ["BUFFERED", "BridgeRevocationStore", "BridgeTransport"]
+
+log = logging.getLogger("exprsn_ipc.transport.bridge")
+
+#: ``publish`` returns this for an emit buffered while the Bridge is unreachable.
+BUFFERED = -1
+ENVELOPE_PROTOCOL = "exprsn-ipc/1"
+
+_ERRORS: dict[str, type[IPCError]] = {
+    "RATE_LIMIT_EXCEEDED": RateLimitError,
+    "UNAUTHORIZED": AuthError,
+    "PAYLOAD_TOO_LARGE": PayloadTooLargeError,
+    "INVALID_MESSAGE": EnvelopeError,
+}
+
+
+def _remote_error(reply: Any) -> IPCError:
+    if not isinstance(reply, dict):
+        return TransportError("the Bridge gave a malformed answer")
+    code = str(reply.get("error") or "TRANSPORT_ERROR")
+    message = str(reply.get("message") or code)
+    cls = _ERRORS.get(code)
+    if cls is None:
+        cls = TokenError if code.startswith("TOKEN") or code == "INVALID_TOKEN" else TransportError
+    error = cls(message)
+    error.code = code
+    return error
+
+
+class BridgeRevocationStore(MemoryRevocationStore):
+    """Local revocations, plus the Bridge telling every worker about new ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport: BridgeTransport | None = None
+
+    async def revoke(self, token_id: str, *, ttl: int) -> bool:
+        self.add_local(token_id, ttl=ttl)
+        if self.transport is not None and self.transport.connected:
+            await self.transport.call("ipc:revoke", {"id": token_id, "ttl": ttl})
+        return True
+
+
+class BridgeTransport(Transport):
+    """A worker's Socket.IO connection to the Bridge."""
+
+    name = "bridge"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        url: str | None = None,
+        verify: bool | None = None,
+        ca_file: Path | None = None,
+        buffer_size: int | None = None,
+        connect_timeout: float = 10.0,
+        call_timeout: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.url = (url or settings.bridge_url).rstrip("/")
+        self.verify = settings.ipc_tls_verify if verify is None else verify
+        if not self.verify and not settings.is_development:
+            raise TransportError("skipping Bridge certificate verification is allowed only in development")
+        self.ca_file = ca_file if ca_file is not None else settings.certs_dir / "ca-cert.pem"
+        self.buffer_size = settings.ipc_emit_buffer if buffer_size is None else buffer_size
+        self.connect_timeout = connect_timeout
+        self.call_timeout = call_timeout
+        revocations = BridgeRevocationStore()
+        revocations.transport = self
+        self.revocations = revocations
+        self._peer: TransportPeer | None = None
+        self._client: socketio.AsyncClient | None = None
+        self._namespace = ""
+        self._extra_channels: set[str] = set()
+        self._receiving = False
+        self._connected = asyncio.Event()
+        self._buffer: collections.deque[bytes] = collections.deque()
+        self._flusher: asyncio.Task[None] | None = None
+        self._was_connected = False
+        self._tokens: BrokerTokenManager | None = None
+        self._http_session: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until the Bridge connection is up (again)."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    def _ssl(self) -> Any:
+        if not self.url.startswith("https"):
+            return True
+        if not self.verify:
+            return False
+        if self.ca_file.is_file():
+            return ssl.create_default_context(cafile=str(self.ca_file))
+        return True  # the system trust store
+
+    async def _auth(self) -> dict[str, Any]:
+        assert self._peer is not None and self._tokens is not None
+        return {
+            "token": self._tokens.generate_token(operation="connect"),
+            "protocol": ENVELOPE_PROTOCOL,
+            "entry": self._peer.registry_entry(),
+        }
+
+    async def connect(self, peer: TransportPeer, channels: list[str]) -> None:
+        self._peer = peer
+        self._tokens = BrokerTokenManager(service_name=peer.service_name, settings=self.settings)
+        self._namespace = f"/ipc/{peer.service_name}"
+        defaults = {channel_for(peer.service_name, peer.namespace), channel_for(BROADCAST, peer.namespace)}
+        self._extra_channels = {c for c in channels if c not in defaults}
+        self._receiving = True
+        verify = self._ssl()
+        http_session = None
+        if isinstance(verify, ssl.SSLContext):
+            import aiohttp
+
+            http_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=verify))
+        self._http_session = http_session
+        client = socketio.AsyncClient(
+            reconnection=True,
+            reconnection_attempts=0,
+            reconnection_delay=0.2,
+            reconnection_delay_max=5,
+            randomization_factor=0.5,
+            ssl_verify=verify is not False,
+            http_session=http_session,
+            logger=False,
+            engineio_logger=False,
+        )
+        self._client = client
+        ns = self._namespace
+
+        @client.on("connect", namespace=ns)
+        async def on_connect() -> None:
+            for channel in sorted(self._extra_channels):
+                await client.emit("ipc:subscribe", channel, namespace=ns)
+            if self._was_connected:
+                log.info("%s reconnected to the Bridge at %s", peer.service_name, self.url)
+            self._was_connected = True
+            self._connected.set()
+            if self._buffer and (self._flusher is None or self._flusher.done()):
+                self._flusher = asyncio.create_task(self._flush())
+
+        @client.on("disconnect", namespace=ns)
+        async def on_disconnect(reason: Any = None) -> None:
+            was = self._connected.is_set()
+            self._connected.clear()
+            if was and self._receiving:
+                peer.transport_event("error", TransportError(f"lost the connection to the Bridge at {self.url}"))
+
+        @client.on("connect_error", namespace=ns)
+        async def on_connect_error(data: Any = None) -> None:
+            message = data.get("message") if isinstance(data, dict) else data
+            log.warning("%s: the Bridge refused the connection: %s", peer.service_name, message)
+
+        @client.on("ipc:message", namespace=ns)
+        async def on_message(channel: Any, raw: Any) -> None:
+            if not self._receiving or not isinstance(channel, str):
+                return
+            data = raw.encode("utf-8") if isinstance(raw, str) else raw
+            if isinstance(data, bytes):
+                await peer.deliver(channel, data)
+
+        @client.on("ipc:revoked", namespace=ns)
+        async def on_revoked(body: Any = None) -> None:
+            if isinstance(body, dict) and isinstance(body.get("id"), str):
+                ttl = body.get("ttl")
+                self.revocations.add_local(body["id"], ttl=ttl if isinstance(ttl, int) and ttl > 0 else 86_400)  # type: ignore[union-attr]
+
+        try:
+            await client.connect(
+                self.url,
+                namespaces=[ns],
+                auth=self._auth,
+                transports=["websocket"],
+                wait_timeout=self.connect_timeout,
+            )
+        except socketio.exceptions.ConnectionError as exc:
+            await self._close_client()
+            raise TransportError(f"cannot connect to the Bridge at {self.url}{ns}: {exc}") from exc
+        if not self._connected.is_set():
+            await self._close_client()
+            raise AuthError(f"the Bridge did not accept {peer.service_name} on {ns}")
+
+    async def call(self, event: str, data: Any) -> Any:
+        """Send one request to the Bridge and return its answer."""
+        if self._client is None or not self._connected.is_set():
+            raise NotConnectedError(f"not connected to the Bridge at {self.url}")
+        try:
+            return await self._client.call(event, data, namespace=self._namespace, timeout=self.call_timeout)
+        except socketio.exceptions.TimeoutError as exc:
+            raise TransportError(f"the Bridge did not answer {event} in time") from exc
+        except socketio.exceptions.SocketIOError as exc:
+            raise TransportError(f"{event} to the Bridge failed: {exc}") from exc
+
+    async def publish(self, channel: str, raw: bytes) -> int:
+        if self._client is None:
+            raise NotConnectedError("the bridge transport is not connected")
+        if not self._connected.is_set() or self._buffer:
+            return self._enqueue(raw)
+        try:
+            reply = await self.call("ipc:publish", raw.decode("utf-8"))
+        except NotConnectedError:
+            return self._enqueue(raw)
+        if isinstance(reply, dict) and reply.get("success") is True:
+            return int(reply.get("receivers", 0))
+        raise _remote_error(reply)
+
+    def _enqueue(self, raw: bytes) -> int:
+        if len(self._buffer) >= self.buffer_size:
+            raise BufferFullError(
+                f"the Bridge at {self.url} is unreachable and {self.buffer_size} emits are already buffered"
+            )
+        self._buffer.append(raw)
+        return BUFFERED
+
+    async def _flush(self) -> None:
+        while self._buffer and self._connected.is_set():
+            raw = self._buffer[0]
+            try:
+                reply = await self.call("ipc:publish", raw.decode("utf-8"))
+            except NotConnectedError:
+                return  # flushed again on the next connect
+            except IPCError as exc:
+                log.warning("could not flush a buffered emit: %s", exc)
+                reply = None
+            self._buffer.popleft()
+            if isinstance(reply, dict) and reply.get("success") is not True:
+                log.warning("the Bridge refused a buffered emit: %s", reply.get("message"))
+
+    async def subscribe(self, channel: str) -> None:
+        self._extra_channels.add(channel)
+        if self.connected:
+            reply = await self.call("ipc:subscribe", channel)
+            if not (isinstance(reply, dict) and reply.get("success")):
+                raise _remote_error(reply)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._extra_channels.discard(channel)
+        if self.connected:
+            await self.call("ipc:unsubscribe", channel)
+
+    async def stop_receiving(self) -> None:
+        self._receiving = False
+
+    async def close(self) -> None:
+        self._receiving = False
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self._close_client()
+        self._peer = None
+
+    async def _close_client(self) -> None:
+        client, self._client = self._client, None
+        self._connected.clear()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+        session, self._http_session = self._http_session, None
+        if session is not None:
+            await session.close()
+
+    async def active_services(self) -> list[dict[str, Any]]:
+        reply = await self.call("ipc:services", None)
+        if isinstance(reply, dict) and reply.get("success") and isinstance(reply.get("data"), list):
+            return [entry for entry in reply["data"] if isinstance(entry, dict)]
+        raise _remote_error(reply)
