@@ -25,9 +25,7 @@ async def serve(app: Any, *, port: int | None = None, **config: Any) -> AsyncIte
     sock.bind(("127.0.0.1", port or 0))
     sock.listen(128)
     bound = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=2, **config)
-    )
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=2, **config))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

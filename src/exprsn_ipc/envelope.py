@@ -182,7 +182,7 @@ class Envelope:
             event=event,  # type: ignore[arg-type]
             source=source,
             target=target,
-            data=obj["data"] if "data" in obj else MISSING,
+            data=obj.get("data", MISSING),
             operation=operation,
             token=token,
             require_ack=require_ack,

@@ -55,8 +55,8 @@ class ResourceTable:
             raise ResourceNotFoundError(f"resource {name!r} is not served here")
         return instance
 
-    def handler(self, op: str) -> Callable[[Any, MessageMeta], Any]:
-        async def serve(data: Any, meta: MessageMeta) -> Any:
+    def handler(self, op: str) -> Callable[[Any, MessageMeta | None], Any]:
+        async def serve(data: Any, meta: MessageMeta | None) -> Any:
             if not isinstance(data, dict) or not isinstance(data.get("resource"), str):
                 raise EnvelopeError(f"crud:{op} needs an object with a 'resource' name")
             instance = self.lookup(data["resource"])

@@ -142,9 +142,7 @@ class Settings(BaseSettings):
     @property
     def broker_key_bytes(self) -> bytes:
         if self.ipc_broker_key is None:
-            raise ConfigError(
-                "IPC_BROKER_KEY is not set: run `exprsn-ipc init` to write one to .env"
-            )
+            raise ConfigError("IPC_BROKER_KEY is not set: run `exprsn-ipc init` to write one to .env")
         return self.ipc_broker_key.get_secret_value().encode("utf-8")
 
     @property
@@ -186,7 +184,7 @@ class Settings(BaseSettings):
                 broker key is missing or too short outside development.
         """
         try:
-            settings = cls(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+            settings = cls(_env_file=env_file, **overrides)
         except ValidationError as exc:
             raise ConfigError(_describe_validation_error(exc)) from None
         return settings.with_resolved_key()

@@ -42,7 +42,7 @@ def make_test_settings(**overrides: Any) -> Settings:
         "node_env": "test",
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 async def wait_for_messages(*workers: IPCWorker, timeout: float = 5.0) -> None:

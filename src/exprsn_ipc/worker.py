@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 from . import jsonlex
 from .constants import (
     ACK_EVENT,
-    BROADCAST,
     BRIDGE_ALIAS,
     BRIDGE_SERVICE,
+    BROADCAST,
     DEFAULT_NAMESPACE,
     LOCAL_EVENTS,
     REPLY_EVENT,
@@ -38,7 +38,6 @@ from .errors import (
     NoReceiversError,
     NotConnectedError,
     PayloadTooLargeError,
-    RemoteError,
     RequestTimeoutError,
     TokenError,
 )
@@ -245,7 +244,9 @@ class IPCWorker:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout=self.settings.ipc_drain_timeout)
         except TimeoutError:
-            log.warning("%s: %d handlers still running after the drain timeout; cancelling", self.service_name, len(self._tasks))
+            log.warning(
+                "%s: %d handlers still running after the drain timeout; cancelling", self.service_name, len(self._tasks)
+            )
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -383,12 +384,16 @@ class IPCWorker:
         finally:
             self._pending.pop(request_id, None)
 
-    async def create(self, resource: str, data: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None) -> Any:
+    async def create(
+        self, resource: str, data: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
+    ) -> Any:
         """Create an item of ``resource`` on ``target``; returns the serving side's result."""
         payload = {"resource": resource, "data": data, "operation": "create"}
         return await self.request(target, "crud:create", payload, timeout=timeout, operation="crud")
 
-    async def read(self, resource: str, query: Any = None, *, target: str = BRIDGE_SERVICE, timeout: float | None = None) -> Any:
+    async def read(
+        self, resource: str, query: Any = None, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
+    ) -> Any:
         """Read items of ``resource`` (``query`` is an id or a filter object)."""
         payload = {"resource": resource, "query": {} if query is None else query, "operation": "read"}
         return await self.request(target, "crud:read", payload, timeout=timeout, operation="crud")
@@ -400,7 +405,9 @@ class IPCWorker:
         payload = {"resource": resource, "id": id, "data": data, "operation": "update"}
         return await self.request(target, "crud:update", payload, timeout=timeout, operation="crud")
 
-    async def delete(self, resource: str, id: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None) -> Any:
+    async def delete(
+        self, resource: str, id: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
+    ) -> Any:
         """Delete item ``id`` of ``resource``."""
         payload = {"resource": resource, "id": id, "operation": "delete"}
         return await self.request(target, "crud:delete", payload, timeout=timeout, operation="crud")
@@ -628,7 +635,10 @@ class IPCWorker:
                 failure = {"success": False, "error": exc.code, "message": str(exc)}
                 await self._publish(
                     self.build_envelope(
-                        REPLY_EVENT, failure, target=envelope.source, operation="reply",
+                        REPLY_EVENT,
+                        failure,
+                        target=envelope.source,
+                        operation="reply",
                         metadata={"requestId": meta.request_id},
                     )
                 )
@@ -642,7 +652,9 @@ class IPCWorker:
             return  # late reply, or a second replica answering: the first one won
         future, expected = pending
         if envelope.source != expected:
-            self._warn_once(f"reply:{envelope.source}", "%s: ignored a reply from %s", self.service_name, envelope.source)
+            self._warn_once(
+                f"reply:{envelope.source}", "%s: ignored a reply from %s", self.service_name, envelope.source
+            )
             return
         settle_reply(future, envelope.payload)
 

@@ -329,7 +329,7 @@ async def test_expired_and_revoked_tokens_are_rejected(harness: Harness) -> None
 
 
 async def test_malformed_bytes_are_rejected_and_counted(harness: Harness) -> None:
-    sender = await harness.worker("exprsn-timeline")
+    await harness.worker("exprsn-timeline")
     victim = await harness.worker("exprsn-auth")
     errors: asyncio.Queue[Exception] = asyncio.Queue()
     victim.on("error", errors.put_nowait)

@@ -21,9 +21,14 @@ Deliver = Callable[[str, bytes], None]
 
 
 class BridgeBackend(Protocol):
-    name: str
-    revocations: RevocationStore
-    states: StateStore
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def revocations(self) -> RevocationStore: ...
+
+    @property
+    def states(self) -> StateStore: ...
 
     async def start(self) -> None: ...
 
@@ -97,7 +102,8 @@ class MemoryBackend:
 def create_backend(settings: Settings) -> BridgeBackend:
     """Redis when ``REDIS_URL`` is set, else the embedded bus."""
     if settings.redis_configured:
-        from .redis_backend import RedisBackend
+        from .redis_backend import RedisBackend  # type: ignore[import-not-found,unused-ignore]
 
-        return RedisBackend(settings)
+        backend: BridgeBackend = RedisBackend(settings)
+        return backend
     return MemoryBackend()

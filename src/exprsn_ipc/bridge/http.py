@@ -132,9 +132,9 @@ def build_router(bridge: Bridge) -> APIRouter:
     @router.get("/api/discovery/services", tags=["discovery"])
     async def discovery() -> dict[str, Any]:
         """Known services with their URLs, and whether each is on the bus now."""
-        active = {entry.get("name") for entry in await bridge.backend.services()}
+        active = {str(entry.get("name")) for entry in await bridge.backend.services()}
         services = [_describe(name, port, name in active) for name, port in KNOWN_SERVICES.items()]
-        services += [_describe(str(name), None, True) for name in sorted(active - set(KNOWN_SERVICES)) if name]
+        services += [_describe(name, None, True) for name in sorted(active - set(KNOWN_SERVICES))]
         return {"success": True, "data": {"services": services, "count": len(services)}}
 
     @router.get("/api/discovery/services/{name}", tags=["discovery"], response_model=None)

@@ -183,7 +183,9 @@ def stats(
     )
     table = Table("service", "pid", "host", "via")
     for entry in data.get("services", []):
-        table.add_row(str(entry.get("name")), str(entry.get("pid")), str(entry.get("hostname")), str(entry.get("via", "bus")))
+        table.add_row(
+            str(entry.get("name")), str(entry.get("pid")), str(entry.get("hostname")), str(entry.get("via", "bus"))
+        )
     console.print(table)
     console.print(data.get("counters", {}))
 
@@ -220,7 +222,9 @@ def emit(
     if not body.get("success"):
         fail(f"{body.get('error')}: {body.get('message')}", 1)
     result = body["result"]
-    console.print(f"published {result['event']} to {result['target']} as {result['source']}: {result['receivers']} receivers")
+    console.print(
+        f"published {result['event']} to {result['target']} as {result['source']}: {result['receivers']} receivers"
+    )
 
 
 @app.command()
@@ -250,4 +254,3 @@ def listen(
         pass
     except IPCError as exc:
         fail(str(exc), 1)
-

@@ -208,7 +208,8 @@ async def run_checks(
             answer = await _call(
                 client, namespace, "ipc:jsonlex", {"expression": JSONLEX_EXPRESSION, "context": context, "options": {}}, timeout
             )
-            result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
+            raw_result = answer.get("result")
+            result: dict[str, Any] = raw_result if isinstance(raw_result, dict) else {}
             ok = (
                 bool(answer.get("success"))
                 and result.get("fullName") == "John Doe"

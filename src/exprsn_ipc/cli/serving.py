@@ -24,10 +24,14 @@ def ensure_dev_certificates(settings: Settings) -> None:
     if not settings.tls_enabled or find_certificate(settings.certs_dir, "exprsn-bridge") is not None:
         return
     if not settings.is_development:
-        log.warning("TLS not enabled - certificates not found in %s (run `exprsn-ipc certs generate`)", settings.certs_dir)
+        log.warning(
+            "TLS not enabled - certificates not found in %s (run `exprsn-ipc certs generate`)", settings.certs_dir
+        )
         return
     generate_certificates(settings.certs_dir)
-    log.warning("generated development certificates in %s (trust %s/ca-cert.pem)", settings.certs_dir, settings.certs_dir)
+    log.warning(
+        "generated development certificates in %s (trust %s/ca-cert.pem)", settings.certs_dir, settings.certs_dir
+    )
 
 
 async def run_bridge(settings: Settings) -> None:

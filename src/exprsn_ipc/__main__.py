@@ -1,0 +1,3 @@
+from exprsn_ipc.cli import main
+
+main()
