@@ -1,0 +1,717 @@
+"""HTTPS for a service: uvicorn with TLS, an HTTP→HTTPS redirect and graceful shutdown.
+
+The Python counterpart of the original ``HTTPSServerManager`` (reference §5),
+following the guide's step 5::
+
+    manager = HTTPSServerManager("exprsn-timeline", 3004, http_port=3003, settings=settings)
+    manager.on_shutdown(ipc.disconnect)            # step 8: hooks run after the servers drain
+    await manager.serve_forever(app)              # start, handle SIGTERM/SIGINT, stop
+
+Certificates come from ``CERTS_DIR`` (``settings.certs_dir``) in this order:
+explicit ``cert_path``/``key_path``; the service's own
+``exprsn-<service>-cert.pem``/``-key.pem``; the shared
+``localhost-cert.pem``/``localhost-key.pem``. With ``TLS_ENABLED=false`` or no
+certificate the app is served over plain HTTP on ``port``.
+
+Differences from the original are listed in ``docs/https-and-bypass.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import inspect
+import logging
+import math
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, Literal
+from urllib.parse import quote
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.lifespan.on import LifespanOn
+
+from ..certs import certificate_info, find_certificate
+from ..errors import CertificateError, ConfigError, ServerStartError
+from ..settings import Settings
+
+__all__ = [
+    "HTTPSRedirectApp",
+    "HTTPSServerManager",
+    "ManagedServer",
+    "ServerSet",
+    "ShutdownHook",
+    "create_servers",
+]
+
+log = logging.getLogger(__name__)
+
+#: A shutdown hook: a plain or async callable taking no arguments.
+ShutdownHook = Callable[[], Awaitable[Any] | Any]
+LifespanMode = Literal["auto", "on", "off"]
+
+_HANDLED_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+#: Extra time, beyond ``shutdown_timeout``, before server tasks are cancelled.
+_STOP_GRACE_S: Final = 5.0
+#: Printable ASCII except space: what may appear unescaped in a ``Location``.
+_LOCATION_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F))
+_BAD_HOST_CHARS: Final = frozenset("/?#@\\ \t\r\n\"'<>")
+
+
+# --------------------------------------------------------------------------- #
+# Servers
+# --------------------------------------------------------------------------- #
+
+
+class ManagedServer(uvicorn.Server):
+    """A ``uvicorn.Server`` run by :class:`HTTPSServerManager`.
+
+    It leaves signal handling to the manager (uvicorn's own ``capture_signals``
+    would replace the process' handlers and re-raise the signal after
+    shutdown), shares the application state of the manager's single lifespan,
+    and exposes two events: :attr:`ready` (listening) and :attr:`exiting`
+    (shutdown has begun: no new connections are accepted).
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        name: str,
+        app_state: dict[str, Any],
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.name = name
+        self.app_state = app_state
+        self.ready = asyncio.Event()
+        self.exiting = asyncio.Event()
+        self._on_ready = on_ready
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # Requests see (a copy of) the state of the lifespan the manager ran.
+        self.lifespan.state = self.app_state
+        await super().startup(sockets=sockets)
+        if self.started:
+            self.ready.set()
+            if self._on_ready is not None:
+                self._on_ready()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.exiting.set()
+        await super().shutdown(sockets=sockets)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSet:
+    """What :meth:`HTTPSServerManager.start` started.
+
+    ``https`` is the TLS server (``None`` when TLS is off); ``http`` is the
+    plain server: the redirect server next to HTTPS, or the app itself when TLS
+    is off. ``urls`` maps ``"https"``/``"http"`` to the listening URLs (with the
+    actual ports, useful with port 0).
+    """
+
+    https: ManagedServer | None = None
+    http: ManagedServer | None = None
+    urls: dict[str, str] = field(default_factory=dict)
+    redirect: bool = False
+
+    @property
+    def primary(self) -> ManagedServer | None:
+        """The server that runs the app: ``https or http`` (the guide's ``servers.https || servers.http``)."""
+        return self.https or self.http
+
+
+# --------------------------------------------------------------------------- #
+# The redirect app
+# --------------------------------------------------------------------------- #
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _check_redirect_host(host: str) -> None:
+    if not host or any(c in _BAD_HOST_CHARS for c in host):
+        raise ConfigError(f"invalid redirect host {host!r}: give a host name or IP address only")
+
+
+class HTTPSRedirectApp:
+    """A tiny ASGI app answering every HTTP request with 301 to HTTPS.
+
+    The target is ``https://<host>:<https_port><path>[?<query>]`` where host
+    and port come from configuration, never from the request's ``Host``
+    header (the original built it from ``req.hostname``: an open redirect).
+    WebSocket connections are refused; lifespan events are acknowledged.
+    """
+
+    def __init__(self, host: str, https_port: int) -> None:
+        _check_redirect_host(host)
+        self.base = f"https://{_url_host(host)}:{https_port}"
+
+    def location_for(self, scope: Scope) -> str:
+        raw_path = scope.get("raw_path") or str(scope.get("path") or "/").encode("utf-8")
+        path = quote(raw_path, safe=_LOCATION_SAFE)
+        if not path.startswith("/"):
+            path = "/"
+        query = quote(scope.get("query_string") or b"", safe=_LOCATION_SAFE)
+        return f"{self.base}{path}?{query}" if query else f"{self.base}{path}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "use HTTPS"})
+            return
+        location = self.location_for(scope)
+        body = f"Moved Permanently. Redirecting to {location}\n".encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 301,
+                "headers": [
+                    (b"location", location.encode("ascii")),
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode("ascii")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body if scope.get("method") != "HEAD" else b""})
+
+
+# --------------------------------------------------------------------------- #
+# Sockets
+# --------------------------------------------------------------------------- #
+
+
+def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets for ``host:port``; a clear :class:`ServerStartError` on failure."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServerStartError(f"cannot resolve host {host!r}: {exc}") from exc
+    families = {info[0] for info in infos}
+    sockets: list[socket.socket] = []
+    seen: set[tuple[int, Any]] = set()
+    actual = port
+    try:
+        for family, type_, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, type_, proto)
+            sockets.append(sock)
+            if os.name != "nt":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and len(families) > 1:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if actual:  # with port 0, every address gets the first one's port
+                addr = (addr[0], actual, *addr[2:])
+            sock.bind(addr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            actual = sock.getsockname()[1]
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerStartError(f"port {port} is already in use (host {host})") from exc
+        if exc.errno == errno.EACCES:
+            raise ServerStartError(f"permission denied listening on port {port} (host {host})") from exc
+        raise ServerStartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sockets
+
+
+def _close_all(groups: list[list[socket.socket]]) -> None:
+    for group in groups:
+        for sock in group:
+            sock.close()
+
+
+# --------------------------------------------------------------------------- #
+# The manager
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(slots=True)
+class _Plan:
+    kind: Literal["https", "http"]
+    app: ASGIApp
+    port: int
+    ssl: ssl.SSLContext | None
+    sockets: list[socket.socket] = field(default_factory=list)
+
+
+class HTTPSServerManager:
+    """Runs a service's ASGI app over HTTPS (and HTTP), and shuts it down gracefully.
+
+    Args:
+        service_name: the service (``exprsn-timeline`` or ``timeline``); selects
+            its certificate and names it in logs.
+        port: the app's port; HTTPS listens here unless ``https_port`` is given.
+        https_port: the HTTPS port (default ``port``).
+        http_port: a second, plain HTTP port next to HTTPS (used only when TLS is
+            on and ``enable_http``): a 301 redirect to HTTPS, or the app itself
+            when ``redirect_http`` is false.
+        enable_http, redirect_http: as in the original.
+        settings: supplies ``TLS_ENABLED`` and ``CERTS_DIR``.
+        certs_dir: overrides ``settings.certs_dir``.
+        cert_path, key_path: an explicit pair (both or neither; must exist).
+        mtls: require a client certificate issued by ``ca-cert.pem`` (or
+            ``ca_path``); needs TLS, so with no certificate start() fails.
+        ca_path: the trust store for ``mtls`` (default ``<certs_dir>/ca-cert.pem``).
+        host: the address to listen on (default loopback only).
+        redirect_host: the host the redirect points to (never the Host header).
+        shutdown_timeout: seconds in-flight requests get on :meth:`stop` before
+            they are cancelled (uvicorn counts whole seconds, so it is rounded up).
+        lifespan: the app's lifespan protocol (``"auto"`` as in uvicorn); it
+            runs once per manager, not once per server.
+        backlog: the listen backlog.
+    """
+
+    def __init__(
+        self,
+        service_name: str,
+        port: int = 3000,
+        https_port: int | None = None,
+        http_port: int | None = None,
+        enable_http: bool = True,
+        redirect_http: bool = True,
+        *,
+        settings: Settings,
+        certs_dir: Path | str | None = None,
+        cert_path: Path | str | None = None,
+        key_path: Path | str | None = None,
+        mtls: bool = False,
+        ca_path: Path | str | None = None,
+        host: str = "127.0.0.1",
+        redirect_host: str = "localhost",
+        shutdown_timeout: float = 10.0,
+        lifespan: LifespanMode = "auto",
+        backlog: int = 2048,
+    ) -> None:
+        if (cert_path is None) != (key_path is None):
+            raise ConfigError("cert_path and key_path must be given together")
+        if shutdown_timeout < 0:
+            raise ConfigError("shutdown_timeout must not be negative")
+        for label, value in (("port", port), ("https_port", https_port), ("http_port", http_port)):
+            if value is not None and not 0 <= value < 65536:
+                raise ConfigError(f"{label} must be between 0 and 65535, got {value}")
+        _check_redirect_host(redirect_host)
+        self.service_name = service_name
+        self.port = port
+        self.https_port = port if https_port is None else https_port
+        self.http_port = http_port
+        self.enable_http = enable_http
+        self.redirect_http = redirect_http
+        self.settings = settings
+        self.certs_dir = Path(certs_dir) if certs_dir is not None else settings.certs_dir
+        self.mtls = mtls
+        self.ca_path = Path(ca_path) if ca_path is not None else self.certs_dir / "ca-cert.pem"
+        self.host = host
+        self.redirect_host = redirect_host
+        self.shutdown_timeout = shutdown_timeout
+        self.lifespan_mode: LifespanMode = lifespan
+        self.backlog = backlog
+
+        self.cert_path: Path | None = None
+        self.key_path: Path | None = None
+        if settings.tls_enabled:
+            if cert_path is not None and key_path is not None:
+                self.cert_path, self.key_path = Path(cert_path), Path(key_path)
+            else:
+                found = self._find_certificate()
+                if found is not None:
+                    self.cert_path, self.key_path = found
+        #: True when the app will be served over HTTPS.
+        self.tls_enabled = self.cert_path is not None
+
+        self._hooks: list[ShutdownHook] = []
+        self._servers: list[tuple[ManagedServer, asyncio.Task[None]]] = []
+        self._server_set: ServerSet | None = None
+        self._lifespan: LifespanOn | None = None
+        self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
+        self._stop_task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._stop_requested = asyncio.Event()
+        #: Set once :meth:`start` has returned (every server is listening).
+        self.ready = asyncio.Event()
+        self._signal_loop: asyncio.AbstractEventLoop | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    # Certificates -----------------------------------------------------------------
+    def _find_certificate(self) -> tuple[Path, Path] | None:
+        try:
+            return find_certificate(self.certs_dir, self.service_name)
+        except CertificateError:
+            # Not a valid service name (or "ca"): only the shared pair can apply.
+            return find_certificate(self.certs_dir, "localhost")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The server TLS context: TLS ≥ 1.2, server cipher order, optional mTLS.
+
+        Raises:
+            CertificateError: the certificate, key or CA file cannot be loaded.
+            ConfigError: TLS is off.
+        """
+        if self.cert_path is None or self.key_path is None:
+            raise ConfigError("TLS is not enabled: no certificate (or TLS_ENABLED=false)")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        try:
+            context.load_cert_chain(self.cert_path, self.key_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise CertificateError(f"cannot load certificate {self.cert_path} with key {self.key_path}: {exc}") from exc
+        if self.mtls:
+            try:
+                context.load_verify_locations(cafile=self.ca_path)
+            except (OSError, ssl.SSLError) as exc:
+                raise CertificateError(f"mTLS needs the CA certificate {self.ca_path}: {exc}") from exc
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def get_certificate_info(self) -> dict[str, Any] | None:
+        """The original's ``getCertificateInfo()`` shape, or ``None`` (TLS off or unreadable)."""
+        if self.cert_path is None:
+            return None
+        try:
+            return certificate_info(self.cert_path).to_dict()
+        except CertificateError as exc:
+            log.debug("cannot read certificate info of %s: %s", self.cert_path, exc)
+            return None
+
+    # Start --------------------------------------------------------------------------
+    @property
+    def servers(self) -> ServerSet | None:
+        """The :class:`ServerSet` of the running manager, else ``None``."""
+        return self._server_set
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    def _plan(self, app: ASGIApp) -> list[_Plan]:
+        if self.mtls and not self.tls_enabled:
+            raise ConfigError(
+                f"{self.service_name}: mtls=True needs TLS, but TLS is off "
+                f"(TLS_ENABLED={str(self.settings.tls_enabled).lower()}, certificate found: no)"
+            )
+        if not self.tls_enabled:
+            if self.settings.tls_enabled:
+                log.warning(
+                    "TLS not enabled - certificates not found",
+                    extra={"service": self.service_name, "certs_dir": str(self.certs_dir)},
+                )
+            if self.enable_http and self.http_port:
+                log.info("%s: TLS is off, so the app is served on port %d, not http_port", self.service_name, self.port)
+            return [_Plan("http", app, self.port, None)]
+        plans = [_Plan("https", app, self.https_port, self.ssl_context())]
+        if self.enable_http and self.http_port:
+            plans.append(_Plan("http", app, self.http_port, None))
+        return plans
+
+    async def start(self, app: ASGIApp) -> ServerSet:
+        """Listen and serve ``app``; return once every server accepts connections.
+
+        Raises:
+            ServerStartError: a port is in use (named in the message), cannot be
+                bound, or the app's lifespan startup failed. Nothing is left
+                listening and the lifespan is shut down again.
+            CertificateError: the certificate or key cannot be loaded.
+            ConfigError: bad options (for example ``mtls`` without TLS).
+        """
+        if self._state != "new":
+            raise ServerStartError(f"{self.service_name}: start() called on a manager that is {self._state}")
+        self._state = "starting"
+        plans: list[_Plan] = []
+        try:
+            plans = self._plan(app)
+            for plan in plans:
+                plan.sockets = _bind(self.host, plan.port, self.backlog)
+                plan.port = plan.sockets[0].getsockname()[1]
+            redirect = len(plans) == 2 and self.redirect_http
+            if redirect:
+                plans[1].app = HTTPSRedirectApp(self.redirect_host, plans[0].port)
+            app_state = await self._start_lifespan(app)
+            for plan in plans:
+                await self._start_server(plan, {} if plan.app is not app else app_state)
+        except BaseException:
+            _close_all([plan.sockets for plan in plans])
+            await self._abort_start()
+            raise
+        urls: dict[str, str] = {plan.kind: f"{plan.kind}://{_url_host(self.host)}:{plan.port}" for plan in plans}
+        by_kind = {server.name: server for server, _ in self._servers}
+        self._server_set = ServerSet(https=by_kind.get("https"), http=by_kind.get("http"), urls=urls, redirect=redirect)
+        self._state = "running"
+        self.ready.set()
+        for server, task in self._servers:
+            task.add_done_callback(self._make_exit_watcher(server))
+        return self._server_set
+
+    async def _start_lifespan(self, app: ASGIApp) -> dict[str, Any]:
+        if self.lifespan_mode == "off":
+            return {}
+        config = uvicorn.Config(app, lifespan=self.lifespan_mode, log_config=None)
+        lifespan = LifespanOn(config)
+        self._lifespan = lifespan
+        await lifespan.startup()
+        if lifespan.should_exit:
+            raise ServerStartError(f"{self.service_name}: application startup failed (see the log)")
+        return lifespan.state
+
+    async def _start_server(self, plan: _Plan, app_state: dict[str, Any]) -> None:
+        config = uvicorn.Config(
+            plan.app,
+            host=self.host,
+            port=plan.port,
+            lifespan="off",
+            log_config=None,
+            timeout_graceful_shutdown=math.ceil(self.shutdown_timeout),
+            backlog=self.backlog,
+        )
+        config.load()
+        # Our context, not uvicorn's: it enforces TLS 1.2+ and optional mTLS.
+        config.ssl = plan.ssl
+        # Settled when the server listens or its task ends, whichever comes first.
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(_: object = None) -> None:
+            if not outcome.done():
+                outcome.set_result(None)
+
+        server = ManagedServer(config, name=plan.kind, app_state=app_state, on_ready=settle)
+        task = asyncio.create_task(server.serve(sockets=plan.sockets), name=f"{self.service_name}-{plan.kind}")
+        self._servers.append((server, task))
+        task.add_done_callback(settle)
+        try:
+            await outcome
+        finally:
+            task.remove_done_callback(settle)
+        if not server.ready.is_set():
+            cause = task.exception() if task.done() and not task.cancelled() else None
+            message = f"{self.service_name}: {plan.kind} server on port {plan.port} failed to start"
+            raise ServerStartError(message) from cause
+        plan.sockets = []  # now owned (and closed) by uvicorn
+        redirect = plan.kind == "http" and isinstance(plan.app, HTTPSRedirectApp)
+        log.info(
+            "%s %s listening on %s://%s:%d%s",
+            self.service_name,
+            plan.kind.upper(),
+            plan.kind,
+            _url_host(self.host),
+            plan.port,
+            " (redirect: HTTPS)" if redirect else "",
+            extra={"service": self.service_name, "port": plan.port, "tls": plan.ssl is not None},
+        )
+
+    async def _abort_start(self) -> None:
+        await self._stop_servers()
+        await self._stop_lifespan()
+        self._servers.clear()
+        self._lifespan = None
+        self._state = "new"
+
+    # Stop ---------------------------------------------------------------------------
+    def on_shutdown(self, hook: ShutdownHook) -> ShutdownHook:
+        """Register ``hook`` (sync or async, no arguments) to run on :meth:`stop`.
+
+        Hooks run in registration order after the servers have drained (the
+        guide's step 8: IPC disconnect, database close…). A failing hook is
+        logged and the others still run. Usable as a decorator.
+        """
+        self._hooks.append(hook)
+        return hook
+
+    def _make_exit_watcher(self, server: ManagedServer) -> Callable[[asyncio.Task[None]], None]:
+        def watcher(task: asyncio.Task[None]) -> None:
+            if self._state != "running":
+                return
+            error = task.exception() if not task.cancelled() else None
+            self._failure = error
+            log.error(
+                "%s: %s server exited unexpectedly; shutting down",
+                self.service_name,
+                server.name,
+                exc_info=error,
+            )
+            self._begin_stop()
+
+        return watcher
+
+    def _begin_stop(self) -> asyncio.Task[None]:
+        if self._stop_task is None:
+            self._state = "stopping"
+            self._stop_requested.set()
+            for server, _ in self._servers:
+                server.should_exit = True
+            self._stop_task = asyncio.get_running_loop().create_task(
+                self._shutdown(), name=f"{self.service_name}-shutdown"
+            )
+        return self._stop_task
+
+    async def stop(self) -> None:
+        """Stop gracefully: stop accepting, let in-flight requests finish, run hooks.
+
+        In-flight requests get ``shutdown_timeout`` seconds, then are cancelled.
+        Then the app's lifespan shutdown runs, then the shutdown hooks in
+        order. Idempotent: concurrent and repeated calls wait for the same
+        shutdown. Cancelling the caller does not interrupt the shutdown.
+        A hook raising ``CancelledError`` ends it and propagates.
+        """
+        task = self._begin_stop()
+        if asyncio.current_task() is task:  # stop() called from a shutdown hook
+            return
+        await asyncio.shield(task)
+
+    async def _shutdown(self) -> None:
+        try:
+            await self._stop_servers()
+            await self._stop_lifespan()
+            await self._run_hooks()
+        finally:
+            self.remove_signal_handlers()
+            self._state = "stopped"
+            log.info("%s stopped", self.service_name)
+
+    async def _stop_servers(self) -> None:
+        if not self._servers:
+            return
+        for server, _ in self._servers:
+            server.should_exit = True
+        tasks = {task for _, task in self._servers}
+        _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout + _STOP_GRACE_S)
+        if pending:
+            log.error("%s: servers did not stop in time; cancelling them", self.service_name)
+            for server, _ in self._servers:
+                server.force_exit = True
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending)
+        for server, task in self._servers:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s: %s server failed", self.service_name, server.name, exc_info=task.exception())
+            # A server that crashed or was cancelled skipped uvicorn's shutdown: close its listeners.
+            for listener in getattr(server, "servers", ()):
+                listener.close()
+
+    async def _stop_lifespan(self) -> None:
+        lifespan, self._lifespan = self._lifespan, None
+        if lifespan is None or lifespan.should_exit:
+            return
+        if any(server.force_exit for server, _ in self._servers):
+            return
+        await lifespan.shutdown()
+
+    async def _run_hooks(self) -> None:
+        for hook in list(self._hooks):
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: shutdown hook %s failed", self.service_name, _hook_name(hook))
+
+    # Signals ------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """Make SIGTERM and SIGINT call :meth:`stop` (a second one forces the exit).
+
+        Uses ``loop.add_signal_handler`` on the running loop; the previous
+        handlers come back when the manager stops (or on
+        :meth:`remove_signal_handlers`). Outside the main thread, nothing is
+        installed (a warning is logged).
+        """
+        loop = asyncio.get_running_loop()
+        for sig in _HANDLED_SIGNALS:
+            if sig in self._previous_handlers:
+                continue
+            try:
+                previous = signal.getsignal(sig)
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (ValueError, RuntimeError) as exc:
+                log.warning("%s: cannot install a %s handler here: %s", self.service_name, sig.name, exc)
+                continue
+            except NotImplementedError:  # Windows event loops
+                previous = signal.signal(sig, self._make_threadsafe_handler(loop))
+            self._previous_handlers[sig] = previous
+        self._signal_loop = loop
+
+    def _make_threadsafe_handler(self, loop: asyncio.AbstractEventLoop) -> Callable[[int, FrameType | None], None]:
+        def handler(sig: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self._on_signal, sig)
+
+        return handler
+
+    def remove_signal_handlers(self) -> None:
+        """Undo :meth:`install_signal_handlers`."""
+        loop, self._signal_loop = self._signal_loop, None
+        previous, self._previous_handlers = self._previous_handlers, {}
+        for sig, handler in previous.items():
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                if loop is not None and not loop.is_closed():
+                    loop.remove_signal_handler(sig)
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self._stop_task is None:
+            log.info("%s received, shutting down gracefully", name, extra={"service": self.service_name})
+            self._begin_stop()
+            return
+        log.warning("%s received again: not waiting for in-flight requests", name)
+        for server, _ in self._servers:
+            server.force_exit = True
+
+    async def serve_forever(self, app: ASGIApp, *, install_signal_handlers: bool = True) -> None:
+        """Start, then wait until stopped by a signal or :meth:`stop`, and finish stopping.
+
+        If the waiting task is cancelled, the manager is stopped before the
+        cancellation propagates. If a server crashed, the manager stops and
+        its exception is raised here (so the process does not exit 0).
+        """
+        await self.start(app)
+        if install_signal_handlers:
+            self.install_signal_handlers()
+        try:
+            await self._stop_requested.wait()
+        finally:
+            await self.stop()
+        if self._failure is not None:
+            raise self._failure
+
+
+def _hook_name(hook: ShutdownHook) -> str:
+    return getattr(hook, "__qualname__", None) or repr(hook)
+
+
+async def create_servers(app: ASGIApp, **options: Any) -> tuple[HTTPSServerManager, ServerSet]:
+    """The original's ``createServers(app, opts)``: build a manager and start it.
+
+    ``options`` are :class:`HTTPSServerManager`'s arguments by keyword
+    (``service_name``, ``port``, ``settings``…). Returns the manager (needed to
+    stop) and its :class:`ServerSet`.
+    """
+    manager = HTTPSServerManager(**options)
+    return manager, await manager.start(app)
