@@ -73,6 +73,7 @@ LOCAL_EVENTS: Final = frozenset(
         "subscribed",
         "unsubscribed",
         "disconnected",
+        "reconnected",
     }
 )
 #: Names Socket.IO reserves; they cannot travel as IPC events.

@@ -8,6 +8,7 @@ and offers request/reply, CRUD and JSONLex calls on top of plain events.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -46,12 +47,16 @@ from .resources import ResourceTable
 from .settings import Settings
 from .tokens import BrokerTokenManager
 from .transport import Transport, create_transport
+from .transport.base import Ack
 
 __all__ = ["EmitResult", "IPCWorker", "WorkerStats"]
 
 log = logging.getLogger("exprsn_ipc.worker")
 
 H = TypeVar("H", bound=Handler)
+
+#: Durable message ids remembered for de-duplication.
+_DEDUPE_WINDOW = 10_000
 
 #: Request-style operations: the receiver answers with an ``ipc:reply``.
 _CRUD_EVENTS = {"crud:create": "create", "crud:read": "read", "crud:update": "update", "crud:delete": "delete"}
@@ -67,6 +72,28 @@ class EmitResult:
     channel: str
 
 
+#: Upper bounds (seconds) of the handler-duration histogram buckets.
+HANDLER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class DurationHistogram:
+    """Cumulative-friendly bucket counts of handler durations (read by ``/metrics``)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(HANDLER_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        for index, bound in enumerate(HANDLER_BUCKETS):
+            if seconds <= bound:
+                self.counts[index] += 1
+                return
+        self.counts[-1] += 1
+
+
 @dataclass
 class WorkerStats:
     """Counters a worker keeps; ``rejected`` is keyed by error code."""
@@ -75,8 +102,20 @@ class WorkerStats:
     received: int = 0
     handled: int = 0
     handler_errors: int = 0
+    transport_errors: int = 0
     dropped: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    sent_by_event: Counter[str] = field(default_factory=Counter)
+    received_by_event: Counter[str] = field(default_factory=Counter)
+    handler_seconds: dict[str, DurationHistogram] = field(default_factory=dict)
+
+    def observe_handler(self, event: str, seconds: float) -> None:
+        histogram = self.handler_seconds.get(event)
+        if histogram is None:
+            if len(self.handler_seconds) >= 500:  # bound the label set
+                event = "other"
+            histogram = self.handler_seconds.setdefault(event, DurationHistogram())
+        histogram.observe(seconds)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +123,7 @@ class WorkerStats:
             "received": self.received,
             "handled": self.handled,
             "handler_errors": self.handler_errors,
+            "transport_errors": self.transport_errors,
             "dropped": self.dropped,
             "rejected": dict(self.rejected),
         }
@@ -132,7 +172,8 @@ class IPCWorker:
         self.serves_jsonlex = False
         self._handlers: dict[str, list[Handler]] = {}
         self._local = LocalEmitter(self.service_name)
-        self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[str, bytes, Ack | None]] = asyncio.Queue()
+        self._seen_durable: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._high_water = self.max_concurrency * 16
         self._drained = asyncio.Event()
         self._drained.set()
@@ -312,6 +353,7 @@ class IPCWorker:
         ttl: int | None = None,
         metadata: dict[str, Any] | None = None,
         operation: str = "event",
+        durable: bool = False,
     ) -> EmitResult:
         """Publish ``event`` to ``target`` (a service name or ``broadcast``).
 
@@ -322,24 +364,35 @@ class IPCWorker:
             EnvelopeError: bad event or target name, or data that is not JSON.
             PayloadTooLargeError: the encoded envelope exceeds ``IPC_MAX_MESSAGE_BYTES``.
             NotConnectedError: the worker is not started.
+            IPCError: ``durable=True`` on a transport without durable delivery.
+
+        With ``durable=True`` (targeted events only) the message is appended to the
+        target service's stream instead: one replica handles it, it is retried until
+        a handler succeeds (up to a cap, then dead-lettered), and ``receivers`` is 1.
         """
         validate_event_name(event)
-        validate_service_name(target, allow_broadcast=True)
-        return await self._publish(
-            self.build_envelope(
-                event, data, target=target, operation=operation, require_ack=require_ack, ttl=ttl, metadata=metadata
-            )
+        validate_service_name(target, allow_broadcast=not durable)
+        envelope = self.build_envelope(
+            event, data, target=target, operation=operation, require_ack=require_ack, ttl=ttl, metadata=metadata
         )
+        if durable:
+            return await self._publish(envelope, durable=True)
+        return await self._publish(envelope)
 
-    async def _publish(self, envelope: Envelope) -> EmitResult:
+    async def _publish(self, envelope: Envelope, *, durable: bool = False) -> EmitResult:
         if not self._started:
             raise NotConnectedError(f"{self.service_name} is not started: call `await ipc.start()` first")
         raw = envelope.encode()
         if len(raw) > self.max_bytes:
             raise PayloadTooLargeError(f"message of {len(raw)} bytes exceeds the limit of {self.max_bytes} bytes")
         channel = self._channel(envelope.target)
-        receivers = await self.transport.publish(channel, raw)
+        if durable:
+            receivers = await self.transport.publish_durable(envelope.target, raw)
+        else:
+            receivers = await self.transport.publish(channel, raw)
         self.stats.sent += 1
+        if len(self.stats.sent_by_event) < 500 or envelope.event in self.stats.sent_by_event:
+            self.stats.sent_by_event[envelope.event] += 1
         if self._local.has("sent"):
             self._local.emit(
                 "sent", {"event": envelope.event, "target": envelope.target, "channel": channel, "receivers": receivers}
@@ -433,15 +486,15 @@ class IPCWorker:
         return await self.transport.active_services()
 
     # Receiving ------------------------------------------------------------------
-    def deliver_nowait(self, channel: str, raw: bytes) -> None:
+    def deliver_nowait(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
         if self._closing and not self._started:
             return
         self._unprocessed += 1
         self._idle.clear()
-        self._inbox.put_nowait((channel, raw))
+        self._inbox.put_nowait((channel, raw, ack))
 
-    async def deliver(self, channel: str, raw: bytes) -> None:
-        self.deliver_nowait(channel, raw)
+    async def deliver(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
+        self.deliver_nowait(channel, raw, ack)
         if self._inbox.qsize() >= self._high_water:
             # Saturated: make the network reader wait, so back-pressure reaches the socket.
             self._drained.clear()
@@ -457,15 +510,21 @@ class IPCWorker:
         await self._idle.wait()
 
     def transport_event(self, name: str, detail: Any = None) -> None:
-        if name == "error" and isinstance(detail, IPCError):
-            self._reject(detail, "transport")
+        if name == "error":
+            # A connection problem, not a rejected message: counted apart, reported once.
+            self.stats.transport_errors += 1
+            log.warning("%s: %s", self.service_name, detail)
+            self._local.emit("error", detail)
         elif name in LOCAL_EVENTS:
-            self._local.emit(name, detail)
+            if detail is None:
+                self._local.emit(name)
+            else:
+                self._local.emit(name, detail)
 
     async def _dispatch_loop(self) -> None:
         inbox = self._inbox
         while True:
-            channel, raw = await inbox.get()
+            channel, raw, ack = await inbox.get()
             if not self._drained.is_set() and inbox.qsize() < self._high_water // 2:
                 self._drained.set()
             try:
@@ -473,11 +532,13 @@ class IPCWorker:
             except Exception:  # a bug here must not stop the worker
                 log.exception("%s: failed to process a message", self.service_name)
                 accepted = None
+            if ack is not None:
+                accepted = self._accept_durable(accepted, ack)
             if accepted is None:
                 self._processed()
                 continue
             await self._slots.acquire()
-            task = asyncio.create_task(self._handle(*accepted))
+            task = asyncio.create_task(self._handle(*accepted, ack=ack))
             self._tasks.add(task)
             task.add_done_callback(self._task_done)
 
@@ -520,6 +581,8 @@ class IPCWorker:
             self._reject(exc, channel, envelope)
             return None
         self.stats.received += 1
+        if len(self.stats.received_by_event) < 500 or envelope.event in self.stats.received_by_event:
+            self.stats.received_by_event[envelope.event] += 1
         request_id = envelope.metadata.get("requestId")
         meta = MessageMeta(
             source=envelope.source,
@@ -543,9 +606,45 @@ class IPCWorker:
             self._warned.add(key)
             log.warning(msg, *args)
 
-    async def _handle(self, envelope: Envelope, meta: MessageMeta) -> None:
+    def _accept_durable(
+        self, accepted: tuple[Envelope, MessageMeta] | None, ack: Ack
+    ) -> tuple[Envelope, MessageMeta] | None:
+        """Durable entries: settle the rejected and the duplicates at once (at-least-once + dedupe)."""
+        if accepted is None:
+            self._spawn_ack(ack, "rejected")
+            return None
+        token_id = accepted[1].token.get("id")
+        if isinstance(token_id, str) and token_id in self._seen_durable:
+            self.stats.rejected["DUPLICATE"] += 1
+            self._spawn_ack(ack, "duplicate")
+            return None
+        return accepted
+
+    def _spawn_ack(self, ack: Ack, outcome: str) -> None:
+        task = asyncio.create_task(self._settle(ack, outcome))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _settle(self, ack: Ack, outcome: str) -> None:
+        try:
+            await ack(outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The entry stays pending and is redelivered: nothing is lost.
+            log.warning("%s: could not acknowledge a durable message (%s): %s", self.service_name, outcome, exc)
+
+    def _remember_durable(self, meta: MessageMeta) -> None:
+        token_id = meta.token.get("id")
+        if isinstance(token_id, str):
+            self._seen_durable[token_id] = None
+            if len(self._seen_durable) > _DEDUPE_WINDOW:
+                self._seen_durable.popitem(last=False)
+
+    async def _handle(self, envelope: Envelope, meta: MessageMeta, *, ack: Ack | None = None) -> None:
         event = envelope.event
         data = envelope.payload
+        error: Exception | None = None
         try:
             if event == REPLY_EVENT:
                 self._resolve_reply(envelope, meta)
@@ -553,14 +652,19 @@ class IPCWorker:
             if meta.request_id is not None:
                 await self._answer(envelope, meta)
             else:
-                await self._run_handlers(event, data, meta)
-            if envelope.require_ack and event != ACK_EVENT:
+                _, error = await self._run_handlers(event, data, meta)
+            if envelope.require_ack and event != ACK_EVENT and error is None:
                 await self._send_ack(envelope)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
+            error = exc
             log.exception("%s: failed while handling %r", self.service_name, event)
         finally:
+            if ack is not None:
+                if error is None:
+                    self._remember_durable(meta)
+                await self._settle(ack, "done" if error is None else "failed")
             if self._local.has("received"):
                 self._local.emit("received", {"event": event, "source": envelope.source, "channel": meta.channel})
 
@@ -575,15 +679,18 @@ class IPCWorker:
         result: Any = None
         error: Exception | None = None
         for index, handler in enumerate(list(handlers)):
+            started = time.perf_counter()
             try:
                 value = await call_handler(handler, data, meta)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.stats.observe_handler(event, time.perf_counter() - started)
                 self._handler_failed(event, handler, exc)
                 if index == 0:
                     error = exc
                 continue
+            self.stats.observe_handler(event, time.perf_counter() - started)
             if index == 0:
                 result = value
         if error is None:

@@ -337,9 +337,13 @@ class Bridge:
         for entry in await self.backend.services():
             resources = entry.get("resources")
             name = entry.get("name")
-            if isinstance(resources, list) and resource in resources and isinstance(name, str):
-                if name != BRIDGE_SERVICE:
-                    return name
+            if (
+                isinstance(resources, list)
+                and resource in resources
+                and isinstance(name, str)
+                and name != BRIDGE_SERVICE
+            ):
+                return name
         return BRIDGE_SERVICE
 
     # Connections ----------------------------------------------------------------

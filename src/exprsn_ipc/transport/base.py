@@ -8,11 +8,15 @@ transport gets exactly the same semantics (the contract suite checks that).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from ..errors import IPCError
 from ..tokens import RevocationStore, StateStore
 
-__all__ = ["Transport", "TransportPeer"]
+__all__ = ["Ack", "Transport", "TransportPeer"]
+
+Ack = Callable[[str], Awaitable[None]]
 
 
 class TransportPeer(Protocol):
@@ -25,12 +29,17 @@ class TransportPeer(Protocol):
         """The registry record to publish for this worker."""
         ...
 
-    def deliver_nowait(self, channel: str, raw: bytes) -> None:
+    def deliver_nowait(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
         """Hand one received message to the worker without waiting."""
         ...
 
-    async def deliver(self, channel: str, raw: bytes) -> None:
-        """Hand one received message to the worker; waits while it is saturated."""
+    async def deliver(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
+        """Hand one received message to the worker; waits while it is saturated.
+
+        ``ack`` is given for durable entries: the worker awaits ``ack(outcome)``
+        once with ``done``, ``failed`` (leave it pending for redelivery),
+        ``rejected`` (invalid, never retry) or ``duplicate``.
+        """
         ...
 
     def transport_event(self, name: str, detail: Any = None) -> None:
@@ -55,6 +64,10 @@ class Transport(ABC):
     @abstractmethod
     async def publish(self, channel: str, raw: bytes) -> int:
         """Publish one encoded envelope; return how many subscribers received it."""
+
+    async def publish_durable(self, target: str, raw: bytes) -> int:
+        """Append one encoded envelope to ``target``'s durable stream."""
+        raise IPCError(f"durable delivery is not available on the {self.name} transport (use IPC_TRANSPORT=redis)")
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:

@@ -178,6 +178,7 @@ class BridgeTransport(Transport):
                 await client.emit("ipc:subscribe", channel, namespace=ns)
             if self._was_connected:
                 log.info("%s reconnected to the Bridge at %s", peer.service_name, self.url)
+                peer.transport_event("reconnected")
             self._was_connected = True
             self._connected.set()
             if self._buffer and (self._flusher is None or self._flusher.done()):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from starlette.types import Scope, Send
+
+from ..net import is_loopback
 
 __all__ = ["client_host", "header_values", "is_loopback", "scope_state", "send_json"]
 
@@ -26,23 +27,6 @@ def client_host(scope: Mapping[str, Any]) -> str | None:
         return None
     host = client[0]
     return host if isinstance(host, str) else None
-
-
-def is_loopback(host: str | None) -> bool:
-    """True for 127.0.0.0/8, ``::1`` and IPv4-mapped loopback (``::ffff:127.x.y.z``).
-
-    Anything that is not a literal IP address (``None``, ``"localhost"``, a
-    scoped IPv6 address) is *not* loopback: the check fails closed.
-    """
-    if not host:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def scope_state(scope: Scope) -> dict[str, Any]:

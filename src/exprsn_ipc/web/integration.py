@@ -1,0 +1,137 @@
+"""FastAPI/Starlette integration: ``request.state.ipc`` (the guide's ``req.ipc``).
+
+Two ways to get it:
+
+* your own app: ``app = FastAPI(lifespan=ipc.lifespan)`` — the worker starts and
+  stops with the app and ``request.state.ipc`` is set for every request;
+* any ASGI app: :func:`migrate_app` wraps it with the worker's lifecycle, the
+  development bypass and a ``/health`` route (this is what ``exprsn-ipc serve`` does).
+
+Route handlers take the worker with ``ipc: IPCWorker = Depends(get_ipc)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__
+from ..errors import NotConnectedError
+from ..settings import Settings
+from ..worker import IPCWorker
+from ._asgi import scope_state, send_json
+from .bypass import DevBypassMiddleware
+
+__all__ = ["IPCLifespan", "get_ipc", "has_route", "migrate_app"]
+
+log = logging.getLogger("exprsn_ipc.web")
+
+
+def get_ipc(request: HTTPConnection) -> IPCWorker:
+    """FastAPI dependency: the service's IPC worker (``request.state.ipc``)."""
+    ipc = getattr(request.state, "ipc", None)
+    if not isinstance(ipc, IPCWorker):
+        raise NotConnectedError("no IPC worker on this app: use FastAPI(lifespan=ipc.lifespan) or migrate_app()")
+    return ipc
+
+
+def has_route(app: Any, path: str) -> bool:
+    """Whether a Starlette/FastAPI app (possibly wrapped) defines ``path``."""
+    seen = 0
+    while app is not None and seen < 20:
+        for route in getattr(app, "routes", None) or ():
+            if getattr(route, "path", None) == path:
+                return True
+        app = getattr(app, "app", None)
+        seen += 1
+    return False
+
+
+class IPCLifespan:
+    """Pure ASGI: starts ``ipc`` before the inner app's lifespan and stops it first on shutdown.
+
+    The worker is put in the lifespan state, so every request sees ``request.state.ipc``.
+    It also answers ``GET /health`` when ``health=True`` (for apps without one).
+    """
+
+    def __init__(self, app: ASGIApp, ipc: IPCWorker, *, health: bool = False) -> None:
+        self.app = app
+        self.ipc = ipc
+        self.health = health
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if scope["type"] in ("http", "websocket"):
+            scope_state(scope).setdefault("ipc", self.ipc)
+            if self.health and scope["type"] == "http" and scope["path"] == "/health":
+                await send_json(
+                    send,
+                    200 if self.ipc.started else 503,
+                    {
+                        "status": "healthy" if self.ipc.started else "degraded",
+                        "service": self.ipc.service_name,
+                        "version": __version__,
+                        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                        "ipc": {"transport": self.ipc.transport.name, "connected": self.ipc.transport.connected},
+                    },
+                )
+                return
+        await self.app(scope, receive, send)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        startup = await receive()
+        try:
+            await self.ipc.start()
+        except Exception as exc:
+            log.error("IPC Worker connection failed: %s", exc)
+            await send({"type": "lifespan.startup.failed", "message": f"IPC Worker connection failed: {exc}"})
+            return
+        scope_state(scope)["ipc"] = self.ipc
+        pending: list[Message] = [startup]
+        outcome: set[str] = set()
+
+        async def inner_receive() -> Message:
+            if pending:
+                return pending.pop()
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                # Guide step 8: disconnect IPC before the app closes its other connections.
+                await self.ipc.disconnect()
+            return message
+
+        async def inner_send(message: Message) -> None:
+            outcome.add(message["type"])
+            await send(message)
+
+        try:
+            await self.app(scope, inner_receive, inner_send)
+        except Exception:
+            if "lifespan.startup.complete" in outcome:
+                await self.ipc.disconnect()
+                raise
+            # The inner app does not speak lifespan: run the worker's alone.
+            log.debug("the wrapped app has no lifespan support")
+        if "lifespan.startup.failed" in outcome:
+            await self.ipc.disconnect()
+            return
+        if "lifespan.startup.complete" not in outcome:
+            await send({"type": "lifespan.startup.complete"})
+        if outcome.isdisjoint({"lifespan.shutdown.complete", "lifespan.shutdown.failed"}):
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.ipc.disconnect()
+                await send({"type": "lifespan.shutdown.complete"})
+
+
+def migrate_app(app: ASGIApp, ipc: IPCWorker, *, settings: Settings) -> ASGIApp:
+    """The guide's steps 2–4 and 8 for any ASGI app: the worker's lifecycle,
+    ``request.state.ipc``, the development bypass in front of everything, and
+    ``/health`` if the app has none."""
+    wrapped: ASGIApp = IPCLifespan(app, ipc, health=not has_route(app, "/health"))
+    return DevBypassMiddleware(wrapped, settings=settings)
