@@ -14,6 +14,8 @@ from .. import __version__
 from ..errors import IPCError
 from ._common import client_ssl, configure_logging, console, fail, load_settings
 from .certs import certs_app
+from .doctor import doctor
+from .serve import serve
 
 __all__ = ["app", "main"]
 
@@ -25,6 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(certs_app, name="certs")
+app.command()(serve)
+app.command()(doctor)
 
 
 def main() -> None:
@@ -140,7 +144,7 @@ def check(
     )
     for result in report.results:
         style = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}[result.status]
-        console.print(f"[{style}]{result.line()}[/]  [dim]{result.detail}[/]", highlight=False)
+        console.print(f"[{style}]{result.line()}[/]  [dim]{result.detail}[/]", highlight=False, soft_wrap=True)
     console.print()
     console.print(report.summary())
     if report.ok:

@@ -13,7 +13,7 @@ from rich.logging import RichHandler
 from ..errors import ConfigError
 from ..settings import Settings
 
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 

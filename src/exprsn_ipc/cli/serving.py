@@ -17,18 +17,19 @@ from ..tokens import BrokerTokenManager
 log = logging.getLogger("exprsn_ipc.cli")
 
 
-def ensure_dev_certificates(settings: Settings) -> None:
+def ensure_dev_certificates(settings: Settings, service: str = "exprsn-bridge") -> None:
     """In development, create the local CA and certificates when none exist yet."""
-    from ..certs import find_certificate, generate_certificates
+    from ..certs import KNOWN_SERVICES, find_certificate, generate_certificates
 
-    if not settings.tls_enabled or find_certificate(settings.certs_dir, "exprsn-bridge") is not None:
+    if not settings.tls_enabled or find_certificate(settings.certs_dir, service) is not None:
         return
     if not settings.is_development:
         log.warning(
             "TLS not enabled - certificates not found in %s (run `exprsn-ipc certs generate`)", settings.certs_dir
         )
         return
-    generate_certificates(settings.certs_dir)
+    extra = () if service in KNOWN_SERVICES else (service,)
+    generate_certificates(settings.certs_dir, extra_services=extra)
     log.warning(
         "generated development certificates in %s (trust %s/ca-cert.pem)", settings.certs_dir, settings.certs_dir
     )

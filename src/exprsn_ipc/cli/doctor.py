@@ -1,0 +1,179 @@
+"""``exprsn-ipc doctor --service NAME``: the guide's checklists, run by themselves.
+
+Each item prints ✓ or ✗; every ✗ prints how to fix it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from ..constants import KNOWN_SERVICES, full_service_name, short_service_name
+from ..settings import Settings
+from ._common import client_ssl, console, load_settings
+
+__all__ = ["DoctorItem", "doctor", "run_doctor"]
+
+
+@dataclass
+class DoctorItem:
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+
+async def run_doctor(
+    settings: Settings,
+    service: str,
+    *,
+    port: int,
+    bridge_url: str,
+    service_url: str | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> list[DoctorItem]:
+    """Run every check and return the results in the guide's order."""
+    items: list[DoctorItem] = []
+    items.append(_certificates(settings, service))
+    if settings.redis_configured:
+        items.append(await _redis(settings))
+    async with httpx.AsyncClient(verify=verify, timeout=5) as http:
+        items.append(await _bridge(http, bridge_url))
+        items.append(await _connected(http, bridge_url, service))
+        items.append(_bypass(settings))
+        items.append(await _health(http, service_url or f"https://localhost:{port}", service))
+    return items
+
+
+def _certificates(settings: Settings, service: str) -> DoctorItem:
+    from ..certs import verify_certificate
+
+    name = "TLS certificates"
+    fix = f"exprsn-ipc certs generate --services {service} --dir {settings.certs_dir}"
+    try:
+        result = verify_certificate(settings.certs_dir, service)
+    except Exception as exc:
+        return DoctorItem(name, False, str(exc), fix)
+    if not result.ok:
+        return DoctorItem(name, False, "; ".join(result.problems) or "invalid", fix)
+    detail = f"{result.cert_path} ({result.days_left} days left)"
+    if result.warning:
+        detail += f", {result.warning}"
+    return DoctorItem(name, True, detail)
+
+
+async def _redis(settings: Settings) -> DoctorItem:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    client = aioredis.from_url(settings.effective_redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        await client.ping()
+        return DoctorItem("Redis reachable", True, _safe_url(settings.effective_redis_url))
+    except (RedisError, OSError) as exc:
+        return DoctorItem(
+            "Redis reachable", False, str(exc), "start redis-server (redis-cli ping → PONG) or fix REDIS_URL"
+        )
+    finally:
+        await client.aclose()
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url:
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+async def _bridge(http: httpx.AsyncClient, url: str) -> DoctorItem:
+    name = "Bridge reachable over HTTPS"
+    fix = "start the Bridge first (exprsn-ipc bridge), check BRIDGE_URL and that certs/ca-cert.pem is trusted"
+    if not url.startswith("https://"):
+        return DoctorItem(
+            name, False, f"BRIDGE_URL is {url}", "set BRIDGE_URL=https://localhost:3010 (TLS_ENABLED=true)"
+        )
+    try:
+        response = await http.get(f"{url.rstrip('/')}/health")
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return DoctorItem(name, False, f"{url}: {exc}", fix)
+    ok = response.status_code == 200 and body.get("status") == "healthy"
+    return DoctorItem(name, ok, f"{url} {body.get('status')}", "" if ok else fix)
+
+
+async def _connected(http: httpx.AsyncClient, url: str, service: str) -> DoctorItem:
+    name = f"{service} in active connections"
+    fix = (
+        f"start the service (exprsn-ipc serve module:app --service {service}); check that its "
+        "IPC_BROKER_KEY equals the Bridge's and that its BRIDGE_URL points at this Bridge"
+    )
+    try:
+        body = (await http.get(f"{url.rstrip('/')}/api/ipc/stats")).json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return DoctorItem(name, False, str(exc), fix)
+    data: dict[str, Any] = body.get("data") or {}
+    names = {entry.get("name") for entry in data.get("services", []) if isinstance(entry, dict)}
+    short = short_service_name(service)
+    connected = any(c.get("service") == short for c in data.get("connections", []) if isinstance(c, dict))
+    ok = service in names or connected
+    return DoctorItem(name, ok, f"activeServices={data.get('activeServices')}", "" if ok else fix)
+
+
+def _bypass(settings: Settings) -> DoctorItem:
+    name = "Development bypass"
+    if settings.bypass_enabled:
+        return DoctorItem(name, True, "ENABLED for loopback requests (NODE_ENV=development, DEV_BYPASS=true)")
+    if settings.dev_bypass:
+        return DoctorItem(
+            name,
+            False,
+            f"DEV_BYPASS=true is ignored because NODE_ENV={settings.node_env or '(unset)'}",
+            "set NODE_ENV=development for local development, or DEV_BYPASS=false everywhere else",
+        )
+    return DoctorItem(name, True, "disabled: every request needs real authentication")
+
+
+async def _health(http: httpx.AsyncClient, url: str, service: str) -> DoctorItem:
+    name = f"{service} HTTPS /health"
+    fix = f"check that {service} runs with TLS on that port and that its certificate chains to certs/ca-cert.pem"
+    try:
+        response = await http.get(f"{url.rstrip('/')}/health")
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return DoctorItem(name, False, f"{url}: {exc}", fix)
+    ok = response.status_code == 200 and body.get("status") == "healthy" and url.startswith("https://")
+    return DoctorItem(name, ok, f"{url} → {body.get('status')} ({body.get('service')})", "" if ok else fix)
+
+
+def doctor(
+    service: Annotated[str, typer.Option("--service", help="The service to check, e.g. exprsn-timeline.")],
+    port: Annotated[
+        int | None, typer.Option("--port", help="The service's HTTPS port (default: its known port).")
+    ] = None,
+    url: Annotated[str | None, typer.Option("--url", help="Bridge URL (BRIDGE_URL).")] = None,
+    service_url: Annotated[str | None, typer.Option("--service-url", help="Base URL of the service.")] = None,
+) -> None:
+    """Run the guide's migration checklist for one service."""
+    settings = load_settings()
+    name = full_service_name(service)
+    items = asyncio.run(
+        run_doctor(
+            settings,
+            name,
+            port=port or KNOWN_SERVICES.get(name) or 3000,
+            bridge_url=url or settings.bridge_url,
+            service_url=service_url,
+            verify=client_ssl(settings),
+        )
+    )
+    for item in items:
+        mark = "[green]✓[/]" if item.ok else "[red]✗[/]"
+        console.print(f"{mark} {item.name}  [dim]{item.detail}[/]", highlight=False)
+        if not item.ok:
+            console.print(f"    fix: {item.fix}", highlight=False)
+    raise typer.Exit(0 if all(item.ok for item in items) else 1)

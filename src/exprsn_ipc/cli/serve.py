@@ -1,0 +1,91 @@
+"""``exprsn-ipc serve module:app --service NAME``: the guide's 8 steps in one command.
+
+It imports any ASGI app and serves it as a migrated service: an IPC worker for
+the service (``request.state.ipc``), the development bypass in front of the
+app, ``/health`` when the app has none, HTTPS with the service's certificate
+(plus an optional HTTP redirect), and graceful shutdown that disconnects IPC.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..constants import KNOWN_SERVICES, full_service_name
+from ..errors import ConfigError, IPCError
+from ._common import configure_logging, fail, load_settings
+
+
+def import_app(spec: str) -> Any:
+    """Import ``module:attribute`` (``attribute`` may be a factory called with no arguments)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"expected module:app, got {spec!r}")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from exc
+    app: Any = module
+    for part in attribute.split("."):
+        app = getattr(app, part, None)
+        if app is None:
+            raise ConfigError(f"{module_name!r} has no attribute {attribute!r}")
+    return app
+
+
+def serve(
+    app: Annotated[str, typer.Argument(help="The ASGI app, as module:attribute.")],
+    service: Annotated[str, typer.Option("--service", help="The exact service name, e.g. exprsn-timeline.")],
+    port: Annotated[int | None, typer.Option("--port", help="HTTPS port (default: the service's known port).")] = None,
+    http_port: Annotated[int | None, typer.Option("--http-port", help="Also redirect HTTP on this port.")] = None,
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    factory: Annotated[bool, typer.Option("--factory", help="Call the attribute to build the app.")] = False,
+    log_level: Annotated[str | None, typer.Option("--log-level")] = None,
+) -> None:
+    """Serve any ASGI app as a migrated service: IPC, bypass, HTTPS, graceful shutdown."""
+    import asyncio
+
+    settings = load_settings()
+    configure_logging(log_level or settings.log_level)
+    name = full_service_name(service)
+    listen_port = port or KNOWN_SERVICES.get(name) or 3000
+    try:
+        target = import_app(app)
+        if factory:
+            target = target()
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        asyncio.run(_run(target, name, listen_port, http_port, host, settings))
+    except IPCError as exc:
+        fail(str(exc), 1)
+    except KeyboardInterrupt:
+        pass
+
+
+async def _run(app: Any, service: str, port: int, http_port: int | None, host: str, settings: Any) -> None:
+    from ..web.bypass import log_bypass_status
+    from ..web.https import HTTPSServerManager
+    from ..web.integration import migrate_app
+    from ..worker import IPCWorker
+    from .serving import ensure_dev_certificates
+
+    log_bypass_status(settings)  # step 2
+    ipc = IPCWorker(service, settings=settings)
+    ensure_dev_certificates(settings, service)
+    manager = HTTPSServerManager(
+        service,
+        port,
+        http_port=http_port,
+        enable_http=http_port is not None,
+        redirect_http=True,
+        settings=settings,
+        host=host,
+    )
+    await manager.serve_forever(migrate_app(app, ipc, settings=settings))
