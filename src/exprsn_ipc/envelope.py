@@ -85,8 +85,10 @@ def validate_event_name(name: object, *, allow_local: bool = False) -> str:
 
 def validate_service_name(name: object, *, allow_broadcast: bool = False) -> str:
     """Return ``name`` if it is a valid service name (or ``broadcast``)."""
-    if isinstance(name, str) and (_SERVICE_RE.fullmatch(name) or (allow_broadcast and name == BROADCAST)):
+    if isinstance(name, str) and _SERVICE_RE.fullmatch(name) and (allow_broadcast or name != BROADCAST):
         return name
+    if name == BROADCAST:
+        raise EnvelopeError("'broadcast' is not a service here: name one target service")
     raise EnvelopeError(f"invalid service name {name!r}")
 
 

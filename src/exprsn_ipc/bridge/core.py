@@ -13,7 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jsonlex
-from ..constants import BRIDGE_ALIAS, BRIDGE_SERVICE, BROADCAST, REPLY_EVENT, channel_for, full_service_name
+from ..constants import (
+    BRIDGE_ALIAS,
+    BRIDGE_SERVICE,
+    BROADCAST,
+    REGISTRY_TTL_S,
+    REPLY_EVENT,
+    channel_for,
+    full_service_name,
+)
 from ..envelope import MISSING, Envelope, dumps, validate_event_name, validate_service_name
 from ..errors import (
     AuthError,
@@ -40,6 +48,8 @@ log = logging.getLogger("exprsn_ipc.bridge")
 #: Outgoing messages queued for one socket before further ones are dropped.
 SOCKET_QUEUE_LIMIT = 10_000
 DEV_BYPASS_SOURCE = "exprsn-dev-bypass"
+#: How often the registry entries of connected services are refreshed (they expire after REGISTRY_TTL_S).
+REGISTRY_REFRESH_S: float = REGISTRY_TTL_S / 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,7 @@ class Connection:
     channels: set[str] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
     dropped: int = 0
+    record: dict[str, Any] = field(default_factory=dict)
 
     @property
     def short(self) -> str:
@@ -150,6 +161,7 @@ class Bridge:
         self._pending: dict[str, asyncio.Future[Any]] = {}
         self._service_refs: Counter[str] = Counter()
         self._running = False
+        self._heartbeat: asyncio.Task[None] | None = None
         self.sio: Any = None  # set by bridge.sockets.attach()
 
     # Lifecycle ------------------------------------------------------------------
@@ -159,12 +171,18 @@ class Bridge:
         await self.backend.start()
         await self.worker.start()
         self._running = True
+        self._heartbeat = asyncio.create_task(self._refresh_registrations(), name="bridge-registry-heartbeat")
         log.info("Bridge started (backend: %s, rate limit: %s)", self.backend.name, self._limit_text())
 
     async def stop(self) -> None:
         if not self._running:
             return
         self._running = False
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
         for conn in list(self.connections.values()):
             await self.drop_connection(conn)
         for future in self._pending.values():
@@ -172,6 +190,21 @@ class Bridge:
                 future.set_exception(RequestTimeoutError("the Bridge is shutting down"))
         await self.worker.disconnect()
         await self.backend.close()
+
+    async def _refresh_registrations(self) -> None:
+        """Keep the registry entries of the Bridge and of connected services alive."""
+        while True:
+            await asyncio.sleep(REGISTRY_REFRESH_S)
+            try:
+                await self.backend.register(BRIDGE_SERVICE, self.worker.registry_entry())
+                latest: dict[str, Connection] = {}
+                for conn in list(self.connections.values()):
+                    latest[conn.service] = conn
+                now = int(time.time() * 1000)
+                for service, conn in latest.items():
+                    await self._register(service, {**conn.record, "lastSeen": now})
+            except Exception:
+                log.exception("could not refresh the service registry")
 
     def _limit_text(self) -> str:
         if self.limiter is None:
@@ -290,7 +323,7 @@ class Bridge:
     ) -> Any:
         """Request/reply on behalf of a Socket.IO client (its service is the source)."""
         validate_event_name(event)
-        validate_service_name(target)
+        validate_service_name(target)  # refuses "broadcast": a request needs one target
         if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
             return await self.serve_locally(event, data)
         request_id = uuid.uuid4().hex
@@ -365,7 +398,23 @@ class Bridge:
         }
         if entry:
             record.update({k: v for k, v in entry.items() if k in {"pid", "hostname", "registered", "resources"}})
-        await self.backend.register(conn.service, record)
+        conn.record = record
+        await self._register(conn.service, record)
+
+    async def _register(self, service: str, record: dict[str, Any]) -> None:
+        """Register ``service`` with the resources of all its connections, so that a
+        second connection of the same service neither hides nor outlives them."""
+        resources: set[str] = set()
+        for other in self.connections.values():
+            served = other.record.get("resources") if other.service == service else None
+            if isinstance(served, list):
+                resources.update(r for r in served if isinstance(r, str))
+        merged = dict(record)
+        if resources:
+            merged["resources"] = sorted(resources)
+        else:
+            merged.pop("resources", None)
+        await self.backend.register(service, merged)
 
     async def subscribe(self, conn: Connection, channel: str) -> None:
         conn.channels.add(channel)
@@ -398,6 +447,10 @@ class Bridge:
         if self._service_refs[conn.service] <= 0:
             del self._service_refs[conn.service]
             await self.backend.unregister(conn.service)
+            return
+        remaining = [c for c in self.connections.values() if c.service == conn.service]
+        if remaining:
+            await self._register(conn.service, {**remaining[-1].record, "lastSeen": int(time.time() * 1000)})
 
     async def _sender(self, conn: Connection) -> None:
         while True:

@@ -35,6 +35,12 @@ def _error(exc: IPCError) -> JSONResponse:
     )
 
 
+def _count_rejection(bridge: Bridge, exc: IPCError) -> None:
+    # Rate-limit denials are already counted (per service) by Bridge.check_rate.
+    if exc.code != "RATE_LIMIT_EXCEEDED":
+        bridge.stats.reject(None, exc.code)
+
+
 def _token(request: Request) -> str | None:
     token = request.headers.get("x-broker-token")
     if token:
@@ -105,7 +111,7 @@ def build_router(bridge: Bridge) -> APIRouter:
                 identity, body.get("event"), body.get("payload", MISSING), body.get("target") or BROADCAST, options
             )
         except IPCError as exc:
-            bridge.stats.reject(None, exc.code)
+            _count_rejection(bridge, exc)
             return _error(exc)
         return {
             "success": True,
@@ -129,7 +135,7 @@ def build_router(bridge: Bridge) -> APIRouter:
                 raise EnvelopeError("context must be an object")
             result = evaluate_jsonlex(body.get("expression"), context)
         except IPCError as exc:
-            bridge.stats.reject(None, exc.code)
+            _count_rejection(bridge, exc)
             return _error(exc)
         return {"success": True, "result": result}
 

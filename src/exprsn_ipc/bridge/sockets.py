@@ -127,9 +127,7 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             if data is not MISSING and encoded_size(data) > bridge.max_bytes:
                 raise PayloadTooLargeError(f"payload exceeds the limit of {bridge.max_bytes} bytes")
             target = options.get("target") or payload.get("target") or BROADCAST
-            envelope, receivers = await bridge.publish_as(
-                _identity(conn), payload["event"], data, target, options
-            )
+            envelope, receivers = await bridge.publish_as(_identity(conn), payload["event"], data, target, options)
         except IPCError as exc:
             if exc.code != "RATE_LIMIT_EXCEEDED":
                 bridge.stats.reject(conn.service, exc.code)
@@ -172,6 +170,10 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             validate_service_name(channel[4:], allow_broadcast=True)
         except IPCError as exc:
             return _failure(exc)
+        if subscribe and channel[4:] not in (conn.service, BROADCAST):
+            # Reading another service's traffic would need its identity.
+            bridge.stats.reject(conn.service, AuthError.code)
+            return _failure(AuthError(f"{conn.service} may not subscribe to {channel}"))
         if subscribe:
             await bridge.subscribe(conn, channel)
         else:
@@ -220,7 +222,9 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             if not isinstance(target, str):
                 raise EnvelopeError("ipc:request needs a target service")
             timeout = payload.get("timeout")
-            wait = float(timeout) / 1000 if isinstance(timeout, int | float) and timeout > 0 else None
+            wait: float | None = None
+            if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+                wait = float(timeout) / 1000
             return await bridge.request_as(
                 _identity(conn), target, payload["event"], payload.get("payload", MISSING), timeout=wait
             )
@@ -301,4 +305,3 @@ def _crud_body(operation: str, payload: Any, max_bytes: int) -> dict[str, Any]:
     if encoded_size(body) > max_bytes:
         raise PayloadTooLargeError(f"payload exceeds the limit of {max_bytes} bytes")
     return body
-

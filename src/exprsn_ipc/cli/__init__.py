@@ -106,6 +106,7 @@ def _write_private(path: Path, text: str) -> None:
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # an existing .env keeps its mode otherwise
         fh.write(text)
 
 

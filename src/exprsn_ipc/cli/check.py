@@ -127,6 +127,13 @@ async def run_checks(
             reconnection=False, ssl_verify=verify is not False, http_session=http_session, logger=False
         )
         namespace = f"/ipc/{SERVICE}"
+        refusals: list[str] = []
+
+        async def on_connect_error(data: Any = None) -> None:
+            # The Bridge says why it refused (e.g. "UNAUTHORIZED: invalid broker token: ...").
+            refusals.append(str(data.get("message") if isinstance(data, dict) else data))
+
+        client.on("connect_error", on_connect_error, namespace=namespace)
         try:
             try:
                 await client.connect(
@@ -138,7 +145,7 @@ async def run_checks(
                 )
                 done(1, namespace in client.namespaces, f"connected to {namespace}")
             except socketio.exceptions.ConnectionError as exc:
-                done(1, False, str(exc))
+                done(1, False, refusals[-1] if refusals else str(exc))
             if not checks[1].passed:
                 skip_rest(2, "skipped: no Socket.IO connection")
                 return results
@@ -195,18 +202,28 @@ async def run_checks(
                 client,
                 namespace,
                 "ipc:create",
-                {"resource": "test_items", "data": {"name": "Test Item", "value": 42, "timestamp": _now()}, "options": {}},
+                {
+                    "resource": "test_items",
+                    "data": {"name": "Test Item", "value": 42, "timestamp": _now()},
+                    "options": {},
+                },
                 timeout,
             )
             done(5, bool(created.get("success")), str(created.get("data") or created.get("error")))
-            read = await _call(client, namespace, "ipc:read", {"resource": "test_items", "query": {}, "options": {}}, timeout)
+            read = await _call(
+                client, namespace, "ipc:read", {"resource": "test_items", "query": {}, "options": {}}, timeout
+            )
             items = read.get("data")
             done(6, bool(read.get("success")), f"{len(items)} items" if isinstance(items, list) else "unknown")
 
             # 8. JSONLex
             context = {"firstName": "John", "lastName": "Doe", "age": 25}
             answer = await _call(
-                client, namespace, "ipc:jsonlex", {"expression": JSONLEX_EXPRESSION, "context": context, "options": {}}, timeout
+                client,
+                namespace,
+                "ipc:jsonlex",
+                {"expression": JSONLEX_EXPRESSION, "context": context, "options": {}},
+                timeout,
             )
             raw_result = answer.get("result")
             result: dict[str, Any] = raw_result if isinstance(raw_result, dict) else {}

@@ -28,6 +28,8 @@ class MemoryBus:
     def __init__(self) -> None:
         self._subscribers: dict[str, dict[int, Deliver]] = {}
         self._registry: dict[str, tuple[dict[str, Any], float]] = {}
+        #: Entries expire like Redis' SETEX unless re-registered; in-process workers
+        #: register without expiry (they unregister when they close).
         self.revocations = MemoryRevocationStore()
         self.states = MemoryStateStore()
         self.published = 0
@@ -54,8 +56,8 @@ class MemoryBus:
     def subscriber_count(self, channel: str) -> int:
         return len(self._subscribers.get(channel, ()))
 
-    def register(self, name: str, entry: dict[str, Any]) -> None:
-        self._registry[name] = (entry, time.monotonic() + REGISTRY_TTL_S)
+    def register(self, name: str, entry: dict[str, Any], *, ttl: float | None = REGISTRY_TTL_S) -> None:
+        self._registry[name] = (entry, time.monotonic() + ttl if ttl is not None else float("inf"))
 
     def unregister(self, name: str) -> None:
         self._registry.pop(name, None)
@@ -105,7 +107,7 @@ class MemoryTransport(Transport):
         for channel in channels:
             await self.subscribe(channel)
         entry = peer.registry_entry()
-        self.bus.register(entry["name"], entry)
+        self.bus.register(entry["name"], entry, ttl=None)
 
     async def publish(self, channel: str, raw: bytes) -> int:
         if self._peer is None:
