@@ -15,9 +15,8 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from . import jsonlex
@@ -31,6 +30,7 @@ from .constants import (
     REPLY_EVENT,
     channel_for,
 )
+from .dispatch import Inbox
 from .envelope import MISSING, Envelope, validate_event_name, validate_service_name
 from .errors import (
     EnvelopeError,
@@ -45,11 +45,12 @@ from .errors import (
 from .handlers import Handler, LocalEmitter, MessageMeta, call_handler, settle_reply
 from .resources import ResourceTable
 from .settings import Settings
+from .stats import HANDLER_BUCKETS, DurationHistogram, WorkerStats
 from .tokens import BrokerTokenManager
 from .transport import Transport, create_transport
 from .transport.base import Ack
 
-__all__ = ["EmitResult", "IPCWorker", "WorkerStats"]
+__all__ = ["HANDLER_BUCKETS", "DurationHistogram", "EmitResult", "IPCWorker", "WorkerStats"]
 
 log = logging.getLogger("exprsn_ipc.worker")
 
@@ -70,63 +71,6 @@ class EmitResult:
     envelope: Envelope
     receivers: int
     channel: str
-
-
-#: Upper bounds (seconds) of the handler-duration histogram buckets.
-HANDLER_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-@dataclass
-class DurationHistogram:
-    """Cumulative-friendly bucket counts of handler durations (read by ``/metrics``)."""
-
-    counts: list[int] = field(default_factory=lambda: [0] * (len(HANDLER_BUCKETS) + 1))
-    total: float = 0.0
-    count: int = 0
-
-    def observe(self, seconds: float) -> None:
-        self.count += 1
-        self.total += seconds
-        for index, bound in enumerate(HANDLER_BUCKETS):
-            if seconds <= bound:
-                self.counts[index] += 1
-                return
-        self.counts[-1] += 1
-
-
-@dataclass
-class WorkerStats:
-    """Counters a worker keeps; ``rejected`` is keyed by error code."""
-
-    sent: int = 0
-    received: int = 0
-    handled: int = 0
-    handler_errors: int = 0
-    transport_errors: int = 0
-    dropped: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    sent_by_event: Counter[str] = field(default_factory=Counter)
-    received_by_event: Counter[str] = field(default_factory=Counter)
-    handler_seconds: dict[str, DurationHistogram] = field(default_factory=dict)
-
-    def observe_handler(self, event: str, seconds: float) -> None:
-        histogram = self.handler_seconds.get(event)
-        if histogram is None:
-            if len(self.handler_seconds) >= 500:  # bound the label set
-                event = "other"
-            histogram = self.handler_seconds.setdefault(event, DurationHistogram())
-        histogram.observe(seconds)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "sent": self.sent,
-            "received": self.received,
-            "handled": self.handled,
-            "handler_errors": self.handler_errors,
-            "transport_errors": self.transport_errors,
-            "dropped": self.dropped,
-            "rejected": dict(self.rejected),
-        }
 
 
 class IPCWorker:
@@ -172,18 +116,15 @@ class IPCWorker:
         self.serves_jsonlex = False
         self._handlers: dict[str, list[Handler]] = {}
         self._local = LocalEmitter(self.service_name)
-        self._inbox: asyncio.Queue[tuple[str, bytes, Ack | None]] = asyncio.Queue()
+        self._inbox: Inbox[tuple[Envelope, MessageMeta]] = Inbox(
+            owner=self.service_name,
+            max_concurrency=self.max_concurrency,
+            accept=self._accept_message,
+            handle=self._handle,
+        )
         self._seen_durable: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._high_water = self.max_concurrency * 16
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self._slots = asyncio.Semaphore(self.max_concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
         self._dispatcher: asyncio.Task[None] | None = None
         self._pending: dict[str, tuple[asyncio.Future[Any], str]] = {}
-        self._unprocessed = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._warned: set[str] = set()
         self._started = False
         self._closing = False
@@ -258,7 +199,7 @@ class IPCWorker:
         if self._started:
             return self
         self._registered_at = time.time_ns() // 1_000_000
-        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name=f"ipc-dispatch:{self.service_name}")
+        self._dispatcher = asyncio.create_task(self._inbox.run(), name=f"ipc-dispatch:{self.service_name}")
         channels = [self._channel(self.service_name), self._channel(BROADCAST)]
         channels += [self._channel(alias) for alias in sorted(self.aliases)]
         try:
@@ -282,20 +223,17 @@ class IPCWorker:
         self._closing = True
         with contextlib.suppress(Exception):
             await self.transport.stop_receiving()
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout=self.settings.ipc_drain_timeout)
-        except TimeoutError:
+        if not await self._inbox.drain(self.settings.ipc_drain_timeout):
             log.warning(
-                "%s: %d handlers still running after the drain timeout; cancelling", self.service_name, len(self._tasks)
+                "%s: %d handlers still running after the drain timeout; cancelling",
+                self.service_name,
+                self._inbox.running,
             )
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._inbox.close()
         for future, _ in self._pending.values():
             if not future.done():
                 future.set_exception(NotConnectedError(f"{self.service_name} disconnected before the reply"))
@@ -390,9 +328,7 @@ class IPCWorker:
             receivers = await self.transport.publish_durable(envelope.target, raw)
         else:
             receivers = await self.transport.publish(channel, raw)
-        self.stats.sent += 1
-        if len(self.stats.sent_by_event) < 500 or envelope.event in self.stats.sent_by_event:
-            self.stats.sent_by_event[envelope.event] += 1
+        self.stats.count_sent(envelope.event)
         if self._local.has("sent"):
             self._local.emit(
                 "sent", {"event": envelope.event, "target": envelope.target, "channel": channel, "receivers": receivers}
@@ -487,27 +423,19 @@ class IPCWorker:
 
     # Receiving ------------------------------------------------------------------
     def deliver_nowait(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
-        if self._closing and not self._started:
-            return
-        self._unprocessed += 1
-        self._idle.clear()
-        self._inbox.put_nowait((channel, raw, ack))
+        self._inbox.put_nowait(channel, raw, ack)
 
     async def deliver(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
-        self.deliver_nowait(channel, raw, ack)
-        if self._inbox.qsize() >= self._high_water:
-            # Saturated: make the network reader wait, so back-pressure reaches the socket.
-            self._drained.clear()
-            await self._drained.wait()
+        await self._inbox.put(channel, raw, ack)
 
     @property
     def is_idle(self) -> bool:
         """True when every delivered message has been fully handled."""
-        return self._idle.is_set()
+        return self._inbox.is_idle
 
     async def idle(self) -> None:
         """Wait until every message delivered so far has been fully handled."""
-        await self._idle.wait()
+        await self._inbox.wait_idle()
 
     def transport_event(self, name: str, detail: Any = None) -> None:
         if name == "error":
@@ -521,37 +449,9 @@ class IPCWorker:
             else:
                 self._local.emit(name, detail)
 
-    async def _dispatch_loop(self) -> None:
-        inbox = self._inbox
-        while True:
-            channel, raw, ack = await inbox.get()
-            if not self._drained.is_set() and inbox.qsize() < self._high_water // 2:
-                self._drained.set()
-            try:
-                accepted = self._accept(channel, raw)
-            except Exception:  # a bug here must not stop the worker
-                log.exception("%s: failed to process a message", self.service_name)
-                accepted = None
-            if ack is not None:
-                accepted = self._accept_durable(accepted, ack)
-            if accepted is None:
-                self._processed()
-                continue
-            await self._slots.acquire()
-            task = asyncio.create_task(self._handle(*accepted, ack=ack))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
-        self._processed()
-
-    def _processed(self) -> None:
-        self._unprocessed -= 1
-        if self._unprocessed <= 0:
-            self._unprocessed = 0
-            self._idle.set()
+    def _accept_message(self, channel: str, raw: bytes, ack: Ack | None) -> tuple[Envelope, MessageMeta] | None:
+        accepted = self._accept(channel, raw)
+        return accepted if ack is None else self._accept_durable(accepted, ack)
 
     def _accept(self, channel: str, raw: bytes) -> tuple[Envelope, MessageMeta] | None:
         """Validate one message; return it with its meta, or None when dropped."""
@@ -580,9 +480,7 @@ class IPCWorker:
         except TokenError as exc:
             self._reject(exc, channel, envelope)
             return None
-        self.stats.received += 1
-        if len(self.stats.received_by_event) < 500 or envelope.event in self.stats.received_by_event:
-            self.stats.received_by_event[envelope.event] += 1
+        self.stats.count_received(envelope.event)
         request_id = envelope.metadata.get("requestId")
         meta = MessageMeta(
             source=envelope.source,
@@ -621,9 +519,7 @@ class IPCWorker:
         return accepted
 
     def _spawn_ack(self, ack: Ack, outcome: str) -> None:
-        task = asyncio.create_task(self._settle(ack, outcome))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._inbox.spawn(self._settle(ack, outcome))
 
     async def _settle(self, ack: Ack, outcome: str) -> None:
         try:
@@ -641,7 +537,8 @@ class IPCWorker:
             if len(self._seen_durable) > _DEDUPE_WINDOW:
                 self._seen_durable.popitem(last=False)
 
-    async def _handle(self, envelope: Envelope, meta: MessageMeta, *, ack: Ack | None = None) -> None:
+    async def _handle(self, item: tuple[Envelope, MessageMeta], ack: Ack | None = None) -> None:
+        envelope, meta = item
         event = envelope.event
         data = envelope.payload
         error: Exception | None = None
