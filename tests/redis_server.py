@@ -1,4 +1,5 @@
-"""A throw-away ``redis-server`` for tests: free loopback port, no persistence.
+"""A throw-away ``redis-server`` for tests: free loopback port, no persistence
+(unless ``appendonly=True``: an fsync-always AOF, so data survives ``restart()``).
 
     server = RedisServer()
     server.start()          # waits until it answers PING
@@ -60,10 +61,11 @@ def ping(port: int, timeout: float = 0.2) -> bool:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; ``restart()`` keeps the port."""
 
-    def __init__(self, port: int | None = None, *, startup_timeout: float = 10.0) -> None:
+    def __init__(self, port: int | None = None, *, startup_timeout: float = 10.0, appendonly: bool = False) -> None:
         self.binary = find_redis_server()
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
+        self.appendonly = appendonly
         self.workdir = Path(tempfile.mkdtemp(prefix="exprsn-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "redis.log"
@@ -84,7 +86,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
             "--dir", str(self.workdir),
             "--logfile", str(self.log_path),
             "--daemonize", "no",

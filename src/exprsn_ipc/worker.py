@@ -541,7 +541,7 @@ class IPCWorker:
         envelope, meta = item
         event = envelope.event
         data = envelope.payload
-        error: Exception | None = None
+        error: BaseException | None = None
         try:
             if event == REPLY_EVENT:
                 self._resolve_reply(envelope, meta)
@@ -552,7 +552,9 @@ class IPCWorker:
                 _, error = await self._run_handlers(event, data, meta)
             if envelope.require_ack and event != ACK_EVENT and error is None:
                 await self._send_ack(envelope)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
+            # Cancelled at shutdown: the durable entry stays pending for another replica.
+            error = exc
             raise
         except Exception as exc:
             error = exc

@@ -70,8 +70,15 @@ def _redis(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextMan
     return redis_binding(request)
 
 
+def _bridge_redis(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextManager[Harness]:
+    from .binding_bridge_redis import bridge_redis_binding
+
+    return bridge_redis_binding(request)
+
+
 BINDINGS: dict[str, Binding] = {
     "memory": memory_binding,
     "bridge": _bridge,
     "redis": _redis,
+    "bridge-redis": _bridge_redis,
 }

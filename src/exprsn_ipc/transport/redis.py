@@ -22,7 +22,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -33,6 +33,8 @@ from ..envelope import dumps
 from ..errors import NotConnectedError, TransportError
 from ..settings import Settings
 from .base import Transport, TransportPeer
+from .redis_durable import DurableConsumer, DurableOptions, append_durable, open_reader
+from .redis_publish import PublishBatcher
 from .redis_stores import (
     RATE_LIMIT_PREFIX,
     REVOCATION_CHANNEL,
@@ -54,6 +56,8 @@ log = logging.getLogger("exprsn_ipc.transport.redis")
 
 #: TCP connect timeout, so a PUBLISH during an outage fails fast.
 CONNECT_TIMEOUT_S: Final = 2.0
+#: Pooled command connections per transport; further commands wait for one.
+MAX_CONNECTIONS: Final = 32
 #: Timeout of one command round trip.
 COMMAND_TIMEOUT_S: Final = 5.0
 #: Reconnection backoff: starts here, doubles, capped, with jitter.
@@ -108,6 +112,7 @@ class RedisTransport(Transport):
         client_name: ``CLIENT SETNAME`` for every connection (shows in ``CLIENT LIST``).
         keyspace_notifications: try to enable keyspace events to learn Node
             workers' revocations at once; False always uses the periodic SCAN.
+        durable: durable delivery (Redis Streams) tuning; ``docs/durable.md``.
     """
 
     name = "redis"
@@ -126,6 +131,7 @@ class RedisTransport(Transport):
         url: str | None = None,
         client_name: str | None = None,
         keyspace_notifications: bool = True,
+        durable: DurableOptions | None = None,
     ) -> None:
         self.settings = settings
         self.url = url or settings.effective_redis_url
@@ -141,11 +147,18 @@ class RedisTransport(Transport):
         }
         # Commands: one quick retry, so the first command after a Redis restart
         # replaces its stale pooled connection; a real outage still fails fast.
-        self.client: Redis = Redis.from_url(
+        # A blocking pool: a burst of commands waits for a connection instead of
+        # failing with "Too many connections" (redis-py's default pool raises).
+        pool = BlockingConnectionPool.from_url(
             self.url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=COMMAND_TIMEOUT_S,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
             **common,
         )
+        self.client: Redis = Redis(connection_pool=pool)
+        self.client.auto_close_connection_pool = True
+        self._publisher = PublishBatcher(self.client, describe=self.safe_url)
         # Subscriptions: no hidden retries; the reader owns reconnection.
         self._sub_client: Redis = Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **common)
         self.revocations: RedisRevocationStore = RedisRevocationStore(self.client)
@@ -169,6 +182,9 @@ class RedisTransport(Transport):
         self._outage_reported = False
         self._registered = False
         self.reconnects = 0
+        self.durable_options = durable if durable is not None else DurableOptions()
+        #: Reads this worker's durable stream while it is receiving (None before connect).
+        self.durable: DurableConsumer | None = None
 
     # State ----------------------------------------------------------------------
     @property
@@ -193,9 +209,7 @@ class RedisTransport(Transport):
         """The peer's channels (resubscribed after every reconnection)."""
         return list(self._channels)
 
-    def rate_limiter(
-        self, *, max_requests: int, window_ms: int, prefix: str = RATE_LIMIT_PREFIX
-    ) -> RedisRateLimiter:
+    def rate_limiter(self, *, max_requests: int, window_ms: int, prefix: str = RATE_LIMIT_PREFIX) -> RedisRateLimiter:
         """A :class:`RedisRateLimiter` on this transport's connection pool."""
         return RedisRateLimiter(self.client, max_requests=max_requests, window_ms=window_ms, prefix=prefix)
 
@@ -215,6 +229,7 @@ class RedisTransport(Transport):
         self._receiving = True
         try:
             await self._establish()
+            await self._start_durable(peer)
         except _ERRORS as exc:
             self._peer = None
             self._receiving = False
@@ -237,10 +252,36 @@ class RedisTransport(Transport):
         """
         if self._peer is None or self._closed:
             raise NotConnectedError("the Redis transport is not connected")
+        return await self._publisher.publish(channel, raw)
+
+    async def publish_durable(self, target: str, raw: bytes) -> int:
+        """XADD ``raw`` to ``ipc:stream:<target>`` (one replica of ``target`` handles it); returns 1.
+
+        Raises:
+            NotConnectedError: not connected yet, or closed.
+            TransportError: Redis failed (fast during an outage; nothing was appended).
+        """
+        if self._peer is None or self._closed:
+            raise NotConnectedError("the Redis transport is not connected")
         try:
-            return int(await self.client.publish(channel, raw))
+            await append_durable(self.client, target, raw, maxlen=self.durable_options.maxlen)
         except (RedisError, OSError) as exc:
-            raise TransportError(f"PUBLISH to {channel} on {self.safe_url} failed: {exc}") from exc
+            raise TransportError(f"XADD to the durable stream of {target} on {self.safe_url} failed: {exc}") from exc
+        return 1
+
+    async def _start_durable(self, peer: TransportPeer) -> None:
+        """Consume the worker's own durable stream (``docs/durable.md``)."""
+        if not self.durable_options.enabled:
+            return
+        name = self.client.connection_pool.connection_kwargs.get("client_name")
+        reader = open_reader(self.url, block_ms=self.durable_options.block_ms, client_name=name)
+        consumer = DurableConsumer(self.client, reader, peer, self.durable_options)
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.close()
+            raise
+        self.durable = consumer
 
     async def subscribe(self, channel: str) -> None:
         """Receive ``channel`` too; returns once Redis confirmed the subscription.
@@ -272,6 +313,8 @@ class RedisTransport(Transport):
     async def stop_receiving(self) -> None:
         """Drop the peer's channels; revocation updates and publishing keep working."""
         self._receiving = False
+        if self.durable is not None:
+            await self.durable.stop()  # unsettled entries stay pending for another replica
         channels, self._channels = list(self._channels), {}
         if channels and self._connected.is_set() and self._pubsub is not None:
             with contextlib.suppress(*_ERRORS):
@@ -287,7 +330,10 @@ class RedisTransport(Transport):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.durable is not None:
+            await self.durable.close()
         self._fail_waiters(NotConnectedError("the Redis transport was closed"))
+        await self._publisher.close()
         if self._peer is not None and self._registered:
             try:
                 await self._unregister(self._peer)

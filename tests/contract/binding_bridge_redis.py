@@ -1,0 +1,39 @@
+"""Contract binding: workers talk through a real Bridge whose bus is a real redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from exprsn_ipc.bridge import create_app
+from exprsn_ipc.bridge.redis_backend import RedisBackend
+from exprsn_ipc.testing import make_test_settings
+from exprsn_ipc.transport.bridge import BridgeTransport
+
+from ..servers import serve
+from .bindings import Harness
+
+
+@contextlib.asynccontextmanager
+async def bridge_redis_binding(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    url: str = request.getfixturevalue("redis_url")
+    settings = make_test_settings(ipc_transport="bridge", redis_url=url, ipc_rate_max=100_000)
+    app = create_app(settings)
+    assert isinstance(app.bridge.backend, RedisBackend)
+    raw_client = Redis.from_url(url)
+    async with serve(app) as bridge_url:
+
+        async def inject(channel: str, raw: bytes) -> int:
+            return int(await raw_client.publish(channel, raw))
+
+        harness = Harness("bridge-redis", settings, lambda: BridgeTransport(settings, url=bridge_url), inject)
+        try:
+            yield harness
+        finally:
+            try:
+                await harness.close()
+            finally:
+                await raw_client.aclose()
