@@ -83,14 +83,22 @@ class RedisServer:
             return self
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
-            "--dir", str(self.workdir),
-            "--logfile", str(self.log_path),
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(self.log_path),
+            "--daemonize",
+            "no",
         ]
         deadline = time.monotonic() + self.startup_timeout
         while True:

@@ -64,8 +64,13 @@ class NodeWorker:
     async def start(cls, *, redis_url: str, key: str, name: str = NODE_NAME) -> NodeWorker:
         env = {**os.environ, "REDIS_URL": redis_url, "IPC_BROKER_KEY": key, "SERVICE_NAME": name, "NODE_ENV": "test"}
         process = await asyncio.create_subprocess_exec(
-            "node", str(SCRIPT), cwd=NODE_DIR, env=env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            "node",
+            str(SCRIPT),
+            cwd=NODE_DIR,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         worker = cls(process)
         try:
@@ -107,8 +112,13 @@ class NodeWorker:
         assert "error" not in result, f"node command {cmd} failed: {result['error']} {''.join(self.stderr)}"
         return result
 
-    async def event(self, kind: str, *, timeout: float = WAIT, where: Callable[[dict[str, Any]], bool] | None = None,
-                    ) -> dict[str, Any]:
+    async def event(
+        self,
+        kind: str,
+        *,
+        timeout: float = WAIT,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
         """The next event of ``kind`` (matching ``where``); other events are discarded."""
 
         async def find() -> dict[str, Any]:

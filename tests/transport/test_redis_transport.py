@@ -165,8 +165,14 @@ async def test_registry_is_refreshed(settings: Settings, workers: Any, raw: Redi
 async def test_close_keeps_an_entry_written_by_another_process(workers: Any, raw: Redis) -> None:
     worker = await workers("exprsn-timeline")
     key = "ipc:data:services:exprsn-timeline"
-    other = {"name": "exprsn-timeline", "namespace": "ipc", "pid": 1, "hostname": "elsewhere",
-             "registered": 1, "lastSeen": 2}
+    other = {
+        "name": "exprsn-timeline",
+        "namespace": "ipc",
+        "pid": 1,
+        "hostname": "elsewhere",
+        "registered": 1,
+        "lastSeen": 2,
+    }
     await raw.set(key, json.dumps(other), ex=60)
     await worker.disconnect()
     assert json.loads(await raw.get(key)) == other
@@ -196,8 +202,16 @@ async def test_revocation_is_written_where_the_original_reads_it(workers: Any, r
     b = await workers("exprsn-auth")
     token = a.tokens.generate_token({"x": 1}, target_service="exprsn-auth")
     token_id = decode_unverified(token)["id"]
-    metadata = {"id": token_id, "source": "exprsn-timeline", "target": "exprsn-auth", "operation": "ipc",
-                "created": 1, "expires": 2, "stateful": False, "revoked": False}
+    metadata = {
+        "id": token_id,
+        "source": "exprsn-timeline",
+        "target": "exprsn-auth",
+        "operation": "ipc",
+        "created": 1,
+        "expires": 2,
+        "stateful": False,
+        "revoked": False,
+    }
     await raw.set(f"ipc:data:token:{token_id}", json.dumps(metadata), ex=300)
     assert await a.tokens.revoke_token(token_id) is True
     record = json.loads(await raw.get(f"ipc:data:token:{token_id}"))
@@ -253,8 +267,9 @@ async def test_revoked_records_are_loaded_on_connect(workers: Any, raw: Redis) -
 
 async def test_scan_fallback_when_config_is_refused(redis_server: RedisServer, redis_url: str, raw: Redis) -> None:
     # A user without CONFIG, like many managed Redis offerings.
-    await raw.acl_setuser("noconfig", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                          commands=["+@all", "-config"])
+    await raw.acl_setuser(
+        "noconfig", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all", "-config"]
+    )
     url = f"redis://noconfig:pw@127.0.0.1:{redis_server.port}/0"
     settings = make_test_settings(redis_url=url, ipc_transport="redis")
     transport = RedisTransport(settings)
@@ -476,8 +491,9 @@ async def test_idle_pings_keep_a_healthy_connection_and_detect_a_silent_one(sett
 
 # Configuration -----------------------------------------------------------------------
 def test_url_comes_from_settings() -> None:
-    settings = make_test_settings(redis_host="10.0.0.5", redis_port=6380, redis_password="s3cret/x", redis_db=2,
-                                  ipc_transport="redis")
+    settings = make_test_settings(
+        redis_host="10.0.0.5", redis_port=6380, redis_password="s3cret/x", redis_db=2, ipc_transport="redis"
+    )
     transport = create_transport(settings)
     assert isinstance(transport, RedisTransport)
     assert transport.url == "redis://:s3cret%2Fx@10.0.0.5:6380/2"
@@ -490,8 +506,9 @@ def test_url_comes_from_settings() -> None:
 def test_rediss_url_uses_tls() -> None:
     from redis.asyncio.connection import SSLConnection
 
-    settings = make_test_settings(redis_url="rediss://user:pw@redis.example:6380/1?ssl_cert_reqs=required",
-                                  ipc_transport="redis")
+    settings = make_test_settings(
+        redis_url="rediss://user:pw@redis.example:6380/1?ssl_cert_reqs=required", ipc_transport="redis"
+    )
     transport = RedisTransport(settings)
     assert transport.client.connection_pool.connection_class is SSLConnection
     assert transport.safe_url == "rediss://user:***@redis.example:6380/1?ssl_cert_reqs=required"

@@ -247,9 +247,7 @@ class RedisRateLimiter:
     like :class:`~exprsn_ipc.ratelimit.MemoryRateLimiter`.
     """
 
-    def __init__(
-        self, client: Redis, *, max_requests: int, window_ms: int, prefix: str = RATE_LIMIT_PREFIX
-    ) -> None:
+    def __init__(self, client: Redis, *, max_requests: int, window_ms: int, prefix: str = RATE_LIMIT_PREFIX) -> None:
         if max_requests <= 0 or window_ms <= 0:
             raise ValueError("max_requests and window_ms must be positive")
         self.client = client
