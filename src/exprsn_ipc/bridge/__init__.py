@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from .. import __version__
+from ..dashboard import DashboardFeed, mount_dashboard
 from ..settings import Settings
 from .backend import BridgeBackend, MemoryBackend, create_backend
 from .core import Bridge, BridgeStats, Connection, Identity
@@ -36,10 +37,11 @@ class BridgeApp(socketio.ASGIApp):  # type: ignore[misc]
 
     bridge: Bridge
     api: FastAPI
+    dashboard: DashboardFeed
 
 
 def create_app(settings: Settings | None = None, *, backend: BridgeBackend | None = None) -> BridgeApp:
-    """Build the Bridge's ASGI app: HTTP API + Socket.IO on ``/socket.io``.
+    """Build the Bridge's ASGI app: HTTP API (with ``/metrics`` and ``/dashboard``) + Socket.IO on ``/socket.io``.
 
     The embedded in-memory backend is used unless ``REDIS_URL`` is set (or a
     ``backend`` is given). The Bridge starts and stops with the app's lifespan.
@@ -50,9 +52,11 @@ def create_app(settings: Settings | None = None, *, backend: BridgeBackend | Non
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await bridge.start()
+        await dashboard.start()
         try:
             yield {"bridge": bridge}
         finally:
+            await dashboard.stop()
             await bridge.stop()
 
     api = FastAPI(
@@ -74,7 +78,9 @@ def create_app(settings: Settings | None = None, *, backend: BridgeBackend | Non
     api.include_router(build_router(bridge))
     add_error_handlers(api)
     sio = attach(bridge)
+    dashboard = mount_dashboard(api, bridge)
     app = BridgeApp(sio, other_asgi_app=api, socketio_path="socket.io")
     app.bridge = bridge
     app.api = api
+    app.dashboard = dashboard
     return app

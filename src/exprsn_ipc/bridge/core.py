@@ -9,6 +9,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +42,7 @@ from ..worker import IPCWorker
 from .backend import BridgeBackend, create_backend
 from .store import BuiltinStore
 
-__all__ = ["Bridge", "BridgeStats", "Connection", "Identity"]
+__all__ = ["Bridge", "BridgeStats", "Connection", "Identity", "RouteListener"]
 
 log = logging.getLogger("exprsn_ipc.bridge")
 
@@ -50,6 +51,10 @@ SOCKET_QUEUE_LIMIT = 10_000
 DEV_BYPASS_SOURCE = "exprsn-dev-bypass"
 #: How often the registry entries of connected services are refreshed (they expire after REGISTRY_TTL_S).
 REGISTRY_REFRESH_S: float = REGISTRY_TTL_S / 2
+
+#: Called with every message the Bridge routes: ``listener(service, target, raw, receivers)``
+#: (the dashboard's live feed and the demo's event printer). Must be quick and must not raise.
+RouteListener = Callable[[str, str, bytes, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +83,8 @@ class Connection:
     task: asyncio.Task[None] | None = None
     dropped: int = 0
     record: dict[str, Any] = field(default_factory=dict)
+    #: Takes durable messages (``ipc:message`` with an ack); see ``docs/durable.md``.
+    durable: bool = False
 
     @property
     def short(self) -> str:
@@ -163,6 +170,8 @@ class Bridge:
         self._running = False
         self._heartbeat: asyncio.Task[None] | None = None
         self.sio: Any = None  # set by bridge.sockets.attach()
+        #: See :data:`RouteListener`.
+        self.route_listeners: list[RouteListener] = []
 
     # Lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -292,16 +301,50 @@ class Bridge:
         )
         return envelope, await self._publish(identity.service, envelope.target, envelope.encode())
 
-    async def publish_raw(self, conn: Connection, raw: bytes) -> int:
-        """Publish a worker's signed envelope after checking it is really from that worker."""
+    async def publish_raw(self, conn: Connection, raw: bytes, *, durable: bool = False) -> int:
+        """Publish a worker's signed envelope after checking it is really from that worker.
+
+        ``durable``: append it to the target's stream instead (Redis backend only).
+        """
         await self.check_rate(conn.service)
         envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
         if envelope.source != conn.service:
             raise AuthError(f"{conn.service} may not publish as {envelope.source}")
         validate_event_name(envelope.event)
-        validate_service_name(envelope.target, allow_broadcast=True)
+        validate_service_name(envelope.target, allow_broadcast=not durable)
         self.verifier.verify_envelope(envelope)
+        if durable:
+            return await self._publish_durable(conn.service, envelope.target, raw)
         return await self._publish(conn.service, envelope.target, raw)
+
+    async def _publish_durable(self, service: str, target: str, raw: bytes) -> int:
+        append = getattr(self.backend, "publish_durable", None)
+        if append is None:
+            raise IPCError(f"durable delivery needs the Bridge's Redis backend (this Bridge is {self.backend.name})")
+        appended = int(await append(target, raw))
+        self.stats.routed += 1
+        self.stats.count(service, "sent")
+        return appended
+
+    async def _consume_durable(self, conn: Connection) -> None:
+        """Feed the socket its service's durable stream, each entry settled by the socket's ack."""
+        consume = getattr(self.backend, "consume_durable", None)
+        if consume is None or conn.mode != "envelope":
+            conn.durable = False
+            return
+
+        async def send(channel: str, raw: bytes) -> str:
+            reply = await self.sio.call(
+                "ipc:message", (channel, raw.decode("utf-8")), to=conn.sid, namespace=conn.namespace, timeout=600
+            )
+            self._delivered(conn)
+            return reply if isinstance(reply, str) else "failed"
+
+        try:
+            await consume(conn.service, conn.key, send)
+        except IPCError as exc:
+            conn.durable = False
+            log.warning("%s: no durable delivery on socket %s: %s", conn.service, conn.sid, exc)
 
     async def _publish(self, service: str, target: str, raw: bytes) -> int:
         if len(raw) > self.max_bytes:
@@ -309,6 +352,11 @@ class Bridge:
         receivers = await self.backend.publish(channel_for(target), raw)
         self.stats.routed += 1
         self.stats.count(service, "sent")
+        for listener in self.route_listeners:
+            try:
+                listener(service, target, raw, receivers)
+            except Exception:
+                log.exception("a route listener failed")
         return receivers
 
     async def request_as(
@@ -400,6 +448,8 @@ class Bridge:
             record.update({k: v for k, v in entry.items() if k in {"pid", "hostname", "registered", "resources"}})
         conn.record = record
         await self._register(conn.service, record)
+        if conn.durable:
+            await self._consume_durable(conn)
 
     async def _register(self, service: str, record: dict[str, Any]) -> None:
         """Register ``service`` with the resources of all its connections, so that a
@@ -437,6 +487,9 @@ class Bridge:
     async def drop_connection(self, conn: Connection) -> None:
         if self.connections.pop(conn.key, None) is None:
             return
+        stop_durable = getattr(self.backend, "stop_durable", None)
+        if conn.durable and stop_durable is not None:
+            await stop_durable(conn.key)  # unsettled entries stay pending for other consumers
         for channel in list(conn.channels):
             await self.unsubscribe(conn, channel)
         if conn.task is not None:

@@ -1,4 +1,4 @@
-"""The Bridge's HTTP API (FastAPI): health, stats, emit, JSONLex, discovery."""
+"""The Bridge's HTTP API (FastAPI): health, stats, metrics, emit, JSONLex, discovery."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
 from ..constants import BROADCAST, KNOWN_SERVICES
 from ..envelope import MISSING, loads
 from ..errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError
 from ..jsonlex import evaluate as evaluate_jsonlex
+from ..metrics import MetricsExporter
 from .core import Bridge, Identity
 
 __all__ = ["build_router"]
@@ -94,6 +95,13 @@ def build_router(bridge: Bridge) -> APIRouter:
         if not healthy:
             body["reason"] = reason
         return JSONResponse(body, status_code=200 if healthy else 503)
+
+    exporter = MetricsExporter(bridge.worker, bridge=bridge)
+
+    @router.get("/metrics", tags=["metrics"], response_model=None)
+    async def metrics() -> Response:
+        """Prometheus metrics of the Bridge and its own worker (text format)."""
+        return await exporter.response()
 
     @router.get("/api/ipc/stats", tags=["ipc"])
     async def stats() -> dict[str, Any]:

@@ -103,7 +103,10 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             raise socketio.exceptions.ConnectionRefusedError(f"UNAUTHORIZED: {exc}", {"error": exc.code}) from None
         mode = "envelope" if isinstance(auth, dict) and auth.get("protocol") == ENVELOPE_PROTOCOL else "socket"
         entry = auth.get("entry") if isinstance(auth, dict) and isinstance(auth.get("entry"), dict) else None
-        conn = Connection(sid=sid, namespace=namespace, service=service, mode=mode, peer=peer, bypass=identity.bypass)
+        durable = mode == "envelope" and isinstance(auth, dict) and auth.get("durable") is True
+        conn = Connection(
+            sid=sid, namespace=namespace, service=service, mode=mode, peer=peer, bypass=identity.bypass, durable=durable
+        )
         await bridge.add_connection(conn, entry)
         log.info("%s connected to %s (%s%s)", service, namespace, mode, ", dev bypass" if identity.bypass else "")
 
@@ -148,6 +151,21 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             if not isinstance(raw, bytes):
                 raise EnvelopeError("ipc:publish needs one encoded envelope")
             receivers = await bridge.publish_raw(conn, raw)
+        except IPCError as exc:
+            if exc.code != "RATE_LIMIT_EXCEEDED":
+                bridge.stats.reject(conn.service, exc.code)
+            return _failure(exc)
+        return {"success": True, "receivers": receivers}
+
+    @sio.on("ipc:publish_durable", namespace="*")
+    async def on_publish_durable(namespace: str, sid: str, raw: Any = None) -> Reply:
+        conn = connection(namespace, sid)
+        try:
+            if isinstance(raw, str):
+                raw = raw.encode("utf-8")
+            if not isinstance(raw, bytes):
+                raise EnvelopeError("ipc:publish_durable needs one encoded envelope")
+            receivers = await bridge.publish_raw(conn, raw, durable=True)
         except IPCError as exc:
             if exc.code != "RATE_LIMIT_EXCEEDED":
                 bridge.stats.reject(conn.service, exc.code)

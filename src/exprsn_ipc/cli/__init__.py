@@ -14,6 +14,8 @@ from .. import __version__
 from ..errors import IPCError
 from ._common import client_ssl, configure_logging, console, fail, load_settings
 from .certs import certs_app
+from .demo import demo
+from .dlq import dlq_app
 from .doctor import doctor
 from .serve import serve
 
@@ -27,8 +29,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(certs_app, name="certs")
+app.add_typer(dlq_app, name="dlq")
 app.command()(serve)
 app.command()(doctor)
+app.command()(demo)
 
 
 def main() -> None:

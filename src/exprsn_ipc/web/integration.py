@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import NotConnectedError
+from ..metrics import MetricsApp
 from ..settings import Settings
 from ..worker import IPCWorker
 from ._asgi import scope_state, send_json
@@ -132,6 +133,8 @@ class IPCLifespan:
 def migrate_app(app: ASGIApp, ipc: IPCWorker, *, settings: Settings) -> ASGIApp:
     """The guide's steps 2–4 and 8 for any ASGI app: the worker's lifecycle,
     ``request.state.ipc``, the development bypass in front of everything, and
-    ``/health`` if the app has none."""
+    ``/health`` and ``/metrics`` (Prometheus) if the app has none."""
     wrapped: ASGIApp = IPCLifespan(app, ipc, health=not has_route(app, "/health"))
+    if not has_route(app, "/metrics"):
+        wrapped = MetricsApp(wrapped, ipc)
     return DevBypassMiddleware(wrapped, settings=settings)

@@ -1,0 +1,354 @@
+"""Prometheus ``/metrics`` for the Bridge and for every service.
+
+Each app gets its own :class:`MetricsExporter`: a private ``CollectorRegistry``
+holding one :class:`IPCCollector` that reads the live counters of an
+:class:`~exprsn_ipc.worker.IPCWorker` (and of the :class:`~exprsn_ipc.bridge.Bridge`
+when given one) at scrape time. Nothing is registered in prometheus-client's
+global default registry, and nothing is counted twice: the numbers are the
+ones ``worker.stats`` and ``/api/ipc/stats`` already keep.
+
+Wiring:
+
+* the Bridge serves ``/metrics`` itself (``bridge.http``);
+* :func:`~exprsn_ipc.web.integration.migrate_app` (and ``exprsn-ipc serve``)
+  answers ``/metrics`` for the wrapped app;
+* a FastAPI service of your own: ``add_metrics_route(app, ipc)``.
+
+The metric names are listed in ``docs/demo.md`` (section "Metrics").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .worker import HANDLER_BUCKETS, IPCWorker
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from .bridge.core import Bridge
+
+__all__ = [
+    "Backlog",
+    "IPCCollector",
+    "MetricsApp",
+    "MetricsExporter",
+    "add_metrics_route",
+    "read_backlog",
+]
+
+log = logging.getLogger("exprsn_ipc.metrics")
+
+#: Upper bound of the asynchronous reads done before each scrape (Redis, rate limiter).
+REFRESH_TIMEOUT_S = 2.0
+RATE_LIMIT_CODE = "RATE_LIMIT_EXCEEDED"
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """The durable backlog of one service: its stream's length and pending entries.
+
+    ``available`` is False when the worker is not on Redis (durable delivery needs
+    Redis Streams) or Redis could not be read; the numbers are then 0.
+    """
+
+    available: bool = False
+    length: int = 0
+    pending: int = 0
+    dead_letters: int = 0
+
+
+async def read_backlog(worker: IPCWorker) -> Backlog:
+    """XLEN/XPENDING of ``ipc:stream:<service>`` when the worker's transport is Redis."""
+    transport = worker.transport
+    client = getattr(transport, "client", None)
+    if transport.name != "redis" or client is None:
+        return Backlog()
+    try:
+        from .transport.redis_durable import durable_status
+
+        status = await asyncio.wait_for(durable_status(client, worker.service_name), REFRESH_TIMEOUT_S)
+    except Exception as exc:  # Redis down: report "not available", never fail the scrape
+        log.debug("cannot read the durable backlog of %s: %s", worker.service_name, exc)
+        return Backlog()
+    return Backlog(
+        available=True,
+        length=int(status.get("length", 0)),
+        pending=int(status.get("pending", 0)),
+        dead_letters=int(status.get("deadLetters", 0)),
+    )
+
+
+def _counter(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
+
+
+def _gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for values, value in samples:
+        family.add_metric(values, value)
+    return family
+
+
+class IPCCollector:
+    """A prometheus-client collector over one worker (and optionally the Bridge).
+
+    Synchronous reads happen in :meth:`collect`; what needs I/O (the durable
+    backlog on Redis, the rate limiter's current window) is read by
+    :meth:`refresh`, which :class:`MetricsExporter` awaits before each scrape.
+    """
+
+    def __init__(self, worker: IPCWorker, *, bridge: Bridge | None = None) -> None:
+        self.worker = worker
+        self.bridge = bridge
+        self.backlog = Backlog()
+        self.rate_usage: dict[str, int] = {}
+
+    async def refresh(self) -> None:
+        self.backlog = await read_backlog(self.worker)
+        limiter = self.bridge.limiter if self.bridge is not None else None
+        if limiter is None:
+            self.rate_usage = {}
+            return
+        try:
+            self.rate_usage = dict(await asyncio.wait_for(limiter.snapshot(), REFRESH_TIMEOUT_S))
+        except Exception as exc:
+            log.debug("cannot read the rate limiter: %s", exc)
+            self.rate_usage = {}
+
+    def describe(self) -> list[Metric]:
+        # Nothing to describe up front: the label sets are only known at scrape time.
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._worker_metrics()
+        if self.bridge is not None:
+            yield from self._bridge_metrics(self.bridge)
+
+    # The worker ---------------------------------------------------------------
+    def _worker_metrics(self) -> Iterator[Metric]:
+        worker = self.worker
+        stats = worker.stats
+        name = worker.service_name
+        yield _counter(
+            "exprsn_ipc_messages_sent",
+            "IPC messages this service published, by event.",
+            ["service", "event"],
+            (([name, event], n) for event, n in sorted(stats.sent_by_event.items())),
+        )
+        yield _counter(
+            "exprsn_ipc_messages_received",
+            "IPC messages this service accepted (addressed to it, verified), by event.",
+            ["service", "event"],
+            (([name, event], n) for event, n in sorted(stats.received_by_event.items())),
+        )
+        yield _counter(
+            "exprsn_ipc_messages_rejected",
+            "IPC messages this service refused, by reason (error code).",
+            ["service", "reason"],
+            (([name, reason], n) for reason, n in sorted(stats.rejected.items())),
+        )
+        yield _counter(
+            "exprsn_ipc_messages_dropped",
+            "Messages seen on a shared channel but addressed to another service.",
+            ["service"],
+            [([name], stats.dropped)],
+        )
+        yield _counter(
+            "exprsn_ipc_handler_errors", "Handler calls that raised.", ["service"], [([name], stats.handler_errors)]
+        )
+        yield _counter(
+            "exprsn_ipc_transport_errors",
+            "Transport problems (lost connections and the like).",
+            ["service"],
+            [([name], stats.transport_errors)],
+        )
+        histogram = HistogramMetricFamily(
+            "exprsn_ipc_handler_duration_seconds",
+            "Time spent in this service's IPC handlers, by event.",
+            labels=["service", "event"],
+        )
+        for event, observed in sorted(stats.handler_seconds.items()):
+            cumulative = 0
+            buckets: list[tuple[str, float]] = []
+            for bound, count in zip(HANDLER_BUCKETS, observed.counts, strict=False):
+                cumulative += count
+                buckets.append((_bound(bound), cumulative))
+            buckets.append(("+Inf", observed.count))
+            histogram.add_metric([name, event], buckets, observed.total)
+        yield histogram
+        own_denials = stats.rejected.get(RATE_LIMIT_CODE, 0)
+        if self.bridge is None:
+            yield _counter(
+                "exprsn_ipc_rate_limit_denials",
+                "Rate-limit denials (on the Bridge: per service; elsewhere: seen by this worker).",
+                ["service"],
+                [([name], own_denials)],
+            )
+        yield _gauge(
+            "exprsn_ipc_connected",
+            "1 while the worker's transport is connected.",
+            ["service", "transport"],
+            [([name, worker.transport.name], 1.0 if worker.transport.connected else 0.0)],
+        )
+        backlog = self.backlog
+        yield _gauge(
+            "exprsn_ipc_durable_available",
+            "1 when the durable backlog below was read from Redis; 0 when durable delivery "
+            "is not available here (not on Redis) and the backlog is reported as 0.",
+            ["service"],
+            [([name], 1.0 if backlog.available else 0.0)],
+        )
+        yield _gauge(
+            "exprsn_ipc_durable_backlog",
+            "Entries in the service's durable stream (XLEN).",
+            ["service"],
+            [([name], backlog.length)],
+        )
+        yield _gauge(
+            "exprsn_ipc_durable_pending",
+            "Entries delivered but not yet acknowledged (XPENDING of the service's group).",
+            ["service"],
+            [([name], backlog.pending)],
+        )
+        yield _gauge(
+            "exprsn_ipc_durable_dead_letters",
+            "Entries in the service's dead-letter stream.",
+            ["service"],
+            [([name], backlog.dead_letters)],
+        )
+
+    # The Bridge ---------------------------------------------------------------
+    def _bridge_metrics(self, bridge: Bridge) -> Iterator[Metric]:
+        stats = bridge.stats
+        yield _counter(
+            "exprsn_bridge_messages_routed", "Messages the Bridge published for its clients.", [], [([], stats.routed)]
+        )
+        yield _counter(
+            "exprsn_bridge_messages_delivered",
+            "Messages the Bridge delivered to Socket.IO clients.",
+            [],
+            [([], stats.delivered)],
+        )
+        yield _counter(
+            "exprsn_bridge_messages_rejected",
+            "Requests and messages the Bridge refused, by reason.",
+            ["reason"],
+            (([reason], n) for reason, n in sorted(stats.rejected.items())),
+        )
+        per_service = sorted(stats.per_service.items())
+        yield _counter(
+            "exprsn_bridge_service_messages",
+            "Messages per service: sent through the Bridge, or delivered to it.",
+            ["service", "direction"],
+            (
+                ([service, direction], counts[direction])
+                for service, counts in per_service
+                for direction in ("sent", "delivered")
+            ),
+        )
+        yield _counter(
+            "exprsn_bridge_service_rejected",
+            "Refusals per service and reason.",
+            ["service", "reason"],
+            (
+                ([service, key.split(":", 1)[1]], n)
+                for service, counts in per_service
+                for key, n in sorted(counts.items())
+                if key.startswith("rejected:")
+            ),
+        )
+        yield _counter(
+            "exprsn_ipc_rate_limit_denials",
+            "Rate-limit denials (on the Bridge: per service; elsewhere: seen by this worker).",
+            ["service"],
+            (([service], counts[f"rejected:{RATE_LIMIT_CODE}"]) for service, counts in per_service),
+        )
+        yield _gauge(
+            "exprsn_bridge_rate_limit_enabled",
+            "1 when the Bridge limits the rate of each service.",
+            [],
+            [([], 1.0 if bridge.limiter is not None else 0.0)],
+        )
+        yield _gauge(
+            "exprsn_bridge_rate_limit_max",
+            "Requests a service may make per window (IPC_RATE_MAX).",
+            [],
+            [([], bridge.settings.ipc_rate_max)],
+        )
+        yield _gauge(
+            "exprsn_bridge_rate_limit_usage",
+            "Requests counted in the current window, per service.",
+            ["service"],
+            (([service], n) for service, n in sorted(self.rate_usage.items())),
+        )
+        connections: dict[tuple[str, str], int] = {}
+        for conn in list(bridge.connections.values()):
+            key = (conn.service, conn.mode)
+            connections[key] = connections.get(key, 0) + 1
+        yield _gauge(
+            "exprsn_bridge_connections",
+            "Socket.IO connections on /ipc/<service>, by service and mode (envelope = IPC worker).",
+            ["service", "mode"],
+            (([service, mode], n) for (service, mode), n in sorted(connections.items())),
+        )
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
+
+
+class MetricsExporter:
+    """One app's registry and collector, rendered in the Prometheus text format."""
+
+    def __init__(self, worker: IPCWorker, *, bridge: Bridge | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = IPCCollector(worker, bridge=bridge)
+        self.registry.register(self.collector)
+
+    async def render(self) -> bytes:
+        await self.collector.refresh()
+        body: bytes = generate_latest(self.registry)
+        return body
+
+    async def response(self) -> Response:
+        return Response(await self.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def add_metrics_route(app: FastAPI, ipc: IPCWorker, *, path: str = "/metrics") -> MetricsExporter:
+    """Serve ``ipc``'s metrics on ``path`` of a FastAPI app; returns the exporter."""
+    exporter = MetricsExporter(ipc)
+
+    async def metrics() -> Response:
+        return await exporter.response()
+
+    app.add_api_route(path, metrics, methods=["GET"], tags=["metrics"], summary="Prometheus metrics")
+    return exporter
+
+
+class MetricsApp:
+    """Pure ASGI: answers ``GET /metrics`` with a worker's metrics, passes the rest on."""
+
+    def __init__(self, app: ASGIApp, ipc: IPCWorker, *, path: str = "/metrics") -> None:
+        self.app = app
+        self.path = path
+        self.exporter = MetricsExporter(ipc)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope.get("method") in ("GET", "HEAD"):
+            response = await self.exporter.response()
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,1 @@
+"""Tests of the example services in services/ (each on a shared in-memory bus)."""
