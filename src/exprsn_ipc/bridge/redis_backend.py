@@ -14,8 +14,9 @@ durable messages to ``ipc:stream:<target>`` and consumes ``ipc:stream:<service>`
 on each such socket's behalf, one consumer of the service's group per socket.
 
 When Redis goes away, ``health()`` reports it (``/health`` answers 503
-``degraded``), the reader reconnects with capped exponential backoff and jitter,
-resubscribes every channel and rewrites the registry entries.
+``degraded``), the reader (a :class:`RedisSubscriber`, as in the transport)
+reconnects with capped exponential backoff and jitter, resubscribes every channel
+and rewrites the registry entries.
 """
 
 from __future__ import annotations
@@ -23,16 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from ..constants import REGISTRY_PREFIX, REGISTRY_REFRESH_S, REGISTRY_TTL_S
@@ -41,32 +40,23 @@ from ..errors import TransportError
 from ..ratelimit import RateLimiter
 from ..settings import Settings
 from ..transport.base import Ack, Transport
-from ..transport.redis import RedisTransport, redact_url
-from ..transport.redis_durable import DurableConsumer, DurableOptions, append_durable, open_reader
+from ..transport.redis import RedisTransport, append_durable_entry, read_registry, start_durable_consumer
+from ..transport.redis_durable import DurableConsumer, DurableOptions
 from ..transport.redis_stores import (
     REVOCATION_CHANNEL,
     RedisRateLimiter,
     RedisRevocationStore,
     RedisStateStore,
-    glob_escape,
 )
+from ..transport.redis_subscriber import IDLE_PING_S, REDIS_ERRORS, RedisSubscriber, connection_options, redact_url
 from .backend import Deliver
 
 __all__ = ["DURABLE_OUTCOMES", "DurableSend", "RedisBackend"]
 
 log = logging.getLogger("exprsn_ipc.bridge.redis")
 
-CONNECT_TIMEOUT_S: Final = 2.0
-COMMAND_TIMEOUT_S: Final = 5.0
 #: ``health()`` gives up on PING after this long.
 HEALTH_TIMEOUT_S: Final = 1.0
-CONFIRM_TIMEOUT_S: Final = 5.0
-BACKOFF_INITIAL_S: Final = 0.1
-BACKOFF_MAX_S: Final = 5.0
-#: After this long without traffic the reader PINGs; no answer within as long again = dead.
-IDLE_PING_S: Final = 10.0
-
-_ERRORS: Final = (RedisError, OSError, TransportError)
 
 #: What a socket may answer for a durable message (the worker's ack outcomes).
 DURABLE_OUTCOMES: Final = frozenset({"done", "failed", "rejected", "duplicate"})
@@ -84,10 +74,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class RedisBackend:
@@ -109,16 +95,12 @@ class RedisBackend:
         self.settings = settings
         self.url = url or settings.effective_redis_url
         self.safe_url = redact_url(self.url)
-        common: dict[str, Any] = {
-            "decode_responses": False,
-            "socket_connect_timeout": CONNECT_TIMEOUT_S,
-            "socket_timeout": COMMAND_TIMEOUT_S,
-            "socket_keepalive": True,
-            "client_name": "exprsn-bridge",
-        }
         # Commands: one quick retry replaces a connection gone stale with a Redis restart.
-        self.client: Redis = Redis.from_url(self.url, retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1), **common)
-        self._sub_client: Redis = Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **common)
+        self.client: Redis = Redis.from_url(
+            self.url,
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+            **connection_options("exprsn-bridge"),
+        )
         # The Bridge's own worker; its transport keeps the revocation cache current
         # (keyspace notifications or SCAN, and Python workers' notices), so the
         # Bridge's verifier shares that store.
@@ -130,15 +112,24 @@ class RedisBackend:
         # never resurrects an entry being unregistered).
         self._lock = asyncio.Lock()
         self._registry_lock = asyncio.Lock()
-        self._pubsub: PubSub | None = None
-        self._connected = asyncio.Event()
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # The revocation channel is always subscribed: the connection is never idle-unsubscribed,
+        # and the notices refresh the shared revocation cache a little sooner.
+        self._subscriber = RedisSubscriber(
+            self.url,
+            client_name="exprsn-bridge",
+            message=self._on_message,
+            outage=self._on_outage,
+            recovered=self._on_recovered,
+            ready=self._write_registry,
+            always=(REVOCATION_CHANNEL,),
+            idle_ping_s=lambda: self.idle_ping_s,
+            lock=self._lock,
+            name="Bridge",
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
-        self._outage: str | None = None
         self._unregister = self.client.register_script(_UNREGISTER_SCRIPT)
-        self.reconnects = 0
         #: Durable delivery tuning for the streams consumed on sockets' behalf.
         self.durable_options = DurableOptions()
         self._durable: dict[str, tuple[DurableConsumer, _SocketReplica]] = {}
@@ -155,7 +146,12 @@ class RedisBackend:
     @property
     def connected(self) -> bool:
         """True while the subscription connection is up."""
-        return self._connected.is_set() and not self._closed
+        return self._subscriber.connected and not self._closed
+
+    @property
+    def reconnects(self) -> int:
+        """How many outages the subscription connection recovered from."""
+        return self._subscriber.reconnects
 
     @property
     def channels(self) -> list[str]:
@@ -174,14 +170,12 @@ class RedisBackend:
         if self._closed:
             raise TransportError("this Redis backend is closed")
         try:
-            async with self._lock:
-                await self._establish()
-        except _ERRORS as exc:
-            await self._drop_pubsub()
+            await self._subscriber.connect()
+        except REDIS_ERRORS as exc:
             raise TransportError(f"the Bridge cannot reach Redis at {self.safe_url}: {exc}") from exc
         self._started = True
         self._tasks = [
-            asyncio.create_task(self._read_loop(), name="bridge-redis-reader"),
+            asyncio.create_task(self._subscriber.run(), name="bridge-redis-reader"),
             asyncio.create_task(self._heartbeat_loop(), name="bridge-redis-registry"),
         ]
         log.info("Bridge backend: Redis at %s", self.safe_url)
@@ -195,20 +189,17 @@ class RedisBackend:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._fail_waiters(TransportError("the Redis backend was closed"))
+        await self._subscriber.close(TransportError("the Redis backend was closed"))
         for key in list(self._durable):
             await self.stop_durable(key)
         for name in list(self._registered):
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self.unregister(name)
-        await self._drop_pubsub()
-        self._connected.clear()
         self._subscribers.clear()
         if not self._transport_taken:
             await self._transport.close()
-        for client in (self._sub_client, self.client):
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.aclose()
 
     async def health(self) -> tuple[bool, str]:
         """(True, …) while Redis answers PING and both subscriptions are up; else (False, reason)."""
@@ -248,11 +239,9 @@ class RedisBackend:
                 subscribers[key] = deliver
                 return
             self._subscribers[channel] = {key: deliver}
-            if self._pubsub is None or not self._connected.is_set():
-                return
             try:
-                await self._confirmed(self._pubsub, channel)
-            except _ERRORS as exc:
+                await self._subscriber.subscribe(channel)
+            except REDIS_ERRORS as exc:
                 # The reader reconnects and resubscribes it.
                 log.warning("SUBSCRIBE %s failed (retried on reconnection): %s", channel, exc)
 
@@ -265,9 +254,8 @@ class RedisBackend:
             if channel == REVOCATION_CHANNEL:
                 return
             del self._subscribers[channel]
-            if self._pubsub is not None and self._connected.is_set():
-                with contextlib.suppress(*_ERRORS):
-                    await self._pubsub.unsubscribe(channel)
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._subscriber.unsubscribe(channel, confirm=False)
 
     # Registry -------------------------------------------------------------------
     async def register(self, name: str, entry: dict[str, Any]) -> None:
@@ -294,25 +282,7 @@ class RedisBackend:
 
     async def services(self) -> list[dict[str, Any]]:
         """Registry records from ``ipc:data:services:*`` (SCAN + MGET): this Bridge's, other Bridges', workers'."""
-        try:
-            keys = [k async for k in self.client.scan_iter(match=f"{glob_escape(REGISTRY_PREFIX)}*", count=500)]
-            values: list[Any] = []
-            for start in range(0, len(keys), 500):
-                values.extend(await self.client.mget(keys[start : start + 500]))
-        except (RedisError, OSError) as exc:
-            raise TransportError(f"service discovery on {self.safe_url} failed: {exc}") from exc
-        services: list[dict[str, Any]] = []
-        for raw in values:
-            if raw is None:
-                continue
-            try:
-                entry = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                services.append(entry)
-        services.sort(key=lambda e: str(e["name"]))
-        return services
+        return await read_registry(self.client, self.safe_url)
 
     # Durable delivery for sockets -------------------------------------------------
     async def publish_durable(self, target: str, raw: bytes) -> int:
@@ -321,10 +291,7 @@ class RedisBackend:
         Raises:
             TransportError: Redis failed (nothing was appended).
         """
-        try:
-            await append_durable(self.client, target, raw, maxlen=self.durable_options.maxlen)
-        except (RedisError, OSError) as exc:
-            raise TransportError(f"XADD to the durable stream of {target} on {self.safe_url} failed: {exc}") from exc
+        await append_durable_entry(self.client, target, raw, maxlen=self.durable_options.maxlen, describe=self.safe_url)
         return 1
 
     async def consume_durable(self, service: str, key: str, send: DurableSend) -> None:
@@ -340,13 +307,9 @@ class RedisBackend:
         if key in self._durable:
             return
         replica = _SocketReplica(service, send)
-        reader = open_reader(self.url, block_ms=self.durable_options.block_ms, client_name="exprsn-bridge")
-        consumer = DurableConsumer(self.client, reader, replica, self.durable_options)
-        try:
-            await consumer.start()
-        except BaseException:
-            await consumer.close()
-            raise
+        consumer = await start_durable_consumer(
+            self.client, self.url, replica, self.durable_options, client_name="exprsn-bridge"
+        )
         self._durable[key] = (consumer, replica)
 
     async def stop_durable(self, key: str) -> None:
@@ -376,62 +339,7 @@ class RedisBackend:
         """The shared Redis limiter: every Bridge on this Redis counts into the same windows."""
         return RedisRateLimiter(self.client, max_requests=settings.ipc_rate_max, window_ms=settings.ipc_rate_window)
 
-    # Connection ---------------------------------------------------------------------
-    async def _establish(self) -> None:
-        """(Re)create the subscription with every channel, rewrite the registry. Hold the lock."""
-        await self._drop_pubsub()
-        pubsub = self._sub_client.pubsub()
-        self._pubsub = pubsub
-        # The revocation channel is always subscribed: the connection is never idle-unsubscribed,
-        # and the notices refresh the shared revocation cache a little sooner.
-        channels = [REVOCATION_CHANNEL, *self._subscribers]
-        await pubsub.subscribe(*channels)
-        await self._await_confirmations(pubsub, set(channels))
-        await self._write_registry()
-        self._connected.set()
-
-    async def _await_confirmations(self, pubsub: PubSub, wanted: set[str]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONFIRM_TIMEOUT_S
-        while wanted:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TransportError(f"Redis did not confirm SUBSCRIBE {sorted(wanted)}")
-            message = await pubsub.get_message(timeout=left)
-            if message is None:
-                continue
-            if message["type"] == "subscribe":
-                wanted.discard(_text(message["channel"]))
-            self._dispatch(message)
-
-    async def _confirmed(self, pubsub: PubSub, channel: str) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(channel, []).append(future)
-        try:
-            await pubsub.subscribe(channel)
-            await asyncio.wait_for(asyncio.shield(future), CONFIRM_TIMEOUT_S)
-        except TimeoutError:
-            raise TransportError(f"Redis did not confirm SUBSCRIBE {channel}") from None
-        finally:
-            waiters = self._waiters.get(channel)
-            if waiters is not None and future in waiters:
-                waiters.remove(future)
-                if not waiters:
-                    del self._waiters[channel]
-
-    def _fail_waiters(self, error: TransportError) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for futures in waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_exception(error)
-
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(*_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
+    # Subscription callbacks -----------------------------------------------------------
     async def _write_registry(self) -> None:
         """Rewrite every entry this Bridge holds, with a new ``lastSeen``."""
         async with self._registry_lock:
@@ -451,84 +359,27 @@ class RedisBackend:
                 await pipe.execute()
             self._registered.update(fresh)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "message":
-            channel = _text(message["channel"])
-            data = message["data"]
-            if channel == REVOCATION_CHANNEL:
-                self.revocations.handle_notice(data)
-                return
-            for key, deliver in list(self._subscribers.get(channel, {}).items()):
-                try:
-                    deliver(channel, data)
-                except Exception:
-                    log.exception("delivering a message on %s to %s failed", channel, key)
-        elif kind == "subscribe":
-            for future in self._waiters.pop(_text(message["channel"]), []):
-                if not future.done():
-                    future.set_result(None)
+    async def _on_message(self, channel: str, data: bytes) -> None:
+        if channel == REVOCATION_CHANNEL:
+            self.revocations.handle_notice(data)
+            return
+        for key, deliver in list(self._subscribers.get(channel, {}).items()):
+            try:
+                deliver(channel, data)
+            except Exception:
+                log.exception("delivering a message on %s to %s failed", channel, key)
+
+    def _on_outage(self, exc: BaseException) -> None:
+        log.warning("Bridge lost Redis at %s: %s; reconnecting", self.safe_url, exc)
+
+    def _on_recovered(self) -> None:
+        log.info("Bridge reconnected to Redis; resubscribed %d channels", len(self._subscribers))
 
     # Tasks ----------------------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        while True:
-            pubsub = self._pubsub
-            try:
-                if pubsub is None:
-                    raise TransportError("no subscription connection")
-                await self._read(pubsub)
-            except _ERRORS as exc:
-                if self._closed:
-                    return
-                await self._recover(exc)
-
-    async def _read(self, pubsub: PubSub) -> None:
-        """Read and fan out until the connection fails (then raise)."""
-        loop = asyncio.get_running_loop()
-        last_rx = loop.time()
-        ping_sent = False
-        while True:
-            message = await pubsub.get_message(timeout=self.idle_ping_s)
-            if message is None:
-                if loop.time() - last_rx < self.idle_ping_s:
-                    continue
-                if ping_sent:
-                    raise TransportError(f"Redis did not answer PING within {self.idle_ping_s:g} s")
-                await pubsub.ping()
-                ping_sent = True
-                continue
-            self._dispatch(message)
-            last_rx = loop.time()
-            ping_sent = False
-
-    async def _recover(self, exc: BaseException) -> None:
-        """Log the outage once, then reconnect with capped exponential backoff and jitter."""
-        self._connected.clear()
-        self._fail_waiters(TransportError(f"lost the Redis connection: {exc}"))
-        if self._outage is None:
-            self._outage = str(exc)
-            log.warning("Bridge lost Redis at %s: %s; reconnecting", self.safe_url, exc)
-        await self._drop_pubsub()
-        delay = BACKOFF_INITIAL_S
-        while not self._closed:
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter, not crypto)
-            try:
-                async with self._lock:
-                    await self._establish()
-            except _ERRORS as retry_exc:
-                log.debug("Bridge: Redis reconnection failed: %s", retry_exc)
-                await self._drop_pubsub()
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                continue
-            self.reconnects += 1
-            self._outage = None
-            log.info("Bridge reconnected to Redis; resubscribed %d channels", len(self._subscribers))
-            return
-
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.registry_refresh_s)
-            if not self._connected.is_set():
+            if not self._subscriber.connected:
                 continue  # rewritten on reconnection
             try:
                 await self._write_registry()

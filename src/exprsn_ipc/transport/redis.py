@@ -3,10 +3,11 @@
 Channels are the original's exact names (``ipc:<service>``, ``ipc:broadcast``),
 the registry lives in ``ipc:data:services:<name>`` (SETEX 60, refreshed every
 30 s) and revocations in ``ipc:data:token:<id>``. One connection pool serves
-commands; one PubSub connection, read by a task this transport owns, serves
-subscriptions. When Redis goes away the reader reports one ``error`` to the
-worker, reconnects with capped exponential backoff and jitter, then resubscribes
-every channel and re-registers by itself. ``docs/redis.md`` has the details.
+commands; one PubSub connection (a :class:`RedisSubscriber`, read by a task this
+transport owns) serves subscriptions. When Redis goes away the reader reports one
+``error`` to the worker, reconnects with capped exponential backoff and jitter,
+then resubscribes every channel and re-registers by itself. ``docs/redis.md`` has
+the details.
 
 Plain pub/sub is at-most-once: a message published while a subscriber is
 disconnected is lost, as in the original.
@@ -17,15 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from ..constants import REGISTRY_PREFIX, REGISTRY_REFRESH_S, REGISTRY_TTL_S, TOKEN_KEY_PREFIX
@@ -43,6 +41,15 @@ from .redis_stores import (
     RedisStateStore,
     glob_escape,
 )
+from .redis_subscriber import (
+    COMMAND_TIMEOUT_S,
+    IDLE_PING_S,
+    REDIS_ERRORS,
+    RedisSubscriber,
+    as_text,
+    connection_options,
+    redact_url,
+)
 
 __all__ = [
     "REVOCATION_CHANNEL",
@@ -50,23 +57,16 @@ __all__ = [
     "RedisRevocationStore",
     "RedisStateStore",
     "RedisTransport",
+    "append_durable_entry",
+    "read_registry",
+    "redact_url",
+    "start_durable_consumer",
 ]
 
 log = logging.getLogger("exprsn_ipc.transport.redis")
 
-#: TCP connect timeout, so a PUBLISH during an outage fails fast.
-CONNECT_TIMEOUT_S: Final = 2.0
 #: Pooled command connections per transport; further commands wait for one.
 MAX_CONNECTIONS: Final = 32
-#: Timeout of one command round trip.
-COMMAND_TIMEOUT_S: Final = 5.0
-#: Reconnection backoff: starts here, doubles, capped, with jitter.
-BACKOFF_INITIAL_S: Final = 0.1
-BACKOFF_MAX_S: Final = 5.0
-#: How long to wait for SUBSCRIBE / UNSUBSCRIBE confirmations.
-CONFIRM_TIMEOUT_S: Final = 5.0
-#: After this long without traffic the reader PINGs; no answer within as long again = dead.
-IDLE_PING_S: Final = 10.0
 #: Period of the revocation SCAN when keyspace notifications are unavailable.
 REVOCATION_SCAN_S: Final = 5.0
 #: Keyspace events waiting for a revocation check; beyond this a full SCAN replaces them.
@@ -84,21 +84,60 @@ end
 return 0
 """
 
-_ERRORS: Final = (RedisError, OSError, TransportError)
+
+async def read_registry(client: Redis, describe: str) -> list[dict[str, Any]]:
+    """Registry records from ``ipc:data:services:*`` (SCAN + MGET, never KEYS), sorted by name.
+
+    Entries that are not JSON objects with a ``name`` are skipped.
+
+    Raises:
+        TransportError: Redis failed (``describe`` names it in the message).
+    """
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{glob_escape(REGISTRY_PREFIX)}*", count=500)]
+        values: list[Any] = []
+        for start in range(0, len(keys), 500):
+            values.extend(await client.mget(keys[start : start + 500]))
+    except (RedisError, OSError) as exc:
+        raise TransportError(f"service discovery on {describe} failed: {exc}") from exc
+    services: list[dict[str, Any]] = []
+    for raw in values:
+        if raw is None:
+            continue
+        try:
+            entry = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            services.append(entry)
+    services.sort(key=lambda e: str(e["name"]))
+    return services
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+async def append_durable_entry(client: Redis, target: str, raw: bytes, *, maxlen: int, describe: str) -> None:
+    """XADD ``raw`` to ``ipc:stream:<target>``.
+
+    Raises:
+        TransportError: Redis failed (nothing was appended).
+    """
+    try:
+        await append_durable(client, target, raw, maxlen=maxlen)
+    except (RedisError, OSError) as exc:
+        raise TransportError(f"XADD to the durable stream of {target} on {describe} failed: {exc}") from exc
 
 
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+async def start_durable_consumer(
+    client: Redis, url: str, peer: TransportPeer, options: DurableOptions, *, client_name: str | None
+) -> DurableConsumer:
+    """A started :class:`DurableConsumer` of ``peer``'s stream, on a blocking reader of its own."""
+    reader = open_reader(url, block_ms=options.block_ms, client_name=client_name)
+    consumer = DurableConsumer(client, reader, peer, options)
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.close()
+        raise
+    return consumer
 
 
 class RedisTransport(Transport):
@@ -136,15 +175,6 @@ class RedisTransport(Transport):
         self.settings = settings
         self.url = url or settings.effective_redis_url
         self.safe_url = redact_url(self.url)
-        common: dict[str, Any] = {
-            "decode_responses": False,
-            "socket_connect_timeout": CONNECT_TIMEOUT_S,
-            # Bounds replies to commands and the connection handshake; the
-            # reader passes its own timeout to every read.
-            "socket_timeout": COMMAND_TIMEOUT_S,
-            "socket_keepalive": True,
-            "client_name": client_name,
-        }
         # Commands: one quick retry, so the first command after a Redis restart
         # replaces its stale pooled connection; a real outage still fails fast.
         # A blocking pool: a burst of commands waits for a connection instead of
@@ -154,13 +184,11 @@ class RedisTransport(Transport):
             max_connections=MAX_CONNECTIONS,
             timeout=COMMAND_TIMEOUT_S,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            **common,
+            **connection_options(client_name),
         )
         self.client: Redis = Redis(connection_pool=pool)
         self.client.auto_close_connection_pool = True
         self._publisher = PublishBatcher(self.client, describe=self.safe_url)
-        # Subscriptions: no hidden retries; the reader owns reconnection.
-        self._sub_client: Redis = Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), **common)
         self.revocations: RedisRevocationStore = RedisRevocationStore(self.client)
         self.states: RedisStateStore = RedisStateStore(self.client)
         self.db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
@@ -168,20 +196,30 @@ class RedisTransport(Transport):
         self._keyspace_pattern = f"__keyspace@{self.db}__:{glob_escape(TOKEN_KEY_PREFIX)}*"
         self._keyspace_head = f"__keyspace@{self.db}__:{TOKEN_KEY_PREFIX}"
         self._peer: TransportPeer | None = None
-        self._channels: dict[str, None] = {}
         self._receiving = False
         self._closed = False
-        self._pubsub: PubSub | None = None
-        self._connected = asyncio.Event()
+        self._keyspace_active = False
+        # Subscriptions: the peer's channels, the revocation notices and (when
+        # available) the keyspace events of the token records.
+        self._subscriber = RedisSubscriber(
+            self.url,
+            client_name=client_name,
+            message=self._on_message,
+            pattern_message=self._on_keyspace_event,
+            outage=self._on_outage,
+            recovered=self._on_recovered,
+            prepare=self._prepare_subscription,
+            ready=self._on_subscribed,
+            always=(REVOCATION_CHANNEL,),
+            idle_ping_s=lambda: self.idle_ping_s,
+            name=f"Redis transport at {self.safe_url}",
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self._to_check: set[str] = set()
         self._full_scan_needed = False
         self._check_wakeup = asyncio.Event()
         self._revocation_mode: str | None = None
-        self._outage_reported = False
         self._registered = False
-        self.reconnects = 0
         self.durable_options = durable if durable is not None else DurableOptions()
         #: Reads this worker's durable stream while it is receiving (None before connect).
         self.durable: DurableConsumer | None = None
@@ -190,14 +228,19 @@ class RedisTransport(Transport):
     @property
     def connected(self) -> bool:
         """True while the subscription connection is up (False during an outage)."""
-        return self._connected.is_set() and not self._closed
+        return self._subscriber.connected and not self._closed
 
     async def wait_connected(self) -> None:
         """Wait until the transport is (re)connected, resubscribed and registered.
 
         Bound it with ``asyncio.timeout`` / ``asyncio.wait_for``.
         """
-        await self._connected.wait()
+        await self._subscriber.wait_connected()
+
+    @property
+    def reconnects(self) -> int:
+        """How many outages the transport recovered from."""
+        return self._subscriber.reconnects
 
     @property
     def revocation_mode(self) -> str | None:
@@ -207,7 +250,7 @@ class RedisTransport(Transport):
     @property
     def channels(self) -> list[str]:
         """The peer's channels (resubscribed after every reconnection)."""
-        return list(self._channels)
+        return self._subscriber.channels
 
     def rate_limiter(self, *, max_requests: int, window_ms: int, prefix: str = RATE_LIMIT_PREFIX) -> RedisRateLimiter:
         """A :class:`RedisRateLimiter` on this transport's connection pool."""
@@ -225,19 +268,19 @@ class RedisTransport(Transport):
         if self._peer is not None:
             raise TransportError("this Redis transport is already connected")
         self._peer = peer
-        self._channels = dict.fromkeys(channels)
+        self._subscriber.set_channels(channels)
         self._receiving = True
         try:
-            await self._establish()
+            await self._subscriber.connect()
             await self._start_durable(peer)
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._peer = None
             self._receiving = False
-            await self._drop_pubsub()
+            await self._subscriber.disconnect()
             raise TransportError(f"cannot connect to Redis at {self.safe_url}: {exc}") from exc
         name = peer.service_name
         self._tasks = [
-            asyncio.create_task(self._read_loop(), name=f"redis-reader:{name}"),
+            asyncio.create_task(self._subscriber.run(), name=f"redis-reader:{name}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"redis-registry:{name}"),
             asyncio.create_task(self._check_loop(), name=f"redis-revocations:{name}"),
             asyncio.create_task(self._scan_loop(), name=f"redis-revocation-scan:{name}"),
@@ -263,10 +306,7 @@ class RedisTransport(Transport):
         """
         if self._peer is None or self._closed:
             raise NotConnectedError("the Redis transport is not connected")
-        try:
-            await append_durable(self.client, target, raw, maxlen=self.durable_options.maxlen)
-        except (RedisError, OSError) as exc:
-            raise TransportError(f"XADD to the durable stream of {target} on {self.safe_url} failed: {exc}") from exc
+        await append_durable_entry(self.client, target, raw, maxlen=self.durable_options.maxlen, describe=self.safe_url)
         return 1
 
     async def _start_durable(self, peer: TransportPeer) -> None:
@@ -274,14 +314,7 @@ class RedisTransport(Transport):
         if not self.durable_options.enabled:
             return
         name = self.client.connection_pool.connection_kwargs.get("client_name")
-        reader = open_reader(self.url, block_ms=self.durable_options.block_ms, client_name=name)
-        consumer = DurableConsumer(self.client, reader, peer, self.durable_options)
-        try:
-            await consumer.start()
-        except BaseException:
-            await consumer.close()
-            raise
-        self.durable = consumer
+        self.durable = await start_durable_consumer(self.client, self.url, peer, self.durable_options, client_name=name)
 
     async def subscribe(self, channel: str) -> None:
         """Receive ``channel`` too; returns once Redis confirmed the subscription.
@@ -290,35 +323,25 @@ class RedisTransport(Transport):
         """
         if self._peer is None or self._closed or not self._receiving:
             raise NotConnectedError("the Redis transport is not receiving")
-        if channel in self._channels:
-            return
-        self._channels[channel] = None
-        if self._connected.is_set() and self._pubsub is not None:
-            try:
-                await self._confirmed(self._pubsub, "subscribe", channel)
-            except _ERRORS as exc:
-                raise TransportError(f"SUBSCRIBE {channel} failed (retried on reconnection): {exc}") from exc
+        try:
+            await self._subscriber.subscribe(channel)
+        except REDIS_ERRORS as exc:
+            raise TransportError(f"SUBSCRIBE {channel} failed (retried on reconnection): {exc}") from exc
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``; returns once Redis confirmed it."""
-        if channel not in self._channels:
-            return
-        del self._channels[channel]
-        if self._connected.is_set() and self._pubsub is not None:
-            try:
-                await self._confirmed(self._pubsub, "unsubscribe", channel)
-            except _ERRORS as exc:
-                raise TransportError(f"UNSUBSCRIBE {channel} failed: {exc}") from exc
+        try:
+            await self._subscriber.unsubscribe(channel)
+        except REDIS_ERRORS as exc:
+            raise TransportError(f"UNSUBSCRIBE {channel} failed: {exc}") from exc
 
     async def stop_receiving(self) -> None:
         """Drop the peer's channels; revocation updates and publishing keep working."""
         self._receiving = False
         if self.durable is not None:
             await self.durable.stop()  # unsettled entries stay pending for another replica
-        channels, self._channels = list(self._channels), {}
-        if channels and self._connected.is_set() and self._pubsub is not None:
-            with contextlib.suppress(*_ERRORS):
-                await self._pubsub.unsubscribe(*channels)
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._subscriber.unsubscribe(*self._subscriber.channels, confirm=False)
 
     async def close(self) -> None:
         """Cancel every task, delete our registry entry, close the PubSub and the pools."""
@@ -332,65 +355,37 @@ class RedisTransport(Transport):
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.durable is not None:
             await self.durable.close()
-        self._fail_waiters(NotConnectedError("the Redis transport was closed"))
+        await self._subscriber.close(NotConnectedError("the Redis transport was closed"))
         await self._publisher.close()
         if self._peer is not None and self._registered:
             try:
                 await self._unregister(self._peer)
             except (RedisError, OSError) as exc:
                 log.warning("%s: could not remove the registry entry: %s", self._peer.service_name, exc)
-        await self._drop_pubsub()
-        self._connected.clear()
         self._peer = None
-        for client in (self._sub_client, self.client):
-            with contextlib.suppress(RedisError, OSError):
-                await client.aclose()
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.aclose()
 
     async def active_services(self) -> list[dict[str, Any]]:
         """Registry records from ``ipc:data:services:*`` (SCAN + MGET, never KEYS).
 
         Entries that are not JSON objects with a ``name`` are skipped.
         """
-        try:
-            keys = [k async for k in self.client.scan_iter(match=f"{glob_escape(REGISTRY_PREFIX)}*", count=500)]
-            values: list[Any] = []
-            for start in range(0, len(keys), 500):
-                values.extend(await self.client.mget(keys[start : start + 500]))
-        except (RedisError, OSError) as exc:
-            raise TransportError(f"service discovery on {self.safe_url} failed: {exc}") from exc
-        services: list[dict[str, Any]] = []
-        for raw in values:
-            if raw is None:
-                continue
-            try:
-                entry = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                services.append(entry)
-        services.sort(key=lambda e: str(e["name"]))
-        return services
+        return await read_registry(self.client, self.safe_url)
 
-    # Connection set-up ---------------------------------------------------------
-    async def _establish(self) -> None:
-        """(Re)create the subscription, sync revocations, register. Raises on failure."""
-        await self._drop_pubsub()
-        keyspace = await self._enable_keyspace_events()
-        pubsub = self._sub_client.pubsub()
-        self._pubsub = pubsub
-        channels = [*self._channels, REVOCATION_CHANNEL]
-        wanted = {("subscribe", c) for c in channels}
-        await pubsub.subscribe(*channels)
-        if keyspace:
-            await pubsub.psubscribe(self._keyspace_pattern)
-            wanted.add(("psubscribe", self._keyspace_pattern))
-        await self._await_confirmations(pubsub, wanted)
-        self._set_revocation_mode("keyspace" if keyspace else "scan")
+    # Subscription hooks --------------------------------------------------------
+    async def _prepare_subscription(self) -> None:
+        """Before each (re)connection: keyspace events on if possible, else no pattern."""
+        self._keyspace_active = await self._enable_keyspace_events()
+        self._subscriber.set_patterns([self._keyspace_pattern] if self._keyspace_active else [])
+
+    async def _on_subscribed(self) -> None:
+        """Every subscription confirmed: sync revocations, register. Raises on failure."""
+        self._set_revocation_mode("keyspace" if self._keyspace_active else "scan")
         # Subscribed first, then loaded: no revocation falls in between.
         await self.revocations.load()
         if self._peer is not None:
             await self._register(self._peer)
-        self._connected.set()
 
     async def _enable_keyspace_events(self) -> bool:
         """Make sure ``notify-keyspace-events`` has ``K`` and ``$``; False if refused."""
@@ -398,7 +393,7 @@ class RedisTransport(Transport):
             return False
         try:
             reply = await self.client.config_get("notify-keyspace-events")
-            flags = _text(next(iter(reply.values()), b""))
+            flags = as_text(next(iter(reply.values()), b""))
             wanted = flags
             if "K" not in wanted:
                 wanted += "K"
@@ -424,50 +419,6 @@ class RedisTransport(Transport):
                 )
             self._revocation_mode = mode
 
-    async def _await_confirmations(self, pubsub: PubSub, wanted: set[tuple[str, str]]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CONFIRM_TIMEOUT_S
-        while wanted:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TransportError(f"Redis did not confirm {sorted(wanted)}")
-            message = await pubsub.get_message(timeout=left)
-            if message is not None:
-                wanted.discard((str(message["type"]), _text(message["channel"])))
-                await self._on_message(message)
-
-    async def _confirmed(self, pubsub: PubSub, kind: str, channel: str) -> None:
-        """Send (UN)SUBSCRIBE and wait until the reader sees Redis' confirmation."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault((kind, channel), []).append(future)
-        try:
-            if kind == "subscribe":
-                await pubsub.subscribe(channel)
-            else:
-                await pubsub.unsubscribe(channel)
-            await asyncio.wait_for(asyncio.shield(future), CONFIRM_TIMEOUT_S)
-        except TimeoutError:
-            raise TransportError(f"Redis did not confirm {kind} {channel}") from None
-        finally:
-            waiters = self._waiters.get((kind, channel))
-            if waiters is not None and future in waiters:
-                waiters.remove(future)
-                if not waiters:
-                    del self._waiters[(kind, channel)]
-
-    def _fail_waiters(self, error: TransportError) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for futures in waiters.values():
-            for future in futures:
-                if not future.done():
-                    future.set_exception(error)
-
-    async def _drop_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(*_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-
     # Registry ---------------------------------------------------------------------
     async def _register(self, peer: TransportPeer) -> None:
         entry = peer.registry_entry()
@@ -484,94 +435,44 @@ class RedisTransport(Transport):
             str(entry.get("hostname")),
         )
 
-    # Tasks ------------------------------------------------------------------------
-    async def _read_loop(self) -> None:
-        while True:
-            pubsub = self._pubsub
-            try:
-                if pubsub is None:
-                    raise TransportError("no subscription connection")
-                await self._read(pubsub)
-            except _ERRORS as exc:
-                if self._closed:
-                    return
-                await self._recover(exc)
+    # Subscription callbacks ------------------------------------------------------
+    async def _on_message(self, channel: str, data: bytes) -> None:
+        if channel == REVOCATION_CHANNEL:
+            self.revocations.handle_notice(data)
+        elif self._receiving and channel in self._subscriber and self._peer is not None:
+            await self._peer.deliver(channel, data)
 
-    async def _read(self, pubsub: PubSub) -> None:
-        """Read and dispatch until the connection fails (then raise)."""
-        loop = asyncio.get_running_loop()
-        last_rx = loop.time()
-        ping_sent = False
-        while True:
-            message = await pubsub.get_message(timeout=self.idle_ping_s)
-            if message is None:
-                if loop.time() - last_rx < self.idle_ping_s:
-                    continue
-                if ping_sent:
-                    raise TransportError(f"Redis did not answer PING within {self.idle_ping_s:g} s")
-                await pubsub.ping()
-                ping_sent = True
-                continue
-            await self._on_message(message)
-            last_rx = loop.time()
-            ping_sent = False
+    async def _on_keyspace_event(self, channel: str, event: bytes) -> None:
+        if event == b"set" and channel.startswith(self._keyspace_head):
+            if len(self._to_check) < MAX_PENDING_CHECKS:
+                self._to_check.add(channel[len(self._keyspace_head) :])
+            else:
+                self._full_scan_needed = True
+            self._check_wakeup.set()
 
-    async def _on_message(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "message":
-            channel = _text(message["channel"])
-            data = message["data"]
-            if channel == REVOCATION_CHANNEL:
-                self.revocations.handle_notice(data)
-            elif self._receiving and channel in self._channels and self._peer is not None:
-                await self._peer.deliver(channel, data)
-        elif kind == "pmessage":
-            channel = _text(message["channel"])
-            if message["data"] == b"set" and channel.startswith(self._keyspace_head):
-                if len(self._to_check) < MAX_PENDING_CHECKS:
-                    self._to_check.add(channel[len(self._keyspace_head) :])
-                else:
-                    self._full_scan_needed = True
-                self._check_wakeup.set()
-        elif kind in ("subscribe", "unsubscribe", "psubscribe", "punsubscribe"):
-            for future in self._waiters.pop((kind, _text(message["channel"])), []):
-                if not future.done():
-                    future.set_result(None)
-
-    async def _recover(self, exc: BaseException) -> None:
-        """Report the outage once, then reconnect with capped exponential backoff and jitter."""
-        self._connected.clear()
-        self._fail_waiters(TransportError(f"lost the Redis connection: {exc}"))
+    def _on_outage(self, exc: BaseException) -> None:
+        """Report the outage to the worker (once per outage)."""
         peer = self._peer
-        if not self._outage_reported and peer is not None:
-            self._outage_reported = True
-            log.warning("%s: lost Redis at %s: %s; reconnecting", peer.service_name, self.safe_url, exc)
-            error = TransportError(f"lost the Redis connection to {self.safe_url}: {exc}")
-            error.__cause__ = exc
-            peer.transport_event("error", error)
-        await self._drop_pubsub()
-        delay = BACKOFF_INITIAL_S
-        while not self._closed:
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 (jitter, not crypto)
-            try:
-                await self._establish()
-            except _ERRORS as retry_exc:
-                log.debug("Redis reconnection failed: %s", retry_exc)
-                await self._drop_pubsub()
-                delay = min(delay * 2, BACKOFF_MAX_S)
-                continue
-            self.reconnects += 1
-            self._outage_reported = False
-            if peer is not None:
-                log.info("%s: reconnected to Redis; resubscribed %d channels", peer.service_name, len(self._channels))
-                peer.transport_event("reconnected", None)
+        if peer is None:
             return
+        log.warning("%s: lost Redis at %s: %s; reconnecting", peer.service_name, self.safe_url, exc)
+        error = TransportError(f"lost the Redis connection to {self.safe_url}: {exc}")
+        error.__cause__ = exc
+        peer.transport_event("error", error)
 
+    def _on_recovered(self) -> None:
+        peer = self._peer
+        if peer is not None:
+            count = len(self._subscriber.channels)
+            log.info("%s: reconnected to Redis; resubscribed %d channels", peer.service_name, count)
+            peer.transport_event("reconnected", None)
+
+    # Tasks ------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.registry_refresh_s)
             peer = self._peer
-            if peer is None or not self._connected.is_set():
+            if peer is None or not self._subscriber.connected:
                 continue  # re-registered on reconnection
             try:
                 await self._register(peer)
@@ -596,7 +497,7 @@ class RedisTransport(Transport):
     async def _scan_loop(self) -> None:
         while True:
             await asyncio.sleep(self.revocation_scan_s)
-            if self._revocation_mode != "scan" or not self._connected.is_set():
+            if self._revocation_mode != "scan" or not self._subscriber.connected:
                 continue
             try:
                 await self.revocations.load()
