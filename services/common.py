@@ -1,7 +1,12 @@
-"""Pieces every example service shares: SQLite storage, sessions, health, time.
+"""Pieces every example service shares: SQLite storage, sessions, health, time,
+and the few lines of the guide's steps that are the same in all five services.
 
-Nothing here is IPC wiring: each service's ``app.py`` does the guide's eight
-steps itself, so they can be read one by one (``docs/migration-mapping.md``).
+Each service's ``app.py`` still does the guide's eight steps itself, in order,
+with a comment per step, so they can be read one by one
+(``docs/migration-mapping.md``); what it calls from here is the part that
+would only be copied: the worker's ready/error logging (step 2), the ``IPC``
+and ``Caller`` route dependencies (steps 4 and 3), a best-effort emit (step 7)
+and the server manager's options (step 5).
 """
 
 from __future__ import annotations
@@ -15,25 +20,34 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 
-from exprsn_ipc import IPCWorker, __version__
+from exprsn_ipc import IPCWorker, Settings, __version__
 from exprsn_ipc.errors import IPCError
+from exprsn_ipc.web import HTTPSServerManager
 from exprsn_ipc.web.bypass import BYPASS_SCOPE_KEY
+from exprsn_ipc.web.integration import get_ipc
 
 __all__ = [
     "AUTH_SERVICE",
     "HERALD_SERVICE",
+    "IPC",
     "MODERATOR_SERVICE",
     "SPARK_SERVICE",
     "TIMELINE_SERVICE",
+    "Caller",
     "Database",
     "SessionUser",
     "add_health_route",
+    "current_user",
+    "emit_event",
+    "log_worker_events",
     "new_id",
     "now_iso",
+    "request_validation",
+    "server_manager",
     "session_user",
 ]
 
@@ -131,6 +145,55 @@ class Database:
         self._executor.shutdown(wait=True)
 
 
+# --------------------------------------------------------------------------- #
+# The same lines of the guide's steps, for every service
+# --------------------------------------------------------------------------- #
+
+
+def log_worker_events(ipc: IPCWorker) -> None:
+    """Step 2's ``ready`` and ``error`` handlers, as in the guide: they log, under the service's name."""
+    log = logging.getLogger(ipc.service_name)
+
+    @ipc.on("ready")
+    def on_ready() -> None:
+        log.info("IPC Worker ready for inter-service communication")
+
+    @ipc.on("error")
+    def on_error(error: Any) -> None:
+        log.error("IPC Worker error: %s", error)
+
+
+async def emit_event(ipc: IPCWorker, event: str, data: dict[str, Any], target: str = "broadcast") -> None:
+    """Step 7: ``await ipc.emit(event, data, target=...)``, best-effort: a failed emit is logged, never raised.
+
+    An event is a side effect of a request (or of a handled event); it never fails it.
+    """
+    try:
+        await ipc.emit(event, data, target=target)
+    except Exception:
+        logging.getLogger(ipc.service_name).exception("Failed to emit %s event to %s", event, target)
+
+
+def server_manager(
+    service: str, settings: Settings, *, port: int, http_port: int | None = None, host: str = "127.0.0.1"
+) -> HTTPSServerManager:
+    """Step 5: HTTPS on ``port`` through the server manager.
+
+    Plain HTTP only redirects to HTTPS, and only when ``http_port`` is given (the
+    guide's ``port - 1``; for exprsn-auth that would be 3000, exprsn-ca's port).
+    """
+    return HTTPSServerManager(
+        service,
+        port,
+        https_port=port,
+        http_port=http_port,
+        enable_http=http_port is not None,
+        redirect_http=True,
+        settings=settings,
+        host=host,
+    )
+
+
 def add_health_route(app: FastAPI, service: str, ipc: IPCWorker) -> None:
     """``GET /health`` → ``{status: "healthy", service, version}`` (the guide's verification step 2)."""
 
@@ -183,6 +246,16 @@ def check_validation(reply: Any, user_id: str, session_id: str) -> SessionUser:
     return SessionUser(user_id, session_id, reply.get("email"), tuple(str(r) for r in roles))
 
 
+async def request_validation(ipc: IPCWorker, user_id: str, session_id: str) -> Any:
+    """exprsn-auth's answer to ``user:validate`` {userId, sessionId}; raises :class:`IPCError` if it does not answer."""
+    return await ipc.request(
+        AUTH_SERVICE,
+        "user:validate",
+        {"userId": user_id, "sessionId": session_id},
+        timeout=VALIDATE_TIMEOUT_S,
+    )
+
+
 async def session_user(request: Request, ipc: IPCWorker) -> SessionUser:
     """The caller, validated by exprsn-auth over IPC (``user:validate``), or the dev bypass user.
 
@@ -193,15 +266,24 @@ async def session_user(request: Request, ipc: IPCWorker) -> SessionUser:
         return bypassed
     user_id, session_id = session_headers(request)
     try:
-        reply = await ipc.request(
-            AUTH_SERVICE,
-            "user:validate",
-            {"userId": user_id, "sessionId": session_id},
-            timeout=VALIDATE_TIMEOUT_S,
-        )
+        reply = await request_validation(ipc, user_id, session_id)
     except IPCError as exc:
         logging.getLogger(ipc.service_name).warning("cannot validate a session with %s: %s", AUTH_SERVICE, exc)
         raise HTTPException(
             503, detail={"error": "AUTH_UNAVAILABLE", "message": f"{AUTH_SERVICE} did not answer: {exc.code}"}
         ) from exc
     return check_validation(reply, user_id, session_id)
+
+
+#: A route parameter typed ``IPC`` gets the service's worker (``request.state.ipc``, step 4).
+IPC = Annotated[IPCWorker, Depends(get_ipc)]
+
+
+async def current_user(request: Request, ipc: IPC) -> SessionUser:
+    """The route dependency behind ``Caller``: :func:`session_user` with the request's worker."""
+    return await session_user(request, ipc)
+
+
+#: A route parameter typed ``Caller`` is the authenticated user; the check runs after every
+#: middleware, so after ``bypass_all`` (step 3).
+Caller = Annotated[SessionUser, Depends(current_user)]

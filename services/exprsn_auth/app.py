@@ -30,17 +30,20 @@ from exprsn_ipc.ratelimit import MemoryRateLimiter
 from exprsn_ipc.transport import Transport
 from exprsn_ipc.web import HTTPRateLimitMiddleware, HTTPSServerManager, bypass_all, log_bypass_status
 from exprsn_ipc.web.httplimit import client_ip_key
-from exprsn_ipc.web.integration import get_ipc
 
 from ..common import (
     AUTH_SERVICE,
     HERALD_SERVICE,
+    IPC,
     Database,
     SessionUser,
     add_health_route,
     bypass_user,
+    emit_event,
+    log_worker_events,
     new_id,
     now_iso,
+    server_manager,
     session_headers,
 )
 
@@ -123,14 +126,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     # Step 2: initialise the IPC worker (exact service name), log the bypass status, ready/error handlers.
     log_bypass_status(settings)
     ipc = IPCWorker(SERVICE_NAME, namespace="ipc", settings=settings, transport=transport)
-
-    @ipc.on("ready")
-    def on_ready() -> None:
-        log.info("IPC Worker ready for inter-service communication")
-
-    @ipc.on("error")
-    def on_error(error: Any) -> None:
-        log.error("IPC Worker error: %s", error)
+    log_worker_events(ipc)
 
     # Step 4: the worker in every request's context (request.state.ipc, the guide's req.ipc).
     app = FastAPI(title="exprsn-auth", lifespan=ipc.lifespan)
@@ -184,28 +180,17 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         return SessionUser(user_id, session_id, verdict["email"], tuple(verdict["roles"]))
 
     Caller = Annotated[SessionUser, Depends(caller)]
-    IPC = Annotated[IPCWorker, Depends(get_ipc)]
 
     def may_change(user: SessionUser, user_id: str) -> None:
         if user.user_id != user_id and "admin" not in user.roles:
             raise HTTPException(403, detail={"error": "FORBIDDEN", "message": "you may only change your own account"})
-
-    async def emit(ipc: IPCWorker, event: str, data: dict[str, Any], target: str = "broadcast") -> None:
-        # Step 7: events are best-effort: a failed emit never fails the request.
-        try:
-            await ipc.emit(event, data, target=target)
-        except Exception:
-            log.exception("Failed to emit %s event", event)
 
     # Step 6: IPC event handlers.
     @ipc.on("user:validate")
     async def on_validate(data: Any, meta: MessageMeta) -> dict[str, Any]:
         body = data if isinstance(data, dict) else {}
         result = await validate_session(body.get("userId"), body.get("sessionId"))
-        try:
-            await ipc.emit("user:validated", result, target=meta.source)
-        except Exception:
-            log.exception("Failed to emit user:validated to %s", meta.source)
+        await emit_event(ipc, "user:validated", result, target=meta.source)
         return result
 
     @ipc.on("password:reset:request")
@@ -222,7 +207,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             target=HERALD_SERVICE,
         )
 
-    # Step 7: routes that emit.
+    # Step 7: routes that emit, after the database write (emit_event: best-effort, a failed emit is logged).
     @app.post("/register", status_code=201)
     async def register(body: Register, ipc: IPC) -> dict[str, Any]:
         email = body.email.strip().lower()
@@ -250,7 +235,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
                 raise HTTPException(409, detail=detail) from exc
             raise
         public = _public(user)
-        await emit(
+        await emit_event(
             ipc,
             "user:created",
             {"userId": public["userId"], "email": email, "roles": public["roles"], "timestamp": now},
@@ -272,7 +257,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             (session_id, row["id"], now, now + SESSION_TTL_S),
         )
         roles = json.loads(row["roles"])
-        await emit(
+        await emit_event(
             ipc,
             "user:login",
             {
@@ -293,7 +278,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         changed = await db.execute("UPDATE sessions SET revoked = 1 WHERE id = ? AND revoked = 0", (session_id,))
         if not changed:
             raise HTTPException(404, detail={"error": "SESSION_NOT_FOUND", "message": "no such active session"})
-        await emit(ipc, "user:logout", {"sessionId": session_id, "timestamp": now_iso()})
+        await emit_event(ipc, "user:logout", {"sessionId": session_id, "timestamp": now_iso()})
         return {"success": True}
 
     @app.get("/users/{user_id}")
@@ -319,7 +304,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         )
         if not changed:
             raise HTTPException(404, detail={"error": "USER_NOT_FOUND", "message": "no such user"})
-        await emit(ipc, "user:updated", {"userId": user_id, "updates": updates, "timestamp": now})
+        await emit_event(ipc, "user:updated", {"userId": user_id, "updates": updates, "timestamp": now})
         row = await db.fetchone("SELECT * FROM users WHERE id = ?", (user_id,))
         assert row is not None
         return {"success": True, "data": _public(row)}
@@ -330,7 +315,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         changed = await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
         if not changed:
             raise HTTPException(404, detail={"error": "USER_NOT_FOUND", "message": "no such user"})
-        await emit(ipc, "user:deleted", {"userId": user_id, "timestamp": now_iso()})
+        await emit_event(ipc, "user:deleted", {"userId": user_id, "timestamp": now_iso()})
         return {"success": True}
 
     add_health_route(app, SERVICE_NAME, ipc)
@@ -342,16 +327,7 @@ def create_server(
     app: FastAPI, settings: Settings, *, port: int = PORT, http_port: int | None = None, host: str = "127.0.0.1"
 ) -> HTTPSServerManager:
     """Step 5 (HTTPS through the server manager) and step 8 (shutdown hooks)."""
-    manager = HTTPSServerManager(
-        SERVICE_NAME,
-        port,
-        https_port=port,
-        http_port=http_port,  # the guide uses port - 1 (3000, which collides with exprsn-ca): off by default
-        enable_http=http_port is not None,
-        redirect_http=True,
-        settings=settings,
-        host=host,
-    )
+    manager = server_manager(SERVICE_NAME, settings, port=port, http_port=http_port, host=host)
     # Step 8: graceful shutdown: disconnect IPC, then close the database.
     manager.on_shutdown(app.state.ipc.disconnect)
     manager.on_shutdown(app.state.db.close)

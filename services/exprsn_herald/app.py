@@ -16,15 +16,24 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query
 
 from exprsn_ipc import IPCWorker, MessageMeta, Settings
 from exprsn_ipc.metrics import add_metrics_route
 from exprsn_ipc.transport import Transport
 from exprsn_ipc.web import HTTPSServerManager, bypass_all, log_bypass_status
-from exprsn_ipc.web.integration import get_ipc
 
-from ..common import HERALD_SERVICE, Database, SessionUser, add_health_route, new_id, now_iso, session_user
+from ..common import (
+    HERALD_SERVICE,
+    Caller,
+    Database,
+    add_health_route,
+    emit_event,
+    log_worker_events,
+    new_id,
+    now_iso,
+    server_manager,
+)
 
 __all__ = ["NOTIFICATION_TYPES", "PORT", "SERVICE_NAME", "create_app", "create_server"]
 
@@ -71,14 +80,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     # Step 2: initialise the IPC worker (exact service name), log the bypass status, ready/error handlers.
     log_bypass_status(settings)
     ipc = IPCWorker(SERVICE_NAME, namespace="ipc", settings=settings, transport=transport)
-
-    @ipc.on("ready")
-    def on_ready() -> None:
-        log.info("IPC Worker ready for inter-service communication")
-
-    @ipc.on("error")
-    def on_error(error: Any) -> None:
-        log.error("IPC Worker error: %s", error)
+    log_worker_events(ipc)
 
     # Step 4: the worker in every request's context (request.state.ipc, the guide's req.ipc).
     app = FastAPI(title="exprsn-herald", lifespan=ipc.lifespan)
@@ -87,13 +89,6 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
 
     # Step 3: bypass BEFORE auth (the session check is a route dependency, run after all middleware).
     app.add_middleware(bypass_all, settings=settings)
-
-    IPC = Annotated[IPCWorker, Depends(get_ipc)]
-
-    async def caller(request: Request, ipc: IPC) -> SessionUser:
-        return await session_user(request, ipc)
-
-    Caller = Annotated[SessionUser, Depends(caller)]
 
     # Step 6: IPC event handlers.
     @ipc.on("notification:trigger")
@@ -122,11 +117,8 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         if not ok:
             log.warning("notification:trigger from %s has no known type or recipient: %r", meta.source, kind)
         sent = {"notificationId": notification_id, "userId": recipient, "deliveredAt": now, "status": status}
-        # Step 7 (from a handler): tell the triggering service what happened.
-        try:
-            await ipc.emit("notification:sent", sent, target=meta.source)
-        except Exception:
-            log.exception("Failed to emit notification:sent to %s", meta.source)
+        # Step 7 (from a handler): tell the triggering service what happened (best-effort).
+        await emit_event(ipc, "notification:sent", sent, target=meta.source)
         return sent
 
     @app.get("/notifications")
@@ -152,16 +144,7 @@ def create_server(
     app: FastAPI, settings: Settings, *, port: int = PORT, http_port: int | None = None, host: str = "127.0.0.1"
 ) -> HTTPSServerManager:
     """Step 5 (HTTPS through the server manager) and step 8 (shutdown hooks)."""
-    manager = HTTPSServerManager(
-        SERVICE_NAME,
-        port,
-        https_port=port,
-        http_port=http_port,
-        enable_http=http_port is not None,
-        redirect_http=True,
-        settings=settings,
-        host=host,
-    )
+    manager = server_manager(SERVICE_NAME, settings, port=port, http_port=http_port, host=host)
     # Step 8: graceful shutdown: disconnect IPC, then close the database.
     manager.on_shutdown(app.state.ipc.disconnect)
     manager.on_shutdown(app.state.db.close)

@@ -11,27 +11,33 @@ flagged, reason}} back to the asking service. Flagged content also goes out as
 # Step 1: imports (HTTPSServerManager, IPCWorker, bypass_all, log_bypass_status).
 # (No `from __future__ import annotations`: FastAPI must see the route dependencies
 # declared inside create_app as real objects, not as strings.)
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query
 
 from exprsn_ipc import IPCWorker, MessageMeta, Settings
 from exprsn_ipc.metrics import add_metrics_route
 from exprsn_ipc.transport import Transport
 from exprsn_ipc.web import HTTPSServerManager, bypass_all, log_bypass_status
-from exprsn_ipc.web.integration import get_ipc
 
-from ..common import HERALD_SERVICE, MODERATOR_SERVICE, Database, SessionUser, add_health_route, now_iso, session_user
+from ..common import (
+    HERALD_SERVICE,
+    MODERATOR_SERVICE,
+    Caller,
+    Database,
+    add_health_route,
+    emit_event,
+    log_worker_events,
+    now_iso,
+    server_manager,
+)
 from .classifier import classify
 
 __all__ = ["PORT", "SERVICE_NAME", "create_app", "create_server"]
 
 SERVICE_NAME = MODERATOR_SERVICE
 PORT = 3006
-
-log = logging.getLogger(SERVICE_NAME)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS moderation (
@@ -56,14 +62,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     # Step 2: initialise the IPC worker (exact service name), log the bypass status, ready/error handlers.
     log_bypass_status(settings)
     ipc = IPCWorker(SERVICE_NAME, namespace="ipc", settings=settings, transport=transport)
-
-    @ipc.on("ready")
-    def on_ready() -> None:
-        log.info("IPC Worker ready for inter-service communication")
-
-    @ipc.on("error")
-    def on_error(error: Any) -> None:
-        log.error("IPC Worker error: %s", error)
+    log_worker_events(ipc)
 
     # Step 4: the worker in every request's context (request.state.ipc, the guide's req.ipc).
     app = FastAPI(title="exprsn-moderator", lifespan=ipc.lifespan)
@@ -72,19 +71,6 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
 
     # Step 3: bypass BEFORE auth (the session check is a route dependency, run after all middleware).
     app.add_middleware(bypass_all, settings=settings)
-
-    IPC = Annotated[IPCWorker, Depends(get_ipc)]
-
-    async def caller(request: Request, ipc: IPC) -> SessionUser:
-        return await session_user(request, ipc)
-
-    Caller = Annotated[SessionUser, Depends(caller)]
-
-    async def emit(event: str, data: dict[str, Any], target: str) -> None:
-        try:
-            await ipc.emit(event, data, target=target)
-        except Exception:
-            log.exception("Failed to emit %s event", event)
 
     # Step 6: IPC event handlers.
     @ipc.on("content:moderate")
@@ -111,10 +97,11 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             ),
         )
         moderated = {"contentId": content_id, "type": kind, "result": verdict.result()}
-        # Step 7 (from a handler, this service has no writing routes): emit the outcome.
-        await emit("content:moderated", moderated, meta.source)
+        # Step 7 (from a handler, this service has no writing routes): emit the outcome (best-effort).
+        await emit_event(ipc, "content:moderated", moderated, meta.source)
         if verdict.flagged:
-            await emit(
+            await emit_event(
+                ipc,
                 "content:flagged",
                 {
                     "contentId": content_id,
@@ -126,7 +113,8 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
                 },
                 "broadcast",
             )
-            await emit(
+            await emit_event(
+                ipc,
                 "notification:trigger",
                 {"type": "content_flagged", "moderators": True, "contentId": content_id, "reason": verdict.reason},
                 HERALD_SERVICE,
@@ -162,16 +150,7 @@ def create_server(
     app: FastAPI, settings: Settings, *, port: int = PORT, http_port: int | None = None, host: str = "127.0.0.1"
 ) -> HTTPSServerManager:
     """Step 5 (HTTPS through the server manager) and step 8 (shutdown hooks)."""
-    manager = HTTPSServerManager(
-        SERVICE_NAME,
-        port,
-        https_port=port,
-        http_port=http_port,
-        enable_http=http_port is not None,
-        redirect_http=True,
-        settings=settings,
-        host=host,
-    )
+    manager = server_manager(SERVICE_NAME, settings, port=port, http_port=http_port, host=host)
     # Step 8: graceful shutdown: disconnect IPC, then close the database.
     manager.on_shutdown(app.state.ipc.disconnect)
     manager.on_shutdown(app.state.db.close)

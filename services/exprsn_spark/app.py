@@ -18,10 +18,10 @@ is broadcast as ``user:status`` {userId, status: online|offline}.
 # declared inside create_app as real objects, not as strings.)
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import socketio
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI
 from pydantic import BaseModel, Field
 
 from exprsn_ipc import IPCWorker, MessageMeta, Settings
@@ -29,19 +29,20 @@ from exprsn_ipc.errors import IPCError
 from exprsn_ipc.metrics import add_metrics_route
 from exprsn_ipc.transport import Transport
 from exprsn_ipc.web import HTTPSServerManager, bypass_all, log_bypass_status
-from exprsn_ipc.web.integration import get_ipc
 
 from ..common import (
-    AUTH_SERVICE,
     HERALD_SERVICE,
+    IPC,
     SPARK_SERVICE,
-    VALIDATE_TIMEOUT_S,
+    Caller,
     Database,
-    SessionUser,
     add_health_route,
+    emit_event,
+    log_worker_events,
     new_id,
     now_iso,
-    session_user,
+    request_validation,
+    server_manager,
 )
 
 __all__ = ["PORT", "SERVICE_NAME", "create_app", "create_server"]
@@ -92,14 +93,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     # Step 2: initialise the IPC worker (exact service name), log the bypass status, ready/error handlers.
     log_bypass_status(settings)
     ipc = IPCWorker(SERVICE_NAME, namespace="ipc", settings=settings, transport=transport)
-
-    @ipc.on("ready")
-    def on_ready() -> None:
-        log.info("IPC Worker ready for inter-service communication")
-
-    @ipc.on("error")
-    def on_error(error: Any) -> None:
-        log.error("IPC Worker error: %s", error)
+    log_worker_events(ipc)
 
     # Step 4: the worker in every request's context (request.state.ipc, the guide's req.ipc).
     app = FastAPI(title="exprsn-spark", lifespan=ipc.lifespan)
@@ -115,12 +109,6 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     app.state.sio = sio
     app.mount("/socket.io", socketio.ASGIApp(sio, socketio_path="socket.io"))
 
-    async def emit(event: str, data: dict[str, Any], target: str) -> None:
-        try:
-            await ipc.emit(event, data, target=target)
-        except Exception:
-            log.exception("Failed to emit %s event", event)
-
     @sio.on("connect")
     async def on_connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         body = auth if isinstance(auth, dict) else {}
@@ -128,9 +116,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         if not isinstance(user_id, str) or not isinstance(session_id, str):
             raise socketio.exceptions.ConnectionRefusedError("auth needs {userId, sessionId}")
         try:
-            verdict = await ipc.request(
-                AUTH_SERVICE, "user:validate", {"userId": user_id, "sessionId": session_id}, timeout=VALIDATE_TIMEOUT_S
-            )
+            verdict = await request_validation(ipc, user_id, session_id)
         except IPCError as exc:
             raise socketio.exceptions.ConnectionRefusedError(f"cannot validate the session: {exc.code}") from exc
         if not isinstance(verdict, dict) or verdict.get("valid") is not True:
@@ -139,7 +125,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         sids = online_users.setdefault(user_id, set())
         sids.add(sid)
         if len(sids) == 1:
-            await emit("user:status", {"userId": user_id, "status": "online"}, "broadcast")
+            await emit_event(ipc, "user:status", {"userId": user_id, "status": "online"})
 
     @sio.on("disconnect")
     async def on_disconnect(sid: str, reason: Any = None) -> None:
@@ -152,7 +138,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         if not sids:
             del online_users[user_id]
             if ipc.started:
-                await emit("user:status", {"userId": user_id, "status": "offline"}, "broadcast")
+                await emit_event(ipc, "user:status", {"userId": user_id, "status": "offline"})
 
     # Step 6: IPC event handlers.
     @ipc.on("message:send")
@@ -186,8 +172,10 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
                 await sio.emit("message:new", _message(message), to=sid)
             delivered_at = message["delivered_at"] = now_iso()
             await db.execute("UPDATE messages SET delivered_at = ? WHERE id = ?", (delivered_at, message["id"]))
-            await emit("message:delivered", {"messageId": message["id"], "deliveredAt": delivered_at}, meta.source)
-        await emit(
+            delivered = {"messageId": message["id"], "deliveredAt": delivered_at}
+            await emit_event(ipc, "message:delivered", delivered, meta.source)
+        await emit_event(
+            ipc,
             "notification:trigger",
             {
                 "type": "new_message",
@@ -208,13 +196,6 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         receipt = {"messageId": body.get("messageId"), "deliveredAt": body.get("deliveredAt")}
         for sid in sorted(online_users.get(row["sender_id"], ())):
             await sio.emit("message:delivered", receipt, to=sid)
-
-    IPC = Annotated[IPCWorker, Depends(get_ipc)]
-
-    async def caller(request: Request, ipc: IPC) -> SessionUser:
-        return await session_user(request, ipc)
-
-    Caller = Annotated[SessionUser, Depends(caller)]
 
     # Step 7: routes that emit.
     @app.post("/messages", status_code=202)
@@ -251,16 +232,7 @@ def create_server(
     app: FastAPI, settings: Settings, *, port: int = PORT, http_port: int | None = None, host: str = "127.0.0.1"
 ) -> HTTPSServerManager:
     """Step 5 (HTTPS through the server manager) and step 8 (shutdown hooks)."""
-    manager = HTTPSServerManager(
-        SERVICE_NAME,
-        port,
-        https_port=port,
-        http_port=http_port,
-        enable_http=http_port is not None,
-        redirect_http=True,
-        settings=settings,
-        host=host,
-    )
+    manager = server_manager(SERVICE_NAME, settings, port=port, http_port=http_port, host=host)
     # Step 8: graceful shutdown: disconnect IPC, close Socket.IO, then close the database.
     manager.on_shutdown(app.state.ipc.disconnect)
     manager.on_shutdown(app.state.sio.shutdown)

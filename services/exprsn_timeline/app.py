@@ -18,25 +18,27 @@ from collections import deque
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from exprsn_ipc import IPCWorker, MessageMeta, Settings
 from exprsn_ipc.metrics import add_metrics_route
 from exprsn_ipc.transport import Transport
 from exprsn_ipc.web import HTTPSServerManager, bypass_all, log_bypass_status
-from exprsn_ipc.web.integration import get_ipc
 
 from ..common import (
     HERALD_SERVICE,
+    IPC,
     MODERATOR_SERVICE,
     TIMELINE_SERVICE,
+    Caller,
     Database,
-    SessionUser,
     add_health_route,
+    emit_event,
+    log_worker_events,
     new_id,
     now_iso,
-    session_user,
+    server_manager,
 )
 
 __all__ = ["PORT", "SERVICE_NAME", "create_app", "create_server"]
@@ -102,14 +104,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     # Step 2: initialise the IPC worker (exact service name), log the bypass status, ready/error handlers.
     log_bypass_status(settings)
     ipc = IPCWorker(SERVICE_NAME, namespace="ipc", settings=settings, transport=transport)
-
-    @ipc.on("ready")
-    def on_ready() -> None:
-        log.info("IPC Worker ready for inter-service communication")
-
-    @ipc.on("error")
-    def on_error(error: Any) -> None:
-        log.error("IPC Worker error: %s", error)
+    log_worker_events(ipc)
 
     # Step 4: the worker in every request's context (request.state.ipc, the guide's req.ipc).
     app = FastAPI(title="exprsn-timeline", lifespan=ipc.lifespan)
@@ -119,13 +114,6 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
 
     # Step 3: bypass BEFORE auth (the session check is a route dependency, run after all middleware).
     app.add_middleware(bypass_all, settings=settings)
-
-    IPC = Annotated[IPCWorker, Depends(get_ipc)]
-
-    async def caller(request: Request, ipc: IPC) -> SessionUser:
-        return await session_user(request, ipc)
-
-    Caller = Annotated[SessionUser, Depends(caller)]
 
     # Step 6: IPC event handlers.
     @ipc.on("post:created")
@@ -162,14 +150,7 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         )
         log.info("post %s moderated by %s: %s", data.get("contentId"), meta.source, status)
 
-    async def emit(ipc: IPCWorker, event: str, data: dict[str, Any], target: str) -> None:
-        # Step 7: events are best-effort: a failed emit never fails the request.
-        try:
-            await ipc.emit(event, data, target=target)
-        except Exception:
-            log.exception("Failed to emit %s event", event)
-
-    # Step 7: routes that emit.
+    # Step 7: routes that emit, after the database write (emit_event: best-effort, a failed emit is logged).
     @app.post("/posts", status_code=201)
     async def create_post(body: NewPost, user: Caller, ipc: IPC) -> dict[str, Any]:
         row = {
@@ -186,14 +167,14 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             (row["id"], row["user_id"], row["content"], row["created_at"]),
         )
         post = {"id": row["id"], "userId": user.user_id, "content": body.content, "createdAt": row["created_at"]}
-        await emit(ipc, "post:created", post, "broadcast")
-        await emit(
+        await emit_event(ipc, "post:created", post, "broadcast")
+        await emit_event(
             ipc,
             "content:moderate",
             {"contentId": post["id"], "type": "post", "content": body.content, "userId": user.user_id},
             MODERATOR_SERVICE,
         )
-        await emit(
+        await emit_event(
             ipc,
             "notification:trigger",
             {"type": "new_post", "userId": user.user_id, "postId": post["id"]},
@@ -230,16 +211,7 @@ def create_server(
     app: FastAPI, settings: Settings, *, port: int = PORT, http_port: int | None = None, host: str = "127.0.0.1"
 ) -> HTTPSServerManager:
     """Step 5 (HTTPS through the server manager; the guide's HTTP redirect is ``port - 1``) and step 8."""
-    manager = HTTPSServerManager(
-        SERVICE_NAME,
-        port,
-        https_port=port,
-        http_port=http_port,
-        enable_http=http_port is not None,
-        redirect_http=True,
-        settings=settings,
-        host=host,
-    )
+    manager = server_manager(SERVICE_NAME, settings, port=port, http_port=http_port, host=host)
     # Step 8: graceful shutdown: disconnect IPC, then close the database.
     manager.on_shutdown(app.state.ipc.disconnect)
     manager.on_shutdown(app.state.db.close)
