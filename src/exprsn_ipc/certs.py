@@ -13,6 +13,11 @@ already trust it keep doing so), leaves that are still good are kept, keys are
 written ``0600`` in PKCS#8, every write is atomic, serials are 159-bit random
 numbers and the extensions are marked critical where RFC 5280 says so. See
 docs/certificates.md.
+
+This module generates and writes certificates; inspection and verification
+live in :mod:`exprsn_ipc.certs_check` and the shared file layout and loading
+in ``exprsn_ipc._certfiles``. Everything is re-exported here, so
+``exprsn_ipc.certs`` stays the one public import path.
 """
 
 from __future__ import annotations
@@ -20,24 +25,39 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import os
-import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import Final, Literal, cast
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dh, dsa, ec, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificateIssuerPublicKeyTypes,
-    PrivateKeyTypes,
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ._certfiles import (
+    CA_NAME,
+    LOCALHOST_NAME,
+    RENEW_BEFORE_DAYS,
+    cert_paths,
+    chains_to,
+    dns_sans,
+    find_certificate,
+    is_ca_cert,
+    key_matches,
+    load_ca,
+    load_cert,
+    load_key,
+    normalize_service_name,
+    stem_for,
+    utc_now,
+)
+from .certs_check import CertificateInfo, VerificationResult, certificate_info, verify_all, verify_certificate
 from .constants import KNOWN_SERVICES
 from .errors import CertificateError
 
@@ -69,18 +89,11 @@ __all__ = [
 #: What :func:`generate_certificates` did with one certificate.
 Action = Literal["created", "kept", "renewed"]
 
-#: File stem (and :func:`verify_certificate` name) of the root CA.
-CA_NAME: Final = "ca"
-#: File stem, common name and :func:`verify_certificate` name of the shared fallback.
-LOCALHOST_NAME: Final = "localhost"
-
 DEFAULT_CA_DAYS: Final = 3650
 DEFAULT_LEAF_DAYS: Final = 730
 DEFAULT_KEY_SIZE: Final = 2048
 #: Smallest RSA key size accepted (``cryptography`` refuses anything smaller).
 MIN_KEY_SIZE: Final = 1024
-#: A leaf with fewer days left than this is renewed, and verification warns.
-RENEW_BEFORE_DAYS: Final = 30
 #: ``not_valid_before`` is set this far in the past to tolerate clock skew.
 BACKDATE: Final = _dt.timedelta(minutes=5)
 
@@ -98,23 +111,9 @@ _LOCALHOST_UNIT: Final = "shared"
 _COMMON_DNS: Final = ("localhost", "*.localhost")
 _COMMON_IPS: Final = ("127.0.0.1", "::1")
 
-_SERVICE_PREFIX: Final = "exprsn-"
-_NAME_RE: Final = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_CERT_SUFFIX: Final = "-cert.pem"
-_KEY_SUFFIX: Final = "-key.pem"
 _CERT_MODE: Final = 0o644
 _KEY_MODE: Final = 0o600
 _DIR_MODE: Final = 0o755
-
-#: (attribute OID, key in :attr:`CertificateInfo.subject`, key in the original's JSON).
-_NAME_FIELDS: Final = (
-    (NameOID.COMMON_NAME, "commonName", "commonName"),
-    (NameOID.COUNTRY_NAME, "countryName", "countryName"),
-    (NameOID.STATE_OR_PROVINCE_NAME, "stateOrProvinceName", "ST"),
-    (NameOID.LOCALITY_NAME, "localityName", "localityName"),
-    (NameOID.ORGANIZATION_NAME, "organizationName", "organizationName"),
-    (NameOID.ORGANIZATIONAL_UNIT_NAME, "organizationalUnitName", "OU"),
-)
 
 
 # --------------------------------------------------------------------------- #
@@ -154,222 +153,11 @@ class GenerationReport:
 
     def get(self, name: str) -> CertificateRecord:
         """The record for ``name`` (``"ca"``, ``"localhost"``, ``"timeline"``, ...)."""
-        stem = _stem_for(name)
+        stem = stem_for(name)
         for record in self.certificates:
             if record.name == stem:
                 return record
         raise KeyError(name)
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateInfo:
-    """What :func:`certificate_info` reads from a certificate file.
-
-    ``subject``/``issuer`` only hold the attributes present, keyed
-    ``commonName``, ``countryName``, ``stateOrProvinceName``, ``localityName``,
-    ``organizationName``, ``organizationalUnitName``. ``serial_number`` is
-    lowercase hex (even length), like node-forge's ``serialNumber``.
-    ``days_left`` is whole days until ``valid_to`` (negative once expired),
-    computed when the info was read.
-    """
-
-    path: Path
-    subject: dict[str, str]
-    issuer: dict[str, str]
-    valid_from: _dt.datetime
-    valid_to: _dt.datetime
-    serial_number: str
-    sans: list[str]
-    days_left: int
-    fingerprint_sha256: str
-    is_ca: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """The original ``getCertificateInfo()`` JSON shape.
-
-        ``{subject: {commonName, countryName, ST, localityName,
-        organizationName, OU}, issuer: {...}, validFrom, validTo,
-        serialNumber}`` with JavaScript ``Date#toISOString()`` timestamps.
-        Attributes the certificate lacks are omitted, as ``JSON.stringify``
-        omits ``undefined``.
-        """
-        return {
-            "subject": _js_names(self.subject),
-            "issuer": _js_names(self.issuer),
-            "validFrom": _js_iso(self.valid_from),
-            "validTo": _js_iso(self.valid_to),
-            "serialNumber": self.serial_number,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class VerificationResult:
-    """Outcome of :func:`verify_certificate`.
-
-    ``ok`` is true when ``problems`` is empty. ``warning`` is set (and ``ok``
-    may still be true) when fewer than :data:`RENEW_BEFORE_DAYS` days are left.
-    ``days_left`` is ``None`` when the certificate could not be read.
-    """
-
-    name: str
-    cert_path: Path
-    key_path: Path
-    ok: bool
-    problems: tuple[str, ...] = ()
-    days_left: int | None = None
-    warning: str | None = None
-    not_after: _dt.datetime | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (paths as strings, ``notAfter`` as ISO 8601)."""
-        return {
-            "name": self.name,
-            "certPath": str(self.cert_path),
-            "keyPath": str(self.key_path),
-            "ok": self.ok,
-            "problems": list(self.problems),
-            "daysLeft": self.days_left,
-            "warning": self.warning,
-            "notAfter": None if self.not_after is None else _js_iso(self.not_after),
-        }
-
-
-# --------------------------------------------------------------------------- #
-# Names and paths
-# --------------------------------------------------------------------------- #
-
-
-def normalize_service_name(name: str) -> str:
-    """``timeline`` → ``exprsn-timeline``; validate the result.
-
-    The full name must be a DNS label: lowercase letters, digits and hyphens,
-    1-63 characters, not starting or ending with a hyphen. Raises
-    :class:`CertificateError` otherwise.
-    """
-    if not isinstance(name, str):
-        raise CertificateError(f"service name must be a string, got {type(name).__name__}")
-    full = name if name.startswith(_SERVICE_PREFIX) else _SERVICE_PREFIX + name
-    if _NAME_RE.fullmatch(name) is None or _NAME_RE.fullmatch(full) is None:
-        raise CertificateError(
-            f"invalid service name {name!r}: use lowercase letters, digits and hyphens "
-            "(a DNS label of at most 63 characters including the 'exprsn-' prefix)"
-        )
-    return full
-
-
-def _stem_for(name: str) -> str:
-    """File stem for ``name``: ``ca``, ``localhost`` or ``exprsn-<service>``."""
-    if name in (CA_NAME, LOCALHOST_NAME):
-        return name
-    return normalize_service_name(name)
-
-
-def cert_paths(certs_dir: Path | str, service: str) -> tuple[Path, Path]:
-    """``(cert_path, key_path)`` for ``service``; the files need not exist.
-
-    ``service`` is a service name (``timeline`` or ``exprsn-timeline``), or
-    ``"localhost"`` for the shared fallback, or ``"ca"`` for the root CA (the
-    CA *service* is ``"exprsn-ca"``).
-    """
-    directory = Path(certs_dir)
-    stem = _stem_for(service)
-    return directory / f"{stem}{_CERT_SUFFIX}", directory / f"{stem}{_KEY_SUFFIX}"
-
-
-def find_certificate(certs_dir: Path | str, service: str) -> tuple[Path, Path] | None:
-    """The pair an HTTPS server for ``service`` should use, or ``None``.
-
-    Looks for the service's own ``exprsn-<service>-cert.pem``/``-key.pem``
-    first, then the shared ``localhost-cert.pem``/``localhost-key.pem``; a
-    pair counts only if both files exist. The files are not parsed; use
-    :func:`verify_certificate` for that.
-    """
-    if service == CA_NAME:
-        raise CertificateError("the root CA is not a server certificate; the CA service is 'exprsn-ca'")
-    for candidate in dict.fromkeys((_stem_for(service), LOCALHOST_NAME)):
-        cert_path, key_path = cert_paths(certs_dir, candidate)
-        if cert_path.is_file() and key_path.is_file():
-            return cert_path, key_path
-    return None
-
-
-# --------------------------------------------------------------------------- #
-# Loading
-# --------------------------------------------------------------------------- #
-
-
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.UTC)
-
-
-def _load_cert(path: Path) -> x509.Certificate:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CertificateError(f"certificate not found: {path}") from None
-    except OSError as exc:
-        raise CertificateError(f"cannot read certificate {path}: {exc}") from exc
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError as exc:
-        raise CertificateError(f"{path} is not a PEM certificate: {exc}") from exc
-
-
-def _load_key(path: Path) -> PrivateKeyTypes:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CertificateError(f"private key not found: {path}") from None
-    except OSError as exc:
-        raise CertificateError(f"cannot read private key {path}: {exc}") from exc
-    try:
-        return serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CertificateError(f"{path} is not an unencrypted PEM private key: {exc}") from exc
-
-
-def _spki(key: Any) -> bytes:
-    der: bytes = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return der
-
-
-def _key_matches(cert: x509.Certificate, key: PrivateKeyTypes) -> bool:
-    return _spki(cert.public_key()) == _spki(key.public_key())
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def load_ca(
-    certs_dir: Path | str,
-) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
-    """Load and check ``ca-cert.pem`` and ``ca-key.pem``.
-
-    Raises :class:`CertificateError` if either file is missing or unreadable,
-    the key does not belong to the certificate, the certificate is not a CA,
-    or the key type cannot sign certificates. Expiry is *not* checked here.
-    """
-    cert_path, key_path = cert_paths(certs_dir, CA_NAME)
-    cert = _load_cert(cert_path)
-    key = _load_key(key_path)
-    if not _key_matches(cert, key):
-        raise CertificateError(f"{key_path} does not match {cert_path}")
-    if not _is_ca(cert):
-        raise CertificateError(f"{cert_path} is not a CA certificate (basicConstraints CA=false)")
-    if isinstance(key, dh.DHPrivateKey | x25519.X25519PrivateKey | x448.X448PrivateKey):
-        raise CertificateError(f"{key_path}: a {type(key).__name__} cannot sign certificates")
-    return cert, cast(CertificateIssuerPrivateKeyTypes, key)
-
-
-def _signing_hash(key: object) -> hashes.SHA256 | None:
-    """SHA-256 for RSA/EC/DSA keys; ``None`` for keys that hash internally (Ed25519...)."""
-    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | dsa.DSAPrivateKey):
-        return hashes.SHA256()
-    return None
 
 
 # --------------------------------------------------------------------------- #
@@ -432,6 +220,13 @@ def _name(common_name: str, unit: str) -> x509.Name:
 
 def _new_key(key_size: int) -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=key_size)
+
+
+def _signing_hash(key: object) -> hashes.SHA256 | None:
+    """SHA-256 for RSA/EC/DSA keys; ``None`` for keys that hash internally (Ed25519...)."""
+    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | dsa.DSAPrivateKey):
+        return hashes.SHA256()
+    return None
 
 
 def _build_ca(key: rsa.RSAPrivateKey, days: int, now: _dt.datetime) -> x509.Certificate:
@@ -543,31 +338,7 @@ def _names_service(cert: x509.Certificate, name: str) -> bool:
     common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not common or common[0].value != name:
         return False
-    return name in _dns_sans(cert)
-
-
-def _dns_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return ext.get_values_for_type(x509.DNSName)
-
-
-def _chains_to(cert: x509.Certificate, ca_cert: x509.Certificate) -> str | None:
-    """``None`` if ``cert`` is directly issued by ``ca_cert``, else the reason."""
-    if cert.issuer != ca_cert.subject:
-        return (
-            f"issuer '{cert.issuer.rfc4514_string()}' does not match the CA subject "
-            f"'{ca_cert.subject.rfc4514_string()}'"
-        )
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except InvalidSignature:
-        return "signature does not verify with the CA public key (issued by a different CA)"
-    except (ValueError, TypeError) as exc:
-        return f"cannot verify against the CA: {exc}"
-    return None
+    return name in dns_sans(cert)
 
 
 def _leaf_is_reusable(
@@ -581,17 +352,17 @@ def _leaf_is_reusable(
     if not (cert_path.is_file() and key_path.is_file()):
         return None
     try:
-        cert = _load_cert(cert_path)
-        key = _load_key(key_path)
+        cert = load_cert(cert_path)
+        key = load_key(key_path)
     except CertificateError:
         return None
-    if not _key_matches(cert, key) or _is_ca(cert):
+    if not key_matches(cert, key) or is_ca_cert(cert):
         return None
     if cert.not_valid_before_utc > now:
         return None
     if cert.not_valid_after_utc - now <= _dt.timedelta(days=RENEW_BEFORE_DAYS):
         return None
-    if _chains_to(cert, ca_cert) is not None:
+    if chains_to(cert, ca_cert) is not None:
         return None
     if not _names_service(cert, name):
         return None
@@ -694,7 +465,7 @@ def generate_certificates(
     if not directory.is_dir():
         raise CertificateError(f"{directory} is not a directory")
 
-    now = _now()
+    now = utc_now()
     ca_cert, ca_key, ca_record = _prepare_ca(directory, force=force, ca_days=ca_days, key_size=key_size, now=now)
     records = [
         _issue_leaf(
@@ -715,168 +486,9 @@ def generate_certificates(
 
 
 # --------------------------------------------------------------------------- #
-# Inspection
-# --------------------------------------------------------------------------- #
-
-
-def _name_dict(name: x509.Name) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for oid, key, _ in _NAME_FIELDS:
-        attrs = name.get_attributes_for_oid(oid)
-        if attrs:
-            value = attrs[0].value
-            out[key] = value if isinstance(value, str) else value.decode("utf-8", "replace")
-    return out
-
-
-def _js_names(names: dict[str, str]) -> dict[str, str]:
-    return {js: names[key] for _, key, js in _NAME_FIELDS if key in names}
-
-
-def _js_iso(moment: _dt.datetime) -> str:
-    """JavaScript ``Date#toISOString()``: millisecond precision, ``Z`` suffix."""
-    utc = moment.astimezone(_dt.UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
-
-
-def _serial_hex(serial: int) -> str:
-    text = f"{serial:x}"
-    return text if len(text) % 2 == 0 else "0" + text
-
-
-def _days_left(not_after: _dt.datetime, now: _dt.datetime) -> int:
-    return (not_after - now) // _dt.timedelta(days=1)
-
-
-def _all_sans(cert: x509.Certificate) -> list[str]:
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    out: list[str] = []
-    for general in ext:
-        value = general.value
-        out.append(value if isinstance(value, str) else str(value))
-    return out
-
-
-def certificate_info(cert_path: Path | str) -> CertificateInfo:
-    """Read a PEM certificate; raises :class:`CertificateError` if it cannot."""
-    path = Path(cert_path)
-    cert = _load_cert(path)
-    return _info(path, cert, _now())
-
-
-def _info(path: Path, cert: x509.Certificate, now: _dt.datetime) -> CertificateInfo:
-    return CertificateInfo(
-        path=path,
-        subject=_name_dict(cert.subject),
-        issuer=_name_dict(cert.issuer),
-        valid_from=cert.not_valid_before_utc,
-        valid_to=cert.not_valid_after_utc,
-        serial_number=_serial_hex(cert.serial_number),
-        sans=_all_sans(cert),
-        days_left=_days_left(cert.not_valid_after_utc, now),
-        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
-        is_ca=_is_ca(cert),
-    )
-
-
-def _verify_stem(directory: Path, stem: str, at: _dt.datetime | None) -> VerificationResult:
-    cert_path = directory / f"{stem}{_CERT_SUFFIX}"
-    key_path = directory / f"{stem}{_KEY_SUFFIX}"
-    now = _now() if at is None else at.astimezone(_dt.UTC)
-    problems: list[str] = []
-
-    try:
-        cert = _load_cert(cert_path)
-    except CertificateError as exc:
-        return VerificationResult(stem, cert_path, key_path, False, (str(exc),))
-
-    try:
-        key = _load_key(key_path)
-    except CertificateError as exc:
-        problems.append(str(exc))
-    else:
-        if not _key_matches(cert, key):
-            problems.append(f"{key_path.name} does not match {cert_path.name}")
-
-    if stem == CA_NAME:
-        if not _is_ca(cert):
-            problems.append("not a CA certificate (basicConstraints CA=false or missing)")
-        reason = _chains_to(cert, cert)
-        if reason is not None:
-            problems.append(f"not a valid self-signed root: {reason}")
-    else:
-        try:
-            ca_cert = _load_cert(directory / f"{CA_NAME}{_CERT_SUFFIX}")
-        except CertificateError as exc:
-            problems.append(f"cannot check the chain: {exc}")
-        else:
-            reason = _chains_to(cert, ca_cert)
-            if reason is not None:
-                problems.append(f"does not chain to {CA_NAME}{_CERT_SUFFIX}: {reason}")
-        if _is_ca(cert):
-            problems.append("leaf certificate is marked as a CA")
-        common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        cn = common[0].value if common else None
-        if cn != stem:
-            problems.append(f"common name is {cn!r}, expected {stem!r}")
-        if stem not in _dns_sans(cert):
-            problems.append(f"subjectAltName does not include DNS:{stem}")
-
-    not_before = cert.not_valid_before_utc
-    not_after = cert.not_valid_after_utc
-    days_left = _days_left(not_after, now)
-    warning: str | None = None
-    if now < not_before:
-        problems.append(f"not valid before {not_before.isoformat()}")
-    if now >= not_after:
-        problems.append(f"expired on {not_after.isoformat()}")
-    elif not_after - now < _dt.timedelta(days=RENEW_BEFORE_DAYS):
-        warning = (
-            f"expires in {days_left} day{'s' if days_left != 1 else ''} "
-            f"({not_after.date().isoformat()}); regenerate it soon"
-        )
-    return VerificationResult(stem, cert_path, key_path, not problems, tuple(problems), days_left, warning, not_after)
-
-
-def verify_certificate(certs_dir: Path | str, service: str, *, at: _dt.datetime | None = None) -> VerificationResult:
-    """Check one certificate in ``certs_dir``; never raises for a bad certificate.
-
-    ``service`` is ``"ca"``, ``"localhost"`` or a service name (``timeline`` /
-    ``exprsn-timeline``). Checks: the cert exists and parses, the key exists
-    and matches, the cert is directly issued by ``ca-cert.pem`` (issuer name
-    and signature; for the CA itself: self-signed and CA=true), it is within
-    its validity period at ``at`` (default: now), and for leaves the CN and a
-    DNS SAN name the service. Fewer than :data:`RENEW_BEFORE_DAYS` days left
-    gives a ``warning``. Only an invalid service name raises
-    (:class:`CertificateError`).
-    """
-    return _verify_stem(Path(certs_dir), _stem_for(service), at)
-
-
-def verify_all(certs_dir: Path | str, *, at: _dt.datetime | None = None) -> list[VerificationResult]:
-    """Verify every ``*-cert.pem`` in ``certs_dir``: CA first, then localhost, then by name.
-
-    Raises :class:`CertificateError` if the directory does not exist.
-    """
-    directory = Path(certs_dir)
-    if not directory.is_dir():
-        raise CertificateError(f"certificates directory not found: {directory}")
-    stems = {
-        p.name[: -len(_CERT_SUFFIX)]
-        for p in directory.glob(f"*{_CERT_SUFFIX}")
-        if p.is_file() and len(p.name) > len(_CERT_SUFFIX) and not p.name.startswith(".")
-    }
-    order = {CA_NAME: 0, LOCALHOST_NAME: 1}
-    ranked = sorted(stems, key=lambda s: (order.get(s, 2), s))
-    return [_verify_stem(directory, stem, at) for stem in ranked]
-
-
-# --------------------------------------------------------------------------- #
 # Console output
 # --------------------------------------------------------------------------- #
+
 
 _ACTION_WORDS: Final[dict[str, str]] = {
     "created": "created",

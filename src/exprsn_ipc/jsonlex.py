@@ -6,6 +6,7 @@ in which an object whose single key is an operator (``{"$var": "user.name"}``,
 JavaScript rules (truthiness, ``===``, relational comparison, ``String()``), so
 the results match the Node.js services. See ``docs/jsonlex.md`` for the operator
 table and the differences from the original implementation.
+The JavaScript value semantics themselves live in :mod:`exprsn_ipc._jsvalues`.
 
 Every failure raises :class:`~exprsn_ipc.errors.JSONLexError` whose ``path``
 locates the failing node (``$.isAdult.$gte[1]``); evaluation is bounded by
@@ -15,7 +16,6 @@ locates the failing node (``$.isAdult.$gte[1]``); evaluation is bounded by
 from __future__ import annotations
 
 import json
-import math
 import operator
 import re
 import time
@@ -23,32 +23,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeAlias
 
+from ._jsvalues import (
+    UNDEFINED,
+    array_index,
+    compare_keys,
+    get_path,
+    js_type,
+    scalar_to_string,
+    strict_equals,
+    to_number,
+    truthy,
+)
 from .errors import JSONLexError
 
 __all__ = ["OPERATORS", "UNDEFINED", "JSONLexLimits", "compile", "compile_expression", "evaluate", "is_jsonlex"]
-
-
-class _Undefined:
-    """JavaScript ``undefined``: falsy, and distinct from ``None`` (JSON ``null``)."""
-
-    __slots__ = ()
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __copy__(self) -> _Undefined:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> _Undefined:
-        return self
-
-    def __repr__(self) -> str:
-        return "UNDEFINED"
-
-
-#: The internal value of JavaScript ``undefined`` (a missing variable, an ``$if``
-#: without else). Never part of a result: ``evaluate`` returns ``None`` instead.
-UNDEFINED: Final = _Undefined()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -85,143 +73,9 @@ class _Fail(Exception):
         self.segs: list[Any] = list(segs)
 
 
-# ---------------------------------------------------------------- JS value semantics
+# ---------------------------------------------------------------- context lookup and error paths
 
-_JS_WS: Final = (
-    " \t\n\v\f\r\u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
-)
-_DECIMAL_RE: Final = re.compile(r"[+-]?(?:Infinity|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)")
-_RADIX_RE: Final = re.compile(r"0(?:[xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+)")
 _IDENT_RE: Final = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*", re.ASCII)
-_E21: Final = 10**21
-
-
-def _truthy(v: Any) -> bool:
-    """JavaScript ToBoolean."""
-    if v is None or v is UNDEFINED or v is False:
-        return False
-    if v is True:
-        return True
-    if isinstance(v, str):
-        return v != ""
-    if isinstance(v, int):
-        return v != 0
-    if isinstance(v, float):
-        return v == v and v != 0.0
-    return True
-
-
-def _as_float(v: int | float) -> float:
-    try:
-        return float(v)
-    except OverflowError:
-        return math.inf if v > 0 else -math.inf
-
-
-def _str_to_number(s: str) -> float:
-    """JavaScript ToNumber of a string (``Number(" 12 ")`` is 12, ``"0x10"`` 16, ``"1_0"`` NaN)."""
-    s = s.strip(_JS_WS)
-    if not s:
-        return 0.0
-    if _DECIMAL_RE.fullmatch(s):
-        return float(s)
-    if _RADIX_RE.fullmatch(s):
-        return _as_float(int(s[2:], {"x": 16, "o": 8, "b": 2}[s[1].lower()]))
-    return math.nan
-
-
-def _to_number(v: Any) -> float:
-    """JavaScript ToNumber of a primitive (lists and objects go through ToPrimitive first)."""
-    if v is None or v is False:
-        return 0.0
-    if v is True:
-        return 1.0
-    if isinstance(v, int | float):
-        return _as_float(v)
-    if isinstance(v, str):
-        return _str_to_number(v)
-    return math.nan
-
-
-def _float_str(x: float) -> str:
-    """JavaScript Number::toString: shortest round-trip digits, JS exponent rules."""
-    if x != x:
-        return "NaN"
-    if x in (math.inf, -math.inf):
-        return "Infinity" if x > 0 else "-Infinity"
-    if x == 0:
-        return "0"
-    mantissa, _, exp = repr(abs(x)).partition("e")
-    int_part, _, frac = mantissa.partition(".")
-    digits = int_part + frac
-    n = len(int_part) + (int(exp) if exp else 0)
-    stripped = digits.lstrip("0")
-    n -= len(digits) - len(stripped)
-    digits = stripped.rstrip("0")
-    k = len(digits)
-    if k <= n <= 21:
-        out = digits + "0" * (n - k)
-    elif 0 < n <= 21:
-        out = digits[:n] + "." + digits[n:]
-    elif -6 < n <= 0:
-        out = "0." + "0" * -n + digits
-    else:
-        e = n - 1
-        out = digits[0] + ("." + digits[1:] if k > 1 else "") + ("e+" if e >= 0 else "e-") + str(abs(e))
-    return "-" + out if x < 0 else out
-
-
-def _scalar_str(v: Any) -> str:
-    """JavaScript String() of a non-container value."""
-    if v is None:
-        return "null"
-    if v is UNDEFINED:
-        return "undefined"
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    if isinstance(v, int):
-        return str(v) if -_E21 < v < _E21 else _float_str(_as_float(v))
-    if isinstance(v, float):
-        return _float_str(v)
-    return str(v)
-
-
-def _strict_eq(a: Any, b: Any) -> bool:
-    """JavaScript ``===``: same type and value; containers only when identical."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, int | float):
-        return isinstance(b, int | float) and _as_float(a) == _as_float(b)
-    if isinstance(a, str):
-        return isinstance(b, str) and a == b
-    return a is b
-
-
-def _index(seg: str) -> int:
-    """A canonical decimal array index ("0", "12"), else -1."""
-    if seg.isascii() and seg.isdigit() and len(seg) <= 18 and (len(seg) == 1 or seg[0] != "0"):
-        return int(seg)
-    return -1
-
-
-def _walk(value: Any, parts: list[str], start: int) -> Any:
-    """Follow path segments through own keys of objects and indexes of lists only."""
-    for i in range(start, len(parts)):
-        seg = parts[i]
-        if isinstance(value, dict):
-            value = value.get(seg, UNDEFINED)
-        elif isinstance(value, list):
-            idx = _index(seg)
-            if idx < 0 or idx >= len(value):
-                return UNDEFINED
-            value = value[idx]
-        elif isinstance(value, Mapping):
-            value = value.get(seg, UNDEFINED)
-        else:
-            return UNDEFINED
-    return value
 
 
 def _lookup(ctx: _Ctx, name: str) -> Any:
@@ -476,7 +330,7 @@ class _Run:
             return s
         if isinstance(v, Mapping):
             return "[object Object]"
-        return _scalar_str(v)
+        return scalar_to_string(v)
 
     def _rel(self, op: str, operand: Any, ctx: _Ctx, depth: int) -> tuple[Any, Any]:
         """Evaluate both sides and map them to keys that Python compares like JS ``<``."""
@@ -489,11 +343,7 @@ class _Run:
             b = self._str(b)
         elif isinstance(b, Mapping):
             b = "[object Object]"
-        if isinstance(a, str) and isinstance(b, str):
-            if a.isascii() and b.isascii():
-                return a, b
-            return a.encode("utf-16-be", "surrogatepass"), b.encode("utf-16-be", "surrogatepass")
-        return _to_number(a), _to_number(b)
+        return compare_keys(a, b)
 
     def _pair(self, op: str, operand: Any, ctx: _Ctx, depth: int) -> tuple[Any, Any]:
         args = _operands(op, operand)
@@ -506,30 +356,30 @@ class _Run:
             raise _Fail("$var expects a path string")
         if "." in operand:
             parts = operand.split(".")
-            value = _walk(_lookup(ctx, parts[0]), parts, 1)
+            value = get_path(_lookup(ctx, parts[0]), parts, 1)
         else:
             value = _lookup(ctx, operand)
         self._charge_value(value)
         return value
 
     def _op_eq(self, operand: Any, ctx: _Ctx, depth: int) -> bool:
-        return _strict_eq(*self._pair("$eq", operand, ctx, depth))
+        return strict_equals(*self._pair("$eq", operand, ctx, depth))
 
     def _op_ne(self, operand: Any, ctx: _Ctx, depth: int) -> bool:
-        return not _strict_eq(*self._pair("$ne", operand, ctx, depth))
+        return not strict_equals(*self._pair("$ne", operand, ctx, depth))
 
     def _op_and(self, operand: Any, ctx: _Ctx, depth: int) -> bool:
-        return all(_truthy(self._ev(sub, ctx, depth, i)) for i, sub in enumerate(_operands("$and", operand)))
+        return all(truthy(self._ev(sub, ctx, depth, i)) for i, sub in enumerate(_operands("$and", operand)))
 
     def _op_or(self, operand: Any, ctx: _Ctx, depth: int) -> bool:
-        return any(_truthy(self._ev(sub, ctx, depth, i)) for i, sub in enumerate(_operands("$or", operand)))
+        return any(truthy(self._ev(sub, ctx, depth, i)) for i, sub in enumerate(_operands("$or", operand)))
 
     def _op_not(self, operand: Any, ctx: _Ctx, depth: int) -> bool:
-        return not _truthy(self._ev(operand, ctx, depth, None))
+        return not truthy(self._ev(operand, ctx, depth, None))
 
     def _op_if(self, operand: Any, ctx: _Ctx, depth: int) -> Any:
         args = _operands("$if", operand)
-        if _truthy(self._ev(args[0], ctx, depth, 0)):
+        if truthy(self._ev(args[0], ctx, depth, 0)):
             return self._ev(args[1], ctx, depth, 1)
         return self._ev(args[2], ctx, depth, 2) if len(args) == 3 else UNDEFINED
 
@@ -560,7 +410,7 @@ class _Run:
         """JavaScript ToIntegerOrInfinity clamped to ``[0, size]`` (NaN is 0)."""
         if isinstance(v, list | tuple):
             v = self._str(v)
-        n = _to_number("[object Object]" if isinstance(v, Mapping) else v)
+        n = to_number("[object Object]" if isinstance(v, Mapping) else v)
         if n != n or n <= 0:
             return 0
         return size if n >= size else int(n)
@@ -569,7 +419,7 @@ class _Run:
         value = self._ev(operand, ctx, depth, None)
         if isinstance(value, str | list | dict):
             return len(value)
-        raise _Fail(f"$length expects a string, list or object, got {_js_type(value)}")
+        raise _Fail(f"$length expects a string, list or object, got {js_type(value)}")
 
     def _op_get(self, operand: Any, ctx: _Ctx, depth: int) -> Any:
         args = _operands("$get", operand)
@@ -578,8 +428,8 @@ class _Run:
         if isinstance(path, int) and not isinstance(path, bool):
             path = str(path)
         if not isinstance(path, str):
-            raise _Fail(f"$get path must be a string, got {_js_type(path)}", 1)
-        value = _walk(obj, path.split("."), 0)
+            raise _Fail(f"$get path must be a string, got {js_type(path)}", 1)
+        value = get_path(obj, path.split("."), 0)
         if value is UNDEFINED and len(args) == 3:
             return self._ev(args[2], ctx, depth, 2)
         self._charge_value(value)
@@ -588,18 +438,18 @@ class _Run:
     def _op_has(self, operand: Any, ctx: _Ctx, depth: int) -> bool:
         obj, key = self._pair("$has", operand, ctx, depth)
         if isinstance(key, bool) or not isinstance(key, str | int):
-            raise _Fail(f"$has key must be a string or an integer, got {_js_type(key)}", 1)
+            raise _Fail(f"$has key must be a string or an integer, got {js_type(key)}", 1)
         if isinstance(obj, dict):
             return str(key) in obj
         if isinstance(obj, list):
-            idx = key if isinstance(key, int) else _index(key)
+            idx = key if isinstance(key, int) else array_index(key)
             return 0 <= idx < len(obj)
         return False
 
     def _array(self, op: str, operand: Any, ctx: _Ctx, depth: int) -> list[Any]:
         arr = self._ev(operand["array"], ctx, depth, "array")
         if not isinstance(arr, list):
-            raise _Fail(f"{op} array must evaluate to a list, got {_js_type(arr)}", "array")
+            raise _Fail(f"{op} array must evaluate to a list, got {js_type(arr)}", "array")
         return arr
 
     def _op_map(self, operand: Any, ctx: _Ctx, depth: int) -> list[Any]:
@@ -617,7 +467,7 @@ class _Run:
         name, _ = _spec("$filter", operand)
         arr = self._array("$filter", operand, ctx, depth)
         cond = operand["condition"]
-        out = [item for item in arr if _truthy(self._ev(cond, (name, item, ctx), depth, "condition"))]
+        out = [item for item in arr if truthy(self._ev(cond, (name, item, ctx), depth, "condition"))]
         self._charge(len(out))
         return out
 
@@ -641,21 +491,6 @@ def _misplaced(key: str) -> str:
     if key in _HANDLERS:
         return f"misplaced operator {key}: an operator object must have exactly one key"
     return f"unknown operator {key}"
-
-
-_JS_TYPES: Final = (
-    (bool, "boolean"),
-    (int | float, "number"),
-    (str, "string"),
-    (list | tuple, "array"),
-    (Mapping, "object"),
-)
-
-
-def _js_type(v: Any) -> str:
-    if v is None or v is UNDEFINED:
-        return "null" if v is None else "undefined"
-    return next((name for cls, name in _JS_TYPES if isinstance(v, cls)), type(v).__name__)
 
 
 _Handler: TypeAlias = Callable[[_Run, Any, _Ctx, int], Any]
@@ -718,10 +553,10 @@ def evaluate(expression: Any, context: Mapping[str, Any] | None = None, *, limit
     ``undefined`` becomes ``None`` at the top level and in lists and is dropped
     from objects. Raises :class:`JSONLexError` (never anything else) on failure.
     """
-    if not isinstance(expression, dict) or not _truthy(expression.get("__jsonlex", UNDEFINED)):
+    if not isinstance(expression, dict) or not truthy(expression.get("__jsonlex", UNDEFINED)):
         return expression
     if context is not None and not isinstance(context, Mapping):
-        raise JSONLexError(f"context must be an object, got {_js_type(context)}")
+        raise JSONLexError(f"context must be an object, got {js_type(context)}")
     body = expression.get("expr", UNDEFINED)
     result = _guarded(limits, lambda run: run._top(body, context))
     return None if result is UNDEFINED else result
@@ -736,7 +571,7 @@ def compile(expr: Any, *, limits: JSONLexLimits | None = None) -> Any:
     """
     if not isinstance(expr, dict):
         return expr
-    marked = _truthy(expr.get("__jsonlex", UNDEFINED))
+    marked = truthy(expr.get("__jsonlex", UNDEFINED))
     body = expr.get("expr", UNDEFINED) if marked else expr
     _guarded(limits, lambda run: run._check(body, 0, None))
     if marked:

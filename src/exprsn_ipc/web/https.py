@@ -13,35 +13,45 @@ explicit ``cert_path``/``key_path``; the service's own
 ``localhost-cert.pem``/``localhost-key.pem``. With ``TLS_ENABLED=false`` or no
 certificate the app is served over plain HTTP on ``port``.
 
-Differences from the original are listed in ``docs/https-and-bypass.md``.
+The server pieces (:class:`ManagedServer`, :class:`ServerSet`,
+:class:`HTTPSRedirectApp`) live in :mod:`.servers` and the TLS context in
+:mod:`.tls`; they are re-exported here. Differences from the original are
+listed in ``docs/https-and-bypass.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import inspect
 import logging
 import math
-import os
 import signal
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final, Literal
-from urllib.parse import quote
 
 import uvicorn
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 from uvicorn.lifespan.on import LifespanOn
 
-from ..certs import certificate_info, find_certificate
+from ..certs import certificate_info
 from ..errors import CertificateError, ConfigError, ServerStartError
 from ..settings import Settings
+from .servers import (
+    HTTPSRedirectApp,
+    ManagedServer,
+    ServerSet,
+    bind_sockets,
+    check_redirect_host,
+    close_sockets,
+    url_host,
+)
+from .tls import find_service_certificate, server_ssl_context
 
 __all__ = [
     "HTTPSRedirectApp",
@@ -61,190 +71,6 @@ LifespanMode = Literal["auto", "on", "off"]
 _HANDLED_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 #: Extra time, beyond ``shutdown_timeout``, before server tasks are cancelled.
 _STOP_GRACE_S: Final = 5.0
-#: Printable ASCII except space: what may appear unescaped in a ``Location``.
-_LOCATION_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F))
-_BAD_HOST_CHARS: Final = frozenset("/?#@\\ \t\r\n\"'<>")
-
-
-# --------------------------------------------------------------------------- #
-# Servers
-# --------------------------------------------------------------------------- #
-
-
-class ManagedServer(uvicorn.Server):
-    """A ``uvicorn.Server`` run by :class:`HTTPSServerManager`.
-
-    It leaves signal handling to the manager (uvicorn's own ``capture_signals``
-    would replace the process' handlers and re-raise the signal after
-    shutdown), shares the application state of the manager's single lifespan,
-    and exposes two events: :attr:`ready` (listening) and :attr:`exiting`
-    (shutdown has begun: no new connections are accepted).
-    """
-
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        *,
-        name: str,
-        app_state: dict[str, Any],
-        on_ready: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__(config)
-        self.name = name
-        self.app_state = app_state
-        self.ready = asyncio.Event()
-        self.exiting = asyncio.Event()
-        self._on_ready = on_ready
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        # Requests see (a copy of) the state of the lifespan the manager ran.
-        self.lifespan.state = self.app_state
-        await super().startup(sockets=sockets)
-        if self.started:
-            self.ready.set()
-            if self._on_ready is not None:
-                self._on_ready()
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.exiting.set()
-        await super().shutdown(sockets=sockets)
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSet:
-    """What :meth:`HTTPSServerManager.start` started.
-
-    ``https`` is the TLS server (``None`` when TLS is off); ``http`` is the
-    plain server: the redirect server next to HTTPS, or the app itself when TLS
-    is off. ``urls`` maps ``"https"``/``"http"`` to the listening URLs (with the
-    actual ports, useful with port 0).
-    """
-
-    https: ManagedServer | None = None
-    http: ManagedServer | None = None
-    urls: dict[str, str] = field(default_factory=dict)
-    redirect: bool = False
-
-    @property
-    def primary(self) -> ManagedServer | None:
-        """The server that runs the app: ``https or http`` (the guide's ``servers.https || servers.http``)."""
-        return self.https or self.http
-
-
-# --------------------------------------------------------------------------- #
-# The redirect app
-# --------------------------------------------------------------------------- #
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def _check_redirect_host(host: str) -> None:
-    if not host or any(c in _BAD_HOST_CHARS for c in host):
-        raise ConfigError(f"invalid redirect host {host!r}: give a host name or IP address only")
-
-
-class HTTPSRedirectApp:
-    """A tiny ASGI app answering every HTTP request with 301 to HTTPS.
-
-    The target is ``https://<host>:<https_port><path>[?<query>]`` where host
-    and port come from configuration, never from the request's ``Host``
-    header (the original built it from ``req.hostname``: an open redirect).
-    WebSocket connections are refused; lifespan events are acknowledged.
-    """
-
-    def __init__(self, host: str, https_port: int) -> None:
-        _check_redirect_host(host)
-        self.base = f"https://{_url_host(host)}:{https_port}"
-
-    def location_for(self, scope: Scope) -> str:
-        raw_path = scope.get("raw_path") or str(scope.get("path") or "/").encode("utf-8")
-        path = quote(raw_path, safe=_LOCATION_SAFE)
-        if not path.startswith("/"):
-            path = "/"
-        query = quote(scope.get("query_string") or b"", safe=_LOCATION_SAFE)
-        return f"{self.base}{path}?{query}" if query else f"{self.base}{path}"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008, "reason": "use HTTPS"})
-            return
-        location = self.location_for(scope)
-        body = f"Moved Permanently. Redirecting to {location}\n".encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 301,
-                "headers": [
-                    (b"location", location.encode("ascii")),
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode("ascii")),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body if scope.get("method") != "HEAD" else b""})
-
-
-# --------------------------------------------------------------------------- #
-# Sockets
-# --------------------------------------------------------------------------- #
-
-
-def _bind(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """Listening sockets for ``host:port``; a clear :class:`ServerStartError` on failure."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ServerStartError(f"cannot resolve host {host!r}: {exc}") from exc
-    families = {info[0] for info in infos}
-    sockets: list[socket.socket] = []
-    seen: set[tuple[int, Any]] = set()
-    actual = port
-    try:
-        for family, type_, proto, _, addr in infos:
-            if (family, addr) in seen:
-                continue
-            seen.add((family, addr))
-            sock = socket.socket(family, type_, proto)
-            sockets.append(sock)
-            if os.name != "nt":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and len(families) > 1:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if actual:  # with port 0, every address gets the first one's port
-                addr = (addr[0], actual, *addr[2:])
-            sock.bind(addr)
-            sock.listen(backlog)
-            sock.setblocking(False)
-            actual = sock.getsockname()[1]
-    except OSError as exc:
-        for sock in sockets:
-            sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ServerStartError(f"port {port} is already in use (host {host})") from exc
-        if exc.errno == errno.EACCES:
-            raise ServerStartError(f"permission denied listening on port {port} (host {host})") from exc
-        raise ServerStartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    return sockets
-
-
-def _close_all(groups: list[list[socket.socket]]) -> None:
-    for group in groups:
-        for sock in group:
-            sock.close()
 
 
 # --------------------------------------------------------------------------- #
@@ -316,7 +142,7 @@ class HTTPSServerManager:
         for label, value in (("port", port), ("https_port", https_port), ("http_port", http_port)):
             if value is not None and not 0 <= value < 65536:
                 raise ConfigError(f"{label} must be between 0 and 65535, got {value}")
-        _check_redirect_host(redirect_host)
+        check_redirect_host(redirect_host)
         self.service_name = service_name
         self.port = port
         self.https_port = port if https_port is None else https_port
@@ -360,11 +186,7 @@ class HTTPSServerManager:
 
     # Certificates -----------------------------------------------------------------
     def _find_certificate(self) -> tuple[Path, Path] | None:
-        try:
-            return find_certificate(self.certs_dir, self.service_name)
-        except CertificateError:
-            # Not a valid service name (or "ca"): only the shared pair can apply.
-            return find_certificate(self.certs_dir, "localhost")
+        return find_service_certificate(self.certs_dir, self.service_name)
 
     def ssl_context(self) -> ssl.SSLContext:
         """The server TLS context: TLS ≥ 1.2, server cipher order, optional mTLS.
@@ -375,20 +197,7 @@ class HTTPSServerManager:
         """
         if self.cert_path is None or self.key_path is None:
             raise ConfigError("TLS is not enabled: no certificate (or TLS_ENABLED=false)")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-        try:
-            context.load_cert_chain(self.cert_path, self.key_path)
-        except (OSError, ssl.SSLError) as exc:
-            raise CertificateError(f"cannot load certificate {self.cert_path} with key {self.key_path}: {exc}") from exc
-        if self.mtls:
-            try:
-                context.load_verify_locations(cafile=self.ca_path)
-            except (OSError, ssl.SSLError) as exc:
-                raise CertificateError(f"mTLS needs the CA certificate {self.ca_path}: {exc}") from exc
-            context.verify_mode = ssl.CERT_REQUIRED
-        return context
+        return server_ssl_context(self.cert_path, self.key_path, mtls=self.mtls, ca_path=self.ca_path)
 
     def get_certificate_info(self) -> dict[str, Any] | None:
         """The original's ``getCertificateInfo()`` shape, or ``None`` (TLS off or unreadable)."""
@@ -447,7 +256,7 @@ class HTTPSServerManager:
         try:
             plans = self._plan(app)
             for plan in plans:
-                plan.sockets = _bind(self.host, plan.port, self.backlog)
+                plan.sockets = bind_sockets(self.host, plan.port, self.backlog)
                 plan.port = plan.sockets[0].getsockname()[1]
             redirect = len(plans) == 2 and self.redirect_http
             if redirect:
@@ -456,10 +265,10 @@ class HTTPSServerManager:
             for plan in plans:
                 await self._start_server(plan, {} if plan.app is not app else app_state)
         except BaseException:
-            _close_all([plan.sockets for plan in plans])
+            close_sockets([plan.sockets for plan in plans])
             await self._abort_start()
             raise
-        urls: dict[str, str] = {plan.kind: f"{plan.kind}://{_url_host(self.host)}:{plan.port}" for plan in plans}
+        urls: dict[str, str] = {plan.kind: f"{plan.kind}://{url_host(self.host)}:{plan.port}" for plan in plans}
         by_kind = {server.name: server for server, _ in self._servers}
         self._server_set = ServerSet(https=by_kind.get("https"), http=by_kind.get("http"), urls=urls, redirect=redirect)
         self._state = "running"
@@ -518,7 +327,7 @@ class HTTPSServerManager:
             self.service_name,
             plan.kind.upper(),
             plan.kind,
-            _url_host(self.host),
+            url_host(self.host),
             plan.port,
             " (redirect: HTTPS)" if redirect else "",
             extra={"service": self.service_name, "port": plan.port, "tls": plan.ssl is not None},

@@ -1,0 +1,42 @@
+"""TLS for :class:`~exprsn_ipc.web.https.HTTPSServerManager`: certificate lookup and the server context."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+from ..certs import find_certificate
+from ..errors import CertificateError
+
+__all__ = ["find_service_certificate", "server_ssl_context"]
+
+
+def find_service_certificate(certs_dir: Path, service_name: str) -> tuple[Path, Path] | None:
+    """The service's own pair in ``certs_dir``, else the shared ``localhost`` pair, else ``None``."""
+    try:
+        return find_certificate(certs_dir, service_name)
+    except CertificateError:
+        # Not a valid service name (or "ca"): only the shared pair can apply.
+        return find_certificate(certs_dir, "localhost")
+
+
+def server_ssl_context(cert_path: Path, key_path: Path, *, mtls: bool, ca_path: Path) -> ssl.SSLContext:
+    """A server TLS context: TLS ≥ 1.2, server cipher order, and with ``mtls`` a required client certificate.
+
+    Raises:
+        CertificateError: the certificate, key or (with ``mtls``) CA file cannot be loaded.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    try:
+        context.load_cert_chain(cert_path, key_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise CertificateError(f"cannot load certificate {cert_path} with key {key_path}: {exc}") from exc
+    if mtls:
+        try:
+            context.load_verify_locations(cafile=ca_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise CertificateError(f"mTLS needs the CA certificate {ca_path}: {exc}") from exc
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
