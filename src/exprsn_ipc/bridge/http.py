@@ -16,6 +16,7 @@ from ..errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError
 from ..jsonlex import evaluate as evaluate_jsonlex
 from ..metrics import MetricsExporter
 from .core import Bridge, Identity
+from .credentials import token_from_connection
 
 __all__ = ["build_router"]
 
@@ -42,23 +43,13 @@ def _count_rejection(bridge: Bridge, exc: IPCError) -> None:
         bridge.stats.reject(None, exc.code)
 
 
-def _token(request: Request) -> str | None:
-    token = request.headers.get("x-broker-token")
-    if token:
-        return token
-    authorization = request.headers.get("authorization", "")
-    if authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
-
-
 def _bypass_headers(request: Request) -> bool:
     return request.headers.get("x-ipc-request") == "true" or request.headers.get("x-broker-token") == "true"
 
 
 async def _identity(bridge: Bridge, request: Request) -> Identity:
     peer = request.client.host if request.client else None
-    token = _token(request)
+    token = token_from_connection(request)
     # The bypass needs one of the guide's headers as well as development + loopback.
     if (token is None or token == "true") and not _bypass_headers(request):
         raise AuthError("missing broker token (x-broker-token or Authorization: Bearer)")

@@ -21,6 +21,7 @@ from ..envelope import MISSING, validate_service_name
 from ..errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError, TokenError
 from ..jsonlex import evaluate as evaluate_jsonlex
 from .core import Bridge, Connection, Identity, encoded_size, normalise_namespace
+from .credentials import token_from_environ
 
 __all__ = ["ENVELOPE_PROTOCOL", "attach"]
 
@@ -38,21 +39,6 @@ def _peer(environ: dict[str, Any]) -> str | None:
         return str(scope["client"][0])
     addr = environ.get("REMOTE_ADDR")
     return str(addr) if addr else None
-
-
-def _token_from(auth: Any, environ: dict[str, Any]) -> str | None:
-    if isinstance(auth, dict):
-        for key in ("token", "brokerToken"):
-            value = auth.get(key)
-            if isinstance(value, str) and value:
-                return value
-    header = environ.get("HTTP_X_BROKER_TOKEN")
-    if isinstance(header, str) and header:
-        return header
-    authorization = environ.get("HTTP_AUTHORIZATION")
-    if isinstance(authorization, str) and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
 
 
 def _failure(exc: IPCError) -> Reply:
@@ -96,7 +82,7 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             )
         peer = _peer(environ)
         try:
-            identity = bridge.authenticate(_token_from(auth, environ), peer, service=service)
+            identity = bridge.authenticate(token_from_environ(environ, auth), peer, service=service)
         except AuthError as exc:
             bridge.stats.reject(service, exc.code)
             log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.staticfiles import StaticFiles
 
+from ..bridge.credentials import token_from_connection
 from .feed import NAMESPACE, DashboardFeed, RateTracker, describe_message, preview
 
 if TYPE_CHECKING:
@@ -51,16 +52,6 @@ _PAGE_HEADERS: Final = {
 }
 
 
-def _request_token(request: Request) -> str | None:
-    token = request.query_params.get("token") or request.headers.get("x-broker-token")
-    if token:
-        return token
-    authorization = request.headers.get("authorization", "")
-    if authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
-
-
 def mount_dashboard(api: FastAPI, bridge: Bridge, *, path: str = "/dashboard") -> DashboardFeed:
     """Serve the dashboard on ``api`` and its feed on the Bridge's Socket.IO server.
 
@@ -73,7 +64,7 @@ def mount_dashboard(api: FastAPI, bridge: Bridge, *, path: str = "/dashboard") -
 
     def denied(request: Request) -> str | None:
         peer = request.client.host if request.client else None
-        return feed.check_access(peer, _request_token(request))
+        return feed.check_access(peer, token_from_connection(request, query=True))
 
     async def page(request: Request) -> Response:
         reason = denied(request)

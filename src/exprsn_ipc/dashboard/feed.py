@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import socketio
 
+from ..bridge.credentials import token_from_environ
 from ..errors import TokenError
 from ..net import is_loopback
 
@@ -175,18 +176,6 @@ def _environ_peer(environ: Mapping[str, Any]) -> str | None:
     return str(addr) if addr else None
 
 
-def _environ_token(environ: Mapping[str, Any], auth: Any) -> str | None:
-    if isinstance(auth, dict) and isinstance(auth.get("token"), str) and auth["token"]:
-        return str(auth["token"])
-    header = environ.get("HTTP_X_BROKER_TOKEN")
-    if isinstance(header, str) and header:
-        return header
-    authorization = environ.get("HTTP_AUTHORIZATION")
-    if isinstance(authorization, str) and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
-
-
 class DashboardFeed:
     """Recent events, rates and stats of one Bridge, pushed to ``/dashboard`` clients.
 
@@ -312,7 +301,7 @@ class DashboardFeed:
 
         async def on_connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
             peer = _environ_peer(environ)
-            reason = self.check_access(peer, _environ_token(environ, auth))
+            reason = self.check_access(peer, token_from_environ(environ, auth))
             if reason is not None:
                 log.warning("refused a dashboard connection from %s: %s", peer, reason)
                 raise socketio.exceptions.ConnectionRefusedError(f"UNAUTHORIZED: {reason}")
