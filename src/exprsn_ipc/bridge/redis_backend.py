@@ -42,13 +42,23 @@ from ..settings import Settings
 from ..transport.base import Ack, Transport
 from ..transport.redis import RedisTransport, append_durable_entry, read_registry, start_durable_consumer
 from ..transport.redis_durable import DurableConsumer, DurableOptions
+from ..transport.redis_publish import RespPublisher
 from ..transport.redis_stores import (
     REVOCATION_CHANNEL,
     RedisRateLimiter,
     RedisRevocationStore,
     RedisStateStore,
 )
-from ..transport.redis_subscriber import IDLE_PING_S, REDIS_ERRORS, RedisSubscriber, connection_options, redact_url
+from ..transport.redis_subscriber import (
+    COMMAND_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
+    IDLE_PING_S,
+    REDIS_ERRORS,
+    RedisSubscriber,
+    connection_options,
+    redact_url,
+)
+from ..transport.resp import RedisAddress
 from .backend import Deliver
 
 __all__ = ["DURABLE_OUTCOMES", "DurableSend", "RedisBackend"]
@@ -106,6 +116,13 @@ class RedisBackend:
         # Bridge's verifier shares that store.
         self._transport = RedisTransport(settings, url=self.url, client_name="exprsn-bridge")
         self._transport_taken = False
+        self._publisher = RespPublisher(
+            RedisAddress.from_url(self.url),
+            describe=self.safe_url,
+            client_name="exprsn-bridge",
+            connect_timeout=CONNECT_TIMEOUT_S,
+            reply_timeout=COMMAND_TIMEOUT_S,
+        )
         self._subscribers: dict[str, dict[str, Deliver]] = {}
         self._registered: dict[str, bytes] = {}
         # Subscription changes and reconnection; registry writes (so that a refresh
@@ -190,6 +207,7 @@ class RedisBackend:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._subscriber.close(TransportError("the Redis backend was closed"))
+        await self._publisher.close()
         for key in list(self._durable):
             await self.stop_durable(key)
         for name in list(self._registered):
@@ -223,10 +241,7 @@ class RedisBackend:
         Raises:
             TransportError: Redis failed.
         """
-        try:
-            return int(await self.client.publish(channel, raw))
-        except (RedisError, OSError) as exc:
-            raise TransportError(f"PUBLISH to {channel} on {self.safe_url} failed: {exc}") from exc
+        return await self._publisher.publish(channel, raw)
 
     async def subscribe(self, channel: str, key: str, deliver: Deliver) -> None:
         """Add a local subscriber; the first one of ``channel`` SUBSCRIBEs and waits for Redis' confirmation.

@@ -32,7 +32,7 @@ from ..errors import NotConnectedError, TransportError
 from ..settings import Settings
 from .base import Transport, TransportPeer
 from .redis_durable import DurableConsumer, DurableOptions, append_durable, open_reader
-from .redis_publish import PublishBatcher
+from .redis_publish import RespPublisher
 from .redis_stores import (
     RATE_LIMIT_PREFIX,
     REVOCATION_CHANNEL,
@@ -43,6 +43,7 @@ from .redis_stores import (
 )
 from .redis_subscriber import (
     COMMAND_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
     IDLE_PING_S,
     REDIS_ERRORS,
     RedisSubscriber,
@@ -50,6 +51,7 @@ from .redis_subscriber import (
     connection_options,
     redact_url,
 )
+from .resp import RedisAddress
 
 __all__ = [
     "REVOCATION_CHANNEL",
@@ -188,7 +190,14 @@ class RedisTransport(Transport):
         )
         self.client: Redis = Redis(connection_pool=pool)
         self.client.auto_close_connection_pool = True
-        self._publisher = PublishBatcher(self.client, describe=self.safe_url)
+        self.address = RedisAddress.from_url(self.url)
+        self._publisher = RespPublisher(
+            self.address,
+            describe=self.safe_url,
+            client_name=client_name,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            reply_timeout=COMMAND_TIMEOUT_S,
+        )
         self.revocations: RedisRevocationStore = RedisRevocationStore(self.client)
         self.states: RedisStateStore = RedisStateStore(self.client)
         self.db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)

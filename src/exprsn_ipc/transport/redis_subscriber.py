@@ -27,13 +27,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..errors import TransportError
+from .resp import RedisAddress, RespConnection
 
 __all__ = [
     "BACKOFF_INITIAL_S",
@@ -65,6 +62,10 @@ IDLE_PING_S: Final = 10.0
 
 #: What a lost or refused Redis connection raises.
 REDIS_ERRORS: Final = (RedisError, OSError, TransportError)
+
+_MESSAGE: Final = b"message"
+_PMESSAGE: Final = b"pmessage"
+_CONFIRMATIONS: Final = frozenset({b"subscribe", b"unsubscribe", b"psubscribe", b"punsubscribe"})
 
 #: ``(channel, data)`` of one message; awaited by the reader.
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
@@ -137,8 +138,9 @@ class RedisSubscriber:
         lock: asyncio.Lock | None = None,
         name: str = "Redis subscriber",
     ) -> None:
-        # No hidden retries: this class owns reconnection.
-        self.client: Redis = Redis.from_url(url, retry=Retry(NoBackoff(), 0), **connection_options(client_name))
+        self.address = RedisAddress.from_url(url)
+        self.describe = redact_url(url)
+        self.client_name = client_name
         self.name = name
         self._on_message = message
         self._on_pattern_message = pattern_message
@@ -151,7 +153,7 @@ class RedisSubscriber:
         self._lock = lock
         self._channels: dict[str, None] = {}
         self._patterns: list[str] = []
-        self._pubsub: PubSub | None = None
+        self._pubsub: RespConnection | None = None
         self._connected = asyncio.Event()
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         self._outage_reported = False
@@ -226,8 +228,6 @@ class RedisSubscriber:
         self._closed = True
         self._fail_waiters(error)
         await self.disconnect()
-        with contextlib.suppress(RedisError, OSError):
-            await self.client.aclose()
 
     # Subscriptions ----------------------------------------------------------------
     async def subscribe(self, channel: str) -> None:
@@ -258,7 +258,7 @@ class RedisSubscriber:
         if confirm:
             await self._confirmed(self._pubsub, "unsubscribe", *gone)
         else:
-            await self._pubsub.unsubscribe(*gone)
+            self._pubsub.write("UNSUBSCRIBE", *gone)
 
     # Connection -------------------------------------------------------------------
     async def _establish_locked(self) -> None:
@@ -270,45 +270,47 @@ class RedisSubscriber:
         await self._drop_pubsub()
         if self._prepare is not None:
             await self._prepare()
-        pubsub = self.client.pubsub()
+        pubsub = await RespConnection.open(
+            self.address,
+            describe=self.describe,
+            client_name=self.client_name,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            reply_timeout=COMMAND_TIMEOUT_S,
+            push=True,
+        )
         self._pubsub = pubsub
         channels = list(dict.fromkeys([*self._always, *self._channels]))
         wanted = {("subscribe", channel) for channel in channels}
         if channels:
-            await pubsub.subscribe(*channels)
+            pubsub.write("SUBSCRIBE", *channels)
         if self._patterns:
-            await pubsub.psubscribe(*self._patterns)
+            pubsub.write("PSUBSCRIBE", *self._patterns)
             wanted.update(("psubscribe", pattern) for pattern in self._patterns)
-        if not wanted:
-            await pubsub.connect()  # type: ignore[no-untyped-call]  # nothing to subscribe: connect anyway
         await self._await_confirmations(pubsub, wanted)
         if self._ready is not None:
             await self._ready()
         self._connected.set()
 
-    async def _await_confirmations(self, pubsub: PubSub, wanted: set[tuple[str, str]]) -> None:
+    async def _await_confirmations(self, pubsub: RespConnection, wanted: set[tuple[str, str]]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONFIRM_TIMEOUT_S
         while wanted:
             left = deadline - loop.time()
             if left <= 0:
                 raise TransportError(f"Redis did not confirm {sorted(wanted)}")
-            message = await pubsub.get_message(timeout=left)
-            if message is not None:
-                wanted.discard((str(message["type"]), as_text(message["channel"])))
-                await self._dispatch(message)
+            for reply in await pubsub.pushes(timeout=left):
+                if isinstance(reply, list) and len(reply) >= 2:
+                    wanted.discard((as_text(reply[0]), as_text(reply[1])))
+                await self._dispatch(reply)
 
-    async def _confirmed(self, pubsub: PubSub, kind: str, *channels: str) -> None:
+    async def _confirmed(self, pubsub: RespConnection, kind: str, *channels: str) -> None:
         """Send (UN)SUBSCRIBE and wait until the reader sees Redis' confirmation of each channel."""
         loop = asyncio.get_running_loop()
         futures = {channel: loop.create_future() for channel in channels}
         for channel, future in futures.items():
             self._waiters.setdefault((kind, channel), []).append(future)
         try:
-            if kind == "subscribe":
-                await pubsub.subscribe(*channels)
-            else:
-                await pubsub.unsubscribe(*channels)
+            pubsub.write(kind.upper(), *channels)
             await asyncio.wait_for(asyncio.shield(asyncio.gather(*futures.values())), CONFIRM_TIMEOUT_S)
         except TimeoutError:
             raise TransportError(f"Redis did not confirm {kind} {' '.join(channels)}") from None
@@ -330,39 +332,48 @@ class RedisSubscriber:
     async def _drop_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            pubsub.close()
 
     # Reading ----------------------------------------------------------------------
-    async def _read(self, pubsub: PubSub) -> None:
+    async def _read(self, pubsub: RespConnection) -> None:
         """Read and dispatch until the connection fails (then raise)."""
         loop = asyncio.get_running_loop()
         last_rx = loop.time()
         ping_sent = False
+        on_message = self._on_message
         while True:
             idle_ping_s = self._idle_ping_s()
-            message = await pubsub.get_message(timeout=idle_ping_s)
-            if message is None:
+            replies = await pubsub.pushes(timeout=idle_ping_s)
+            if not replies:
                 if loop.time() - last_rx < idle_ping_s:
                     continue
                 if ping_sent:
                     raise TransportError(f"Redis did not answer PING within {idle_ping_s:g} s")
-                await pubsub.ping()
+                pubsub.write("PING")
                 ping_sent = True
                 continue
-            await self._dispatch(message)
+            for reply in replies:
+                # The per-message path first; everything else in _dispatch.
+                if type(reply) is list and reply[0] == _MESSAGE and len(reply) == 3:
+                    await on_message(reply[1].decode("utf-8", "replace"), reply[2])
+                else:
+                    await self._dispatch(reply)
             last_rx = loop.time()
             ping_sent = False
 
-    async def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "message":
-            await self._on_message(as_text(message["channel"]), message["data"])
-        elif kind == "pmessage":
+    async def _dispatch(self, reply: Any) -> None:
+        if isinstance(reply, Exception):  # an error reply, e.g. a channel the ACL forbids
+            raise TransportError(f"Redis refused a subscription command: {reply}")
+        if not isinstance(reply, list) or not reply:
+            return  # PONG outside subscribed mode
+        kind = reply[0]
+        if kind == _MESSAGE and len(reply) == 3:
+            await self._on_message(as_text(reply[1]), reply[2])
+        elif kind == _PMESSAGE and len(reply) == 4:
             if self._on_pattern_message is not None:
-                await self._on_pattern_message(as_text(message["channel"]), message["data"])
-        elif kind in ("subscribe", "unsubscribe", "psubscribe", "punsubscribe"):
-            for future in self._waiters.pop((kind, as_text(message["channel"])), []):
+                await self._on_pattern_message(as_text(reply[2]), reply[3])
+        elif kind in _CONFIRMATIONS and len(reply) >= 2:
+            for future in self._waiters.pop((as_text(kind), as_text(reply[1])), []):
                 if not future.done():
                     future.set_result(None)
 
