@@ -116,6 +116,11 @@ KNOWN_SERVICES: Final[dict[str, int]] = {
 REPLY_EVENT: Final = "ipc:reply"
 ACK_EVENT: Final = "ack"
 
+#: Envelopes per Socket.IO batch between IPC workers and the Bridge (``ipc:publish_batch``,
+#: ``ipc:messages``), and about this many bytes: far below either side's websocket limit.
+BATCH_MAX_ITEMS: Final = 256
+BATCH_MAX_BYTES: Final = 512 * 1024
+
 
 def channel_for(target: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     """The pub/sub channel a message for ``target`` is published on."""

@@ -20,8 +20,9 @@ class Inbox(Generic[T]):
     """Received messages, handled by at most ``max_concurrency`` tasks at once.
 
     ``accept(channel, raw, ack)`` runs inline for every message (decode, verify)
-    and returns an item or None (dropped); ``handle(item, ack)`` runs in a task
-    once a slot is free. While every slot is busy, queued messages wait, and
+    and returns an item or None (dropped); ``handle_now(item, ack)`` may then
+    handle it inline and return True (nothing in it waits); otherwise
+    ``handle(item, ack)`` runs in a task once a slot is free. While every slot is busy, queued messages wait, and
     :meth:`put` makes network readers wait too, so back-pressure reaches the socket.
     """
 
@@ -32,10 +33,12 @@ class Inbox(Generic[T]):
         max_concurrency: int,
         accept: Callable[[str, bytes, Ack | None], T | None],
         handle: Callable[[T, Ack | None], Coroutine[Any, Any, None]],
+        handle_now: Callable[[T, Ack | None], bool] | None = None,
     ) -> None:
         self.owner = owner
         self._accept = accept
         self._handle = handle
+        self._handle_now = handle_now
         self._queue: asyncio.Queue[tuple[str, bytes, Ack | None]] = asyncio.Queue()
         self._high_water = max_concurrency * 16
         self._drained = asyncio.Event()
@@ -77,6 +80,18 @@ class Inbox(Generic[T]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def adopt(self, coro: Awaitable[None]) -> None:
+        """Finish handling a message in a task: the inbox is not idle until it is done."""
+        self._unprocessed += 1
+        self._idle.clear()
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._adopted_done)
+
+    def _adopted_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._processed()
+
     async def run(self) -> None:
         queue = self._queue
         while True:
@@ -91,6 +106,15 @@ class Inbox(Generic[T]):
             if item is None:
                 self._processed()
                 continue
+            if self._handle_now is not None:
+                try:
+                    done = self._handle_now(item, ack)
+                except Exception:  # handler errors are dealt with inside; this is a bug
+                    log.exception("%s: failed to handle a message", self.owner)
+                    done = True
+                if done:
+                    self._processed()
+                    continue
             await self._slots.acquire()
             task = asyncio.create_task(self._handle(item, ack))
             self._tasks.add(task)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .envelope import Envelope
 from .errors import RemoteError
+from .stats import WorkerStats
 
-__all__ = ["Handler", "LocalEmitter", "MessageMeta", "call_handler", "settle_reply"]
+__all__ = ["EventHandlers", "Handler", "LocalEmitter", "MessageMeta", "call_handler", "settle_reply"]
 
 log = logging.getLogger("exprsn_ipc.worker")
 
@@ -44,6 +46,115 @@ async def call_handler(handler: Handler, *args: Any) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+def _is_async(handler: Handler) -> bool:
+    call = getattr(handler, "__call__", None)  # noqa: B004 (callable objects with an async __call__)
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+class EventHandlers:
+    """A worker's IPC handlers by event, and how they are run.
+
+    Events whose handlers are all plain functions can be handled at once by the
+    inbox (:meth:`run_now`), without a task: that is most of the per-message
+    cost of a small handler.
+    """
+
+    def __init__(self, owner: str, stats: WorkerStats, failed: Callable[[str, Handler, Exception], None]) -> None:
+        self.owner = owner
+        self.stats = stats
+        self._failed = failed
+        self._by_event: dict[str, list[Handler]] = {}
+        self._sync: set[str] = set()
+
+    def add(self, event: str, handler: Handler) -> None:
+        self._by_event.setdefault(event, []).append(handler)
+        self._update(event)
+
+    def remove(self, event: str, handler: Handler | None = None) -> None:
+        if handler is None:
+            self._by_event.pop(event, None)
+        elif handler in self._by_event.get(event, []):
+            self._by_event[event].remove(handler)
+            if not self._by_event[event]:
+                del self._by_event[event]
+        self._update(event)
+
+    def get(self, event: str) -> list[Handler]:
+        return self._by_event.get(event, [])
+
+    def is_sync(self, event: str) -> bool:
+        """True when ``event`` has handlers and none of them is async."""
+        return event in self._sync
+
+    def _update(self, event: str) -> None:
+        handlers = self._by_event.get(event)
+        if handlers and not any(_is_async(h) for h in handlers):
+            self._sync.add(event)
+        else:
+            self._sync.discard(event)
+
+    async def run(
+        self, event: str, handlers: list[Handler], data: Any, meta: MessageMeta
+    ) -> tuple[Any, Exception | None]:
+        """Run ``handlers`` in order; return the first one's result or error (the others are logged)."""
+        result: Any = None
+        error: Exception | None = None
+        for index, handler in enumerate(list(handlers)):
+            started = time.perf_counter()
+            try:
+                value = await call_handler(handler, data, meta)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.observe_handler(event, time.perf_counter() - started)
+                self._failed(event, handler, exc)
+                if index == 0:
+                    error = exc
+                continue
+            self.stats.observe_handler(event, time.perf_counter() - started)
+            if index == 0:
+                result = value
+        if error is None:
+            self.stats.handled += 1
+        return result, error
+
+    def run_now(self, event: str, data: Any, meta: MessageMeta, spawn: Callable[[Awaitable[None]], None]) -> None:
+        """Run the plain-function handlers of ``event`` here and now (see :meth:`is_sync`).
+
+        A handler that returns an awaitable anyway (a lambda around a coroutine)
+        gets it awaited in a task started with ``spawn``, which must count it
+        as running; the event's next messages then take the task path.
+        """
+        error = False
+        stats = self.stats
+        for handler in list(self._by_event.get(event, ())):
+            started = time.perf_counter()
+            try:
+                value = handler(data, meta)
+            except Exception as exc:
+                stats.observe_handler(event, time.perf_counter() - started)
+                self._failed(event, handler, exc)
+                error = True
+                continue
+            if inspect.isawaitable(value):
+                self._sync.discard(event)
+                spawn(self._finish(event, handler, value, started))
+            else:
+                stats.observe_handler(event, time.perf_counter() - started)
+        if not error:
+            stats.handled += 1
+
+    async def _finish(self, event: str, handler: Handler, pending: Awaitable[Any], started: float) -> None:
+        try:
+            await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(event, handler, exc)
+        finally:
+            self.stats.observe_handler(event, time.perf_counter() - started)
 
 
 @dataclass

@@ -36,8 +36,8 @@ class RateLimiter(Protocol):
     max_requests: int
     window_ms: int
 
-    async def hit(self, key: str) -> RateDecision:
-        """Count one hit for ``key`` and say whether it is within the limit."""
+    async def hit(self, key: str, *, cost: int = 1) -> RateDecision:
+        """Count ``cost`` hits for ``key`` at once and say whether the count is within the limit."""
         ...
 
     async def snapshot(self) -> dict[str, int]:
@@ -58,13 +58,13 @@ class MemoryRateLimiter:
     def _now_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
-    async def hit(self, key: str) -> RateDecision:
+    async def hit(self, key: str, *, cost: int = 1) -> RateDecision:
         now = self._now_ms()
         index = now // self.window_ms
         current, count = self._windows.get(key, (index, 0))
         if current != index:
             count = 0
-        count += 1
+        count += cost
         self._windows[key] = (index, count)
         reset = (index + 1) * self.window_ms - now
         if len(self._windows) > 10_000:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -19,11 +20,10 @@ from ..constants import (
     BRIDGE_SERVICE,
     BROADCAST,
     REGISTRY_TTL_S,
-    REPLY_EVENT,
     channel_for,
     full_service_name,
 )
-from ..envelope import MISSING, Envelope, dumps, validate_event_name, validate_service_name
+from ..envelope import Envelope, dumps, validate_event_name, validate_service_name
 from ..errors import (
     AuthError,
     IPCError,
@@ -40,14 +40,13 @@ from ..settings import Settings
 from ..tokens import BrokerTokenManager
 from ..worker import IPCWorker
 from .backend import BridgeBackend, create_backend
+from .delivery import Delivery
 from .store import BuiltinStore
 
 __all__ = ["Bridge", "BridgeStats", "Connection", "Identity", "RouteListener"]
 
 log = logging.getLogger("exprsn_ipc.bridge")
 
-#: Outgoing messages queued for one socket before further ones are dropped.
-SOCKET_QUEUE_LIMIT = 10_000
 DEV_BYPASS_SOURCE = "exprsn-dev-bypass"
 #: How often the registry entries of connected services are refreshed (they expire after REGISTRY_TTL_S).
 REGISTRY_REFRESH_S: float = REGISTRY_TTL_S / 2
@@ -119,10 +118,10 @@ class BridgeStats:
     def count(self, service: str, what: str, n: int = 1) -> None:
         self.per_service.setdefault(service, Counter())[what] += n
 
-    def reject(self, service: str | None, code: str) -> None:
-        self.rejected[code] += 1
+    def reject(self, service: str | None, code: str, n: int = 1) -> None:
+        self.rejected[code] += n
         if service:
-            self.count(service, f"rejected:{code}")
+            self.count(service, f"rejected:{code}", n)
 
     def as_dict(self) -> dict[str, Any]:
         per_service: dict[str, Any] = {}
@@ -170,6 +169,7 @@ class Bridge:
         self._running = False
         self._heartbeat: asyncio.Task[None] | None = None
         self.sio: Any = None  # set by bridge.sockets.attach()
+        self.delivery = Delivery(self)
         #: See :data:`RouteListener`.
         self.route_listeners: list[RouteListener] = []
 
@@ -256,12 +256,21 @@ class Bridge:
         return signer
 
     async def check_rate(self, service: str) -> None:
-        if self.limiter is None:
-            return
-        decision = await self.limiter.hit(service)
-        if not decision.allowed:
-            self.stats.reject(service, RateLimitError.code)
+        if await self.rate_allowance(service, 1) < 1:
             raise RateLimitError("IPC rate limit exceeded")
+
+    async def rate_allowance(self, service: str, n: int) -> int:
+        """Count ``n`` messages of ``service`` at once; how many of them (the first ones) are allowed.
+
+        The refused ones are counted as ``RATE_LIMIT_EXCEEDED`` rejections.
+        """
+        if self.limiter is None:
+            return n
+        decision = await self.limiter.hit(service, cost=n)
+        allowed = max(0, min(n, decision.limit - (decision.count - n)))
+        if allowed < n:
+            self.stats.reject(service, RateLimitError.code, n - allowed)
+        return allowed
 
     async def revoke(self, token_id: str, *, ttl: int, by: str) -> None:
         """Revoke a token for the whole bus and tell every connected worker."""
@@ -301,12 +310,16 @@ class Bridge:
         )
         return envelope, await self._publish(identity.service, envelope.target, envelope.encode())
 
-    async def publish_raw(self, conn: Connection, raw: bytes, *, durable: bool = False) -> int:
+    async def publish_raw(
+        self, conn: Connection, raw: bytes, *, durable: bool = False, rate_checked: bool = False
+    ) -> int:
         """Publish a worker's signed envelope after checking it is really from that worker.
 
         ``durable``: append it to the target's stream instead (Redis backend only).
+        ``rate_checked``: the caller already counted it (:meth:`rate_allowance`).
         """
-        await self.check_rate(conn.service)
+        if not rate_checked:
+            await self.check_rate(conn.service)
         envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
         if envelope.source != conn.service:
             raise AuthError(f"{conn.service} may not publish as {envelope.source}")
@@ -337,7 +350,7 @@ class Bridge:
             reply = await self.sio.call(
                 "ipc:message", (channel, raw.decode("utf-8")), to=conn.sid, namespace=conn.namespace, timeout=600
             )
-            self._delivered(conn)
+            self.delivery.delivered(conn)
             return reply if isinstance(reply, str) else "failed"
 
         try:
@@ -430,7 +443,7 @@ class Bridge:
     # Connections ----------------------------------------------------------------
     async def add_connection(self, conn: Connection, entry: dict[str, Any] | None) -> None:
         self.connections[conn.key] = conn
-        conn.task = asyncio.create_task(self._sender(conn), name=f"bridge-send:{conn.key}")
+        conn.task = self.delivery.start(conn)
         for target in (conn.service, BROADCAST):
             await self.subscribe(conn, channel_for(target))
         self._service_refs[conn.service] += 1
@@ -469,16 +482,7 @@ class Bridge:
     async def subscribe(self, conn: Connection, channel: str) -> None:
         conn.channels.add(channel)
 
-        def deliver(ch: str, raw: bytes, conn: Connection = conn) -> None:
-            if conn.queue.qsize() >= SOCKET_QUEUE_LIMIT:
-                conn.dropped += 1
-                self.stats.reject(conn.service, "SLOW_CONSUMER")
-                if conn.dropped == 1:
-                    log.warning("socket %s of %s is not keeping up; dropping messages", conn.sid, conn.service)
-                return
-            conn.queue.put_nowait((ch, raw))
-
-        await self.backend.subscribe(channel, conn.key, deliver)
+        await self.backend.subscribe(channel, conn.key, functools.partial(self.delivery.enqueue, conn))
 
     async def unsubscribe(self, conn: Connection, channel: str) -> None:
         conn.channels.discard(channel)
@@ -504,55 +508,6 @@ class Bridge:
         remaining = [c for c in self.connections.values() if c.service == conn.service]
         if remaining:
             await self._register(conn.service, {**remaining[-1].record, "lastSeen": int(time.time() * 1000)})
-
-    async def _sender(self, conn: Connection) -> None:
-        while True:
-            channel, raw = await conn.queue.get()
-            try:
-                await self._send(conn, channel, raw)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("failed to deliver a message to socket %s of %s", conn.sid, conn.service)
-
-    async def _send(self, conn: Connection, channel: str, raw: bytes) -> None:
-        if self.sio is None:
-            return
-        if conn.mode == "envelope":
-            await self.sio.emit("ipc:message", (channel, raw.decode("utf-8")), to=conn.sid, namespace=conn.namespace)
-            self._delivered(conn)
-            return
-        try:
-            envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
-        except IPCError as exc:
-            self.stats.reject(conn.service, exc.code)
-            return
-        if envelope.target not in (conn.service, BROADCAST):
-            return
-        try:
-            self.verifier.verify_envelope(envelope)
-        except TokenError as exc:
-            self.stats.reject(conn.service, exc.code)
-            log.warning("not forwarding %r from %s to %s: %s", envelope.event, envelope.source, conn.service, exc)
-            return
-        if envelope.event == REPLY_EVENT:
-            self.resolve_reply(envelope)
-            return
-        meta = {
-            "source": envelope.source,
-            "target": envelope.target,
-            "event": envelope.event,
-            "channel": channel,
-            "timestamp": envelope.timestamp,
-            "metadata": envelope.metadata,
-        }
-        data = None if envelope.data is MISSING else envelope.data
-        await self.sio.emit(envelope.event, (data, meta), to=conn.sid, namespace=conn.namespace)
-        self._delivered(conn)
-
-    def _delivered(self, conn: Connection) -> None:
-        self.stats.delivered += 1
-        self.stats.count(conn.service, "delivered")
 
     # Stats ----------------------------------------------------------------------
     async def snapshot(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ the original's events and receives bus traffic as ``<event>(data, meta)``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,9 +17,9 @@ from typing import Any
 
 import socketio
 
-from ..constants import BRIDGE_ALIAS, BRIDGE_SERVICE, BROADCAST
+from ..constants import BATCH_MAX_ITEMS, BRIDGE_ALIAS, BRIDGE_SERVICE, BROADCAST
 from ..envelope import MISSING, validate_service_name
-from ..errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError, TokenError
+from ..errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError, RateLimitError, TokenError
 from ..jsonlex import evaluate as evaluate_jsonlex
 from .core import Bridge, Connection, Identity, encoded_size, normalise_namespace
 from .credentials import token_from_environ
@@ -141,7 +142,37 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             if exc.code != "RATE_LIMIT_EXCEEDED":
                 bridge.stats.reject(conn.service, exc.code)
             return _failure(exc)
+        if receivers:
+            # Let the receivers' sender tasks take the message first: the answer
+            # only carries a count, the message is what someone waits for.
+            await asyncio.sleep(0)
         return {"success": True, "receivers": receivers}
+
+    @sio.on("ipc:publish_batch", namespace="*")
+    async def on_publish_batch(namespace: str, sid: str, raws: Any = None) -> Reply | list[Reply]:
+        # Envelopes emitted together by one worker: one packet and one answer for all,
+        # one rate-limit count; each envelope is still checked on its own.
+        conn = connection(namespace, sid)
+        if not isinstance(raws, list) or not raws or len(raws) > BATCH_MAX_ITEMS:
+            bridge.stats.reject(conn.service, EnvelopeError.code)
+            error = EnvelopeError(f"ipc:publish_batch needs a list of 1 to {BATCH_MAX_ITEMS} encoded envelopes")
+            return _failure(error)
+        allowed = await bridge.rate_allowance(conn.service, len(raws))
+        replies: list[Reply] = []
+        for index, raw in enumerate(raws):
+            try:
+                if index >= allowed:
+                    raise RateLimitError("IPC rate limit exceeded")
+                if not isinstance(raw, str):
+                    raise EnvelopeError("ipc:publish_batch needs encoded envelopes (strings)")
+                receivers = await bridge.publish_raw(conn, raw.encode("utf-8"), rate_checked=True)
+            except IPCError as exc:
+                if exc.code != "RATE_LIMIT_EXCEEDED":
+                    bridge.stats.reject(conn.service, exc.code)
+                replies.append(_failure(exc))
+                continue
+            replies.append({"success": True, "receivers": receivers})
+        return replies
 
     @sio.on("ipc:publish_durable", namespace="*")
     async def on_publish_durable(namespace: str, sid: str, raw: Any = None) -> Reply:

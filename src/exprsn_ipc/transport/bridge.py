@@ -2,8 +2,9 @@
 
 The worker connects to ``BRIDGE_URL`` on ``/ipc/<service>`` with a fresh broker
 token, publishes signed envelopes with ``ipc:publish`` (the Bridge checks that
-they really come from this service and answers with the receiver count), and
-receives raw envelopes as ``ipc:message``, verifying them itself. After the
+they really come from this service and answers with the receiver count), or
+``ipc:publish_batch`` for emits made together, and receives raw envelopes as
+``ipc:message`` / ``ipc:messages``, verifying them itself. After the
 Bridge restarts it reconnects with backoff and registers again; emits made while
 disconnected are buffered (bounded) and flushed in order on reconnection.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import socketio
 
-from ..constants import BROADCAST, channel_for
+from ..constants import BATCH_MAX_BYTES, BATCH_MAX_ITEMS, BROADCAST, channel_for
 from ..errors import (
     AuthError,
     BufferFullError,
@@ -63,6 +64,15 @@ def _remote_error(reply: Any) -> IPCError:
     error = cls(message)
     error.code = code
     return error
+
+
+def _settle(future: asyncio.Future[int], outcome: int | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 class BridgeRevocationStore(MemoryRevocationStore):
@@ -118,6 +128,11 @@ class BridgeTransport(Transport):
         self._was_connected = False
         self._tokens: BrokerTokenManager | None = None
         self._http_session: Any = None
+        self._in_flight = 0
+        self._batch: list[tuple[bytes, asyncio.Future[int]]] = []
+        self._batch_bytes = 0
+        self._batch_scheduled = False
+        self._batch_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def connected(self) -> bool:
@@ -204,6 +219,16 @@ class BridgeTransport(Transport):
             if isinstance(data, bytes):
                 await peer.deliver(channel, data)
 
+        @client.on("ipc:messages", namespace=ns)
+        async def on_messages(items: Any) -> None:
+            if not self._receiving or not isinstance(items, list):
+                return
+            for item in items:
+                if not self._receiving:
+                    return
+                if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str):
+                    await peer.deliver(item[0], item[1].encode("utf-8"))
+
         @client.on("ipc:revoked", namespace=ns)
         async def on_revoked(body: Any = None) -> None:
             if isinstance(body, dict) and isinstance(body.get("id"), str):
@@ -237,17 +262,80 @@ class BridgeTransport(Transport):
             raise TransportError(f"{event} to the Bridge failed: {exc}") from exc
 
     async def publish(self, channel: str, raw: bytes) -> int:
+        """Send one envelope through the Bridge; returns the receiver count (or :data:`BUFFERED`).
+
+        A lone emit goes out at once as ``ipc:publish``. Emits made while
+        another is on the wire wait for the end of the event loop's pass and
+        leave together as one ``ipc:publish_batch``, each still getting its own
+        count or error.
+        """
         if self._client is None:
             raise NotConnectedError("the bridge transport is not connected")
         if not self._connected.is_set() or self._buffer:
             return self._enqueue(raw)
+        if self._in_flight or self._batch:
+            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._batch.append((raw, future))
+            self._batch_bytes += len(raw)
+            if len(self._batch) >= BATCH_MAX_ITEMS or self._batch_bytes >= BATCH_MAX_BYTES:
+                self._send_batch()
+            elif not self._batch_scheduled:
+                self._batch_scheduled = True
+                asyncio.get_running_loop().call_soon(self._send_batch_soon)
+            return await future
+        self._in_flight += 1
         try:
             reply = await self.call("ipc:publish", raw.decode("utf-8"))
         except NotConnectedError:
             return self._enqueue(raw)
+        finally:
+            self._in_flight -= 1
         if isinstance(reply, dict) and reply.get("success") is True:
             return int(reply.get("receivers", 0))
         raise _remote_error(reply)
+
+    def _send_batch_soon(self) -> None:
+        self._batch_scheduled = False
+        self._send_batch()
+
+    def _send_batch(self) -> None:
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        if batch:
+            task = asyncio.create_task(self._publish_batch(batch), name="bridge-publish-batch")
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+
+    async def _publish_batch(self, batch: list[tuple[bytes, asyncio.Future[int]]]) -> None:
+        self._in_flight += 1
+        try:
+            replies = await self.call("ipc:publish_batch", [raw.decode("utf-8") for raw, _ in batch])
+        except NotConnectedError:
+            for raw, future in batch:
+                try:
+                    _settle(future, self._enqueue(raw))
+                except BufferFullError as exc:
+                    _settle(future, exc)
+            return
+        except IPCError as exc:
+            for _, future in batch:
+                _settle(future, exc)
+            return
+        except BaseException:
+            for _, future in batch:
+                _settle(future, TransportError("the bridge transport closed while publishing"))
+            raise
+        finally:
+            self._in_flight -= 1
+        if not isinstance(replies, list) or len(replies) != len(batch):
+            error = _remote_error(replies)
+            for _, future in batch:
+                _settle(future, error)
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, dict) and reply.get("success") is True:
+                _settle(future, int(reply.get("receivers", 0)))
+            else:
+                _settle(future, _remote_error(reply))
 
     def _enqueue(self, raw: bytes) -> int:
         if len(self._buffer) >= self.buffer_size:
@@ -288,6 +376,13 @@ class BridgeTransport(Transport):
 
     async def close(self) -> None:
         self._receiving = False
+        for task in list(self._batch_tasks):
+            task.cancel()
+        if self._batch_tasks:
+            await asyncio.gather(*self._batch_tasks, return_exceptions=True)
+        batch, self._batch = self._batch, []
+        for _, future in batch:
+            _settle(future, NotConnectedError("the bridge transport was closed"))
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

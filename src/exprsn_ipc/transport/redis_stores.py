@@ -44,11 +44,11 @@ MAX_TOKEN_ID_LEN: Final = 256
 #: Keys per SCAN step / MGET batch.
 SCAN_COUNT: Final = 500
 
-# INCR, and set the expiry only when this INCR created the key: later hits never
+# INCRBY, and set the expiry only when this INCRBY created the key: later hits never
 # extend the window (the original refreshed PEXPIRE on every hit, DESIGN fix 6).
 _HIT_SCRIPT: Final = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then
+local n = redis.call('INCRBY', KEYS[1], ARGV[2])
+if n == tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
 return n
@@ -239,7 +239,7 @@ class RedisStateStore:
 class RedisRateLimiter:
     """Atomic fixed-window limiter shared by every process using the same Redis.
 
-    A hit runs one Lua script on ``<prefix><window index>:<key>``: INCR, and
+    A hit runs one Lua script on ``<prefix><window index>:<key>``: INCRBY (the hit's cost), and
     PEXPIRE only when the key was just created (the rest of the window plus a
     second), so later hits never extend it. The window index is
     ``now_ms // window_ms`` from this host's clock; hosts should be NTP-synced
@@ -262,12 +262,12 @@ class RedisRateLimiter:
     def window_key(self, key: str, index: int) -> str:
         return f"{self.prefix}{index}:{key}"
 
-    async def hit(self, key: str) -> RateDecision:
+    async def hit(self, key: str, *, cost: int = 1) -> RateDecision:
         now = self._now_ms()
         index = now // self.window_ms
         reset = (index + 1) * self.window_ms - now
         try:
-            count = int(await self._script(keys=[self.window_key(key, index)], args=[reset + 1000]))
+            count = int(await self._script(keys=[self.window_key(key, index)], args=[reset + 1000, cost]))
         except RedisError as exc:
             raise _wrap("rate-limit hit", exc) from exc
         return RateDecision(count <= self.max_requests, count, self.max_requests, reset)

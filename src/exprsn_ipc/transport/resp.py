@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -32,8 +32,8 @@ __all__ = ["PUSH_HIGH_WATER", "RedisAddress", "RespConnection", "pack_command"]
 PUSH_HIGH_WATER: Final = 4096
 
 _CERT_REQS: Final = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-_TRUE: Final = frozenset({"1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
+#: redis-py's reading of a boolean option: these are false, any other value is true.
+_FALSE: Final = frozenset({"0", "f", "false", "n", "no"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +42,15 @@ class RedisAddress:
 
     The query options are redis-py's names, so one URL serves both clients:
     ``db``, ``ssl_cert_reqs`` (none|optional|required, default required),
-    ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``.
+    ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname``
+    (default true, as in redis-py 8; ``ssl_cert_reqs=none`` checks nothing).
     """
 
     host: str = "localhost"
     port: int = 6379
     path: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     db: int = 0
     tls: ssl.SSLContext | None = None
 
@@ -61,7 +62,8 @@ class RedisAddress:
             ConfigError: an unsupported scheme or a malformed port, db or TLS option.
         """
         parts = urlsplit(url)
-        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        # The first value of a repeated option wins, as in redis-py.
+        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
         username = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password is not None else None
         try:
@@ -69,7 +71,7 @@ class RedisAddress:
                 return cls(path=unquote(parts.path), username=username, password=password, db=_db(query.get("db", "0")))
             if parts.scheme not in ("redis", "rediss"):
                 raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {parts.scheme!r}")
-            db = query.get("db") or parts.path.lstrip("/") or "0"
+            db = query.get("db") or parts.path.strip("/") or "0"
             return cls(
                 host=unquote(parts.hostname or "localhost"),
                 port=parts.port or 6379,
@@ -85,7 +87,10 @@ class RedisAddress:
 
 
 def _db(value: str) -> int:
-    db = int(value)
+    try:
+        db = int(value)
+    except ValueError:
+        raise ValueError(f"db must be a number, not {value!r}") from None
     if db < 0:
         raise ValueError(f"db must be >= 0, not {db}")
     return db
@@ -95,19 +100,17 @@ def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
     reqs_name = query.get("ssl_cert_reqs", "required").lower()
     if reqs_name not in _CERT_REQS:
         raise ValueError(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, not {reqs_name!r}")
-    check = query.get("ssl_check_hostname", "").lower()
-    if check and check not in _TRUE | _FALSE:
-        raise ValueError(f"ssl_check_hostname must be true or false, not {check!r}")
+    check = query.get("ssl_check_hostname", "").lower() not in _FALSE
+    files = [query[name] for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if query.get(name)]
     try:
         context = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        # redis-py's default: hostnames are checked only when asked to.
-        context.check_hostname = check in _TRUE and _CERT_REQS[reqs_name] != ssl.CERT_NONE
+        context.check_hostname = check and _CERT_REQS[reqs_name] != ssl.CERT_NONE
         context.verify_mode = _CERT_REQS[reqs_name]
         if query.get("ssl_certfile"):
             context.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile"))
     except (OSError, ssl.SSLError) as exc:
-        raise ValueError(f"cannot load the TLS files named in REDIS_URL: {exc}") from None
+        raise ValueError(f"cannot load the TLS files named in REDIS_URL ({', '.join(files)}): {exc}") from None
     return context
 
 
@@ -243,7 +246,9 @@ class RespConnection(asyncio.Protocol):
     def _expect_reply(self) -> asyncio.Future[Any]:
         future = self._loop.create_future()
         now = self._loop.time()
-        if not self._waiting:
+        if self._stall_timer is None:
+            # One timer at a time, kept while replies flow (re-armed for the oldest
+            # waiting command when it fires), not one per command.
             self._stall_timer = self._loop.call_at(now + self.reply_timeout, self._check_stall)
         self._waiting.append(future)
         self._sent_at.append(now)
@@ -265,7 +270,13 @@ class RespConnection(asyncio.Protocol):
         return await self.send(*args)
 
     async def drain(self) -> None:
-        """Wait until the socket accepts more data."""
+        """Wait until the socket accepts more data.
+
+        Raises:
+            TransportError: the connection is lost (now or while waiting).
+        """
+        if self._error is not None:
+            raise self._error
         if not self._write_paused:
             return
         waiter = self._loop.create_future()
@@ -279,13 +290,13 @@ class RespConnection(asyncio.Protocol):
             TransportError: the connection is lost (after the replies read before that).
         """
         if not self._pushes and self._error is None:
+            # A plain timer, not asyncio.timeout(): this runs once per batch read.
             waiter = self._push_waiter = self._loop.create_future()
+            timer = self._loop.call_later(timeout, _release, waiter)
             try:
-                async with asyncio.timeout(timeout):
-                    await waiter
-            except TimeoutError:
-                return []
+                await waiter
             finally:
+                timer.cancel()
                 self._push_waiter = None
         pushes, self._pushes = self._pushes, []
         if not pushes and self._error is not None:
@@ -320,7 +331,7 @@ class RespConnection(asyncio.Protocol):
     def _check_stall(self) -> None:
         self._stall_timer = None
         if not self._sent_at or self._error is not None:
-            return
+            return  # nothing waits: the next command arms a new timer
         oldest = self._sent_at[0]
         if self._loop.time() - oldest >= self.reply_timeout:
             self.close(TransportError(f"Redis at {self.describe} did not answer within {self.reply_timeout:g} s"))
@@ -387,9 +398,6 @@ class RespConnection(asyncio.Protocol):
             if len(self._pushes) >= PUSH_HIGH_WATER and not self._reading_paused and self._transport is not None:
                 self._reading_paused = True
                 self._transport.pause_reading()
-        elif not self._waiting and self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost reports it
@@ -403,3 +411,8 @@ class RespConnection(asyncio.Protocol):
         for waiter in drains:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

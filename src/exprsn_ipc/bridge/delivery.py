@@ -1,0 +1,120 @@
+"""Delivery from the bus to one Socket.IO client, from a sender task per socket.
+
+What the bus routes to a socket is queued (bounded: a socket that does not keep
+up loses messages, counted as ``SLOW_CONSUMER``) and sent by the socket's own
+task, so a slow client never holds up the others. IPC workers (envelope mode)
+get raw envelopes; what has queued up while the previous send was on the wire
+leaves as one ``ipc:messages`` packet, which is where most of the Bridge's
+per-message cost used to go (docs/performance.md). Other clients get each event
+as ``<event>(data, meta)`` after the Bridge verified it for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Final
+
+from ..constants import BATCH_MAX_BYTES, BATCH_MAX_ITEMS, BROADCAST, REPLY_EVENT
+from ..envelope import MISSING, Envelope
+from ..errors import IPCError, TokenError
+
+if TYPE_CHECKING:
+    from .core import Bridge, Connection
+
+__all__ = ["SOCKET_QUEUE_LIMIT", "Delivery"]
+
+log = logging.getLogger("exprsn_ipc.bridge")
+
+#: Outgoing messages queued for one socket before further ones are dropped.
+SOCKET_QUEUE_LIMIT: Final = 10_000
+
+
+class Delivery:
+    """Queues and sends the bus's messages to the Bridge's sockets."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def enqueue(self, conn: Connection, channel: str, raw: bytes) -> None:
+        """The backend's delivery callback for ``conn`` (never blocks the bus)."""
+        if conn.queue.qsize() >= SOCKET_QUEUE_LIMIT:
+            conn.dropped += 1
+            self.bridge.stats.reject(conn.service, "SLOW_CONSUMER")
+            if conn.dropped == 1:
+                log.warning("socket %s of %s is not keeping up; dropping messages", conn.sid, conn.service)
+            return
+        conn.queue.put_nowait((channel, raw))
+
+    def start(self, conn: Connection) -> asyncio.Task[None]:
+        """The sender task of ``conn``; the Bridge cancels it when the socket goes."""
+        return asyncio.create_task(self._sender(conn), name=f"bridge-send:{conn.key}")
+
+    async def _sender(self, conn: Connection) -> None:
+        queue = conn.queue
+        while True:
+            first = await queue.get()
+            try:
+                if conn.mode == "envelope":
+                    batch = [first]
+                    size = len(first[1])
+                    while not queue.empty() and len(batch) < BATCH_MAX_ITEMS and size < BATCH_MAX_BYTES:
+                        item = queue.get_nowait()
+                        batch.append(item)
+                        size += len(item[1])
+                    await self._send_envelopes(conn, batch)
+                else:
+                    await self._send_event(conn, *first)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("failed to deliver a message to socket %s of %s", conn.sid, conn.service)
+
+    async def _send_envelopes(self, conn: Connection, batch: list[tuple[str, bytes]]) -> None:
+        sio = self.bridge.sio
+        if sio is None:
+            return
+        if len(batch) == 1:
+            channel, raw = batch[0]
+            await sio.emit("ipc:message", (channel, raw.decode("utf-8")), to=conn.sid, namespace=conn.namespace)
+        else:
+            items = [[channel, raw.decode("utf-8")] for channel, raw in batch]
+            await sio.emit("ipc:messages", items, to=conn.sid, namespace=conn.namespace)
+        self.delivered(conn, len(batch))
+
+    async def _send_event(self, conn: Connection, channel: str, raw: bytes) -> None:
+        bridge = self.bridge
+        if bridge.sio is None:
+            return
+        try:
+            envelope = Envelope.decode(raw, max_bytes=bridge.max_bytes)
+        except IPCError as exc:
+            bridge.stats.reject(conn.service, exc.code)
+            return
+        if envelope.target not in (conn.service, BROADCAST):
+            return
+        try:
+            bridge.verifier.verify_envelope(envelope)
+        except TokenError as exc:
+            bridge.stats.reject(conn.service, exc.code)
+            log.warning("not forwarding %r from %s to %s: %s", envelope.event, envelope.source, conn.service, exc)
+            return
+        if envelope.event == REPLY_EVENT:
+            bridge.resolve_reply(envelope)
+            return
+        meta = {
+            "source": envelope.source,
+            "target": envelope.target,
+            "event": envelope.event,
+            "channel": channel,
+            "timestamp": envelope.timestamp,
+            "metadata": envelope.metadata,
+        }
+        data = None if envelope.data is MISSING else envelope.data
+        await bridge.sio.emit(envelope.event, (data, meta), to=conn.sid, namespace=conn.namespace)
+        self.delivered(conn)
+
+    def delivered(self, conn: Connection, n: int = 1) -> None:
+        stats = self.bridge.stats
+        stats.delivered += n
+        stats.count(conn.service, "delivered", n)
