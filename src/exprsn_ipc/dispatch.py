@@ -62,6 +62,15 @@ class Inbox(Generic[T]):
         self._queue.put_nowait((channel, raw, ack))
 
     async def put(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
+        if self._queue.empty() and not self._slots.locked() and not self.closed:
+            # Nothing waits ahead of it: handle it in the caller (the network
+            # reader) and save the hop through the queue. Order is kept: the
+            # queue is empty, and the run loop never holds a message while slots
+            # are free.
+            self._unprocessed += 1
+            self._idle.clear()
+            await self._process(channel, raw, ack)
+            return
         self.put_nowait(channel, raw, ack)
         if self._queue.qsize() >= self._high_water:
             self._drained.clear()
@@ -98,27 +107,30 @@ class Inbox(Generic[T]):
             channel, raw, ack = await queue.get()
             if not self._drained.is_set() and queue.qsize() < self._high_water // 2:
                 self._drained.set()
+            await self._process(channel, raw, ack)
+
+    async def _process(self, channel: str, raw: bytes, ack: Ack | None) -> None:
+        try:
+            item = self._accept(channel, raw, ack)
+        except Exception:  # a bug here must not stop the worker
+            log.exception("%s: failed to process a message", self.owner)
+            item = None
+        if item is None:
+            self._processed()
+            return
+        if self._handle_now is not None:
             try:
-                item = self._accept(channel, raw, ack)
-            except Exception:  # a bug here must not stop the worker
-                log.exception("%s: failed to process a message", self.owner)
-                item = None
-            if item is None:
+                done = self._handle_now(item, ack)
+            except Exception:  # handler errors are dealt with inside; this is a bug
+                log.exception("%s: failed to handle a message", self.owner)
+                done = True
+            if done:
                 self._processed()
-                continue
-            if self._handle_now is not None:
-                try:
-                    done = self._handle_now(item, ack)
-                except Exception:  # handler errors are dealt with inside; this is a bug
-                    log.exception("%s: failed to handle a message", self.owner)
-                    done = True
-                if done:
-                    self._processed()
-                    continue
-            await self._slots.acquire()
-            task = asyncio.create_task(self._handle(item, ack))
-            self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+                return
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(item, ack))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

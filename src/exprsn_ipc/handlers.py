@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .envelope import Envelope
-from .errors import RemoteError
 from .stats import WorkerStats
 
-__all__ = ["EventHandlers", "Handler", "LocalEmitter", "MessageMeta", "call_handler", "settle_reply"]
+__all__ = ["EventHandlers", "Handler", "LocalEmitter", "MessageMeta", "call_handler"]
 
 log = logging.getLogger("exprsn_ipc.worker")
 
@@ -120,31 +119,52 @@ class EventHandlers:
             self.stats.handled += 1
         return result, error
 
-    def run_now(self, event: str, data: Any, meta: MessageMeta, spawn: Callable[[Awaitable[None]], None]) -> None:
-        """Run the plain-function handlers of ``event`` here and now (see :meth:`is_sync`).
+    def run_now(
+        self,
+        event: str,
+        data: Any,
+        meta: MessageMeta,
+        spawn: Callable[[Awaitable[None]], None],
+        *,
+        keep_first: bool = False,
+    ) -> tuple[Any, Exception | None]:
+        """Run the plain-function handlers of ``event`` here and now (see :meth:`is_sync`);
+        return the first one's result or error.
 
         A handler that returns an awaitable anyway (a lambda around a coroutine)
         gets it awaited in a task started with ``spawn``, which must count it
-        as running; the event's next messages then take the task path.
+        as running, and the event's next messages take the task path. With
+        ``keep_first`` the first handler's awaitable is returned instead, for
+        the caller to await (a request needs its value).
         """
-        error = False
+        result: Any = None
+        first_error: Exception | None = None
+        failed = False
         stats = self.stats
-        for handler in list(self._by_event.get(event, ())):
+        for index, handler in enumerate(list(self._by_event.get(event, ()))):
             started = time.perf_counter()
             try:
                 value = handler(data, meta)
             except Exception as exc:
                 stats.observe_handler(event, time.perf_counter() - started)
                 self._failed(event, handler, exc)
-                error = True
+                failed = True
+                if index == 0:
+                    first_error = exc
                 continue
             if inspect.isawaitable(value):
                 self._sync.discard(event)
+                if index == 0 and keep_first:
+                    result = value
+                    continue
                 spawn(self._finish(event, handler, value, started))
-            else:
-                stats.observe_handler(event, time.perf_counter() - started)
-        if not error:
+                continue
+            stats.observe_handler(event, time.perf_counter() - started)
+            if index == 0:
+                result = value
+        if not failed:
             stats.handled += 1
+        return result, first_error
 
     async def _finish(self, event: str, handler: Handler, pending: Awaitable[Any], started: float) -> None:
         try:
@@ -203,16 +223,3 @@ class LocalEmitter:
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks.clear()
-
-
-def settle_reply(future: asyncio.Future[Any], body: Any) -> None:
-    """Resolve a pending request from an ``ipc:reply`` body ``{success, data|error, message}``."""
-    if future.done():
-        return
-    if isinstance(body, dict) and body.get("success") is True:
-        future.set_result(body.get("data"))
-    elif isinstance(body, dict):
-        message = str(body.get("message") or body.get("error") or "remote error")
-        future.set_exception(RemoteError(message, code=str(body.get("error") or RemoteError.code)))
-    else:
-        future.set_exception(RemoteError("malformed reply"))

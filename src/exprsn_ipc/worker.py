@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import os
-import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,15 +34,14 @@ from .dispatch import Inbox
 from .envelope import MISSING, Envelope, validate_event_name, validate_service_name
 from .errors import (
     EnvelopeError,
-    HandlerError,
     IPCError,
     NoReceiversError,
     NotConnectedError,
     PayloadTooLargeError,
-    RequestTimeoutError,
     TokenError,
 )
-from .handlers import EventHandlers, Handler, LocalEmitter, MessageMeta, settle_reply
+from .handlers import EventHandlers, Handler, LocalEmitter, MessageMeta
+from .replies import PendingRequests, expire, failure_body, reply_body
 from .resources import ResourceTable
 from .settings import Settings
 from .stats import HANDLER_BUCKETS, DurationHistogram, WorkerStats
@@ -125,11 +124,7 @@ class IPCWorker:
         )
         self._seen_durable: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._dispatcher: asyncio.Task[None] | None = None
-        self._pending: dict[str, tuple[asyncio.Future[Any], str]] = {}
-        # Request ids need only be unique among this worker's pending requests
-        # (a reply must also come from the service asked): a counter will do.
-        self._request_prefix = f"{secrets.token_hex(6)}-"
-        self._request_seq = 0
+        self._pending = PendingRequests()
         self._warned: set[str] = set()
         self._started = False
         self._closing = False
@@ -237,10 +232,7 @@ class IPCWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._dispatcher
         await self._inbox.close()
-        for future, _ in self._pending.values():
-            if not future.done():
-                future.set_exception(NotConnectedError(f"{self.service_name} disconnected before the reply"))
-        self._pending.clear()
+        self._pending.fail_all(NotConnectedError(f"{self.service_name} disconnected before the reply"))
         try:
             await self.transport.close()
         finally:
@@ -320,12 +312,17 @@ class IPCWorker:
             return await self._publish(envelope, durable=True)
         return await self._publish(envelope)
 
-    async def _publish(self, envelope: Envelope, *, durable: bool = False) -> EmitResult:
-        if not self._started:
-            raise NotConnectedError(f"{self.service_name} is not started: call `await ipc.start()` first")
+    def _encode(self, envelope: Envelope) -> bytes:
         raw = envelope.encode()
         if len(raw) > self.max_bytes:
             raise PayloadTooLargeError(f"message of {len(raw)} bytes exceeds the limit of {self.max_bytes} bytes")
+        return raw
+
+    async def _publish(self, envelope: Envelope, *, durable: bool = False, raw: bytes | None = None) -> EmitResult:
+        if not self._started:
+            raise NotConnectedError(f"{self.service_name} is not started: call `await ipc.start()` first")
+        if raw is None:
+            raw = self._encode(envelope)
         channel = self._channel(envelope.target)
         if durable:
             receivers = await self.transport.publish_durable(envelope.target, raw)
@@ -337,6 +334,28 @@ class IPCWorker:
                 "sent", {"event": envelope.event, "target": envelope.target, "channel": channel, "receivers": receivers}
             )
         return EmitResult(envelope, receivers, channel)
+
+    def _count_sent(self, envelope: Envelope, channel: str, sent: asyncio.Future[int]) -> None:
+        """Count a message published with ``publish_nowait`` once the transport has answered."""
+
+        def done(future: asyncio.Future[int]) -> None:
+            if future.cancelled():
+                return
+            exc = future.exception()
+            if exc is not None:
+                self.stats.transport_errors += 1
+                log.warning("%s: could not publish %r to %s: %s", self.service_name, envelope.event, channel, exc)
+                return
+            self.stats.count_sent(envelope.event)
+            if self._local.has("sent"):
+                receivers = future.result()
+                info = {"event": envelope.event, "target": envelope.target, "channel": channel, "receivers": receivers}
+                self._local.emit("sent", info)
+
+        if sent.done():
+            done(sent)
+        else:
+            sent.add_done_callback(done)
 
     async def request(
         self,
@@ -357,12 +376,7 @@ class IPCWorker:
         """
         validate_event_name(event)
         validate_service_name(target)
-        self._request_seq += 1
-        request_id = f"{self._request_prefix}{self._request_seq:x}"
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        expected = BRIDGE_SERVICE if target == BRIDGE_ALIAS else target
-        self._pending[request_id] = (future, expected)
+        request_id, future = self._pending.open(BRIDGE_SERVICE if target == BRIDGE_ALIAS else target)
         meta = {**(metadata or {}), "requestId": request_id}
         try:
             result = await self._publish(
@@ -372,13 +386,15 @@ class IPCWorker:
                 raise NoReceiversError(f"no service is listening on {result.channel}")
             wait = self.settings.ipc_request_timeout if timeout is None else timeout
             # A timer rather than asyncio.wait_for: a third of the cost, per request.
-            timer = loop.call_later(wait, _expire, future, f"{target} did not answer {event!r} within {wait:g} s")
+            timer = asyncio.get_running_loop().call_later(
+                wait, expire, future, f"{target} did not answer {event!r} within {wait:g} s"
+            )
             try:
                 return await future
             finally:
                 timer.cancel()
         finally:
-            self._pending.pop(request_id, None)
+            self._pending.close(request_id)
 
     async def create(
         self, resource: str, data: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
@@ -547,8 +563,9 @@ class IPCWorker:
     def _handle_now(self, item: tuple[Envelope, MessageMeta], ack: Ack | None) -> bool:
         """Handle a message that needs no waiting at once; False: it needs :meth:`_handle` in a task.
 
-        That is a reply, or an event whose handlers are all plain functions,
-        with no acknowledgement or answer to send.
+        That is a reply, or an event whose handlers are all plain functions and
+        need no acknowledgement (a request among them, if the transport can
+        publish the answer at once).
         """
         envelope, meta = item
         if ack is not None or envelope.require_ack:
@@ -556,9 +573,11 @@ class IPCWorker:
         event = envelope.event
         if event == REPLY_EVENT:
             self._resolve_reply(envelope, meta)
-        elif meta.request_id is None and self._handlers.is_sync(event):
+        elif not self._handlers.is_sync(event):
+            return False
+        elif meta.request_id is None:
             self._handlers.run_now(event, envelope.payload, meta, self._inbox.adopt)
-        else:
+        elif not self._answer_now(envelope, meta):
             return False
         if self._local.has("received"):
             self._local.emit("received", {"event": event, "source": envelope.source, "channel": meta.channel})
@@ -628,49 +647,69 @@ class IPCWorker:
             }
         else:
             value, error = await self._run_handlers(event, envelope.payload, meta)
-            if error is None:
-                reply = {"success": True, "data": value}
-            else:
-                code = error.code if isinstance(error, IPCError) else HandlerError.code
-                reply = {"success": False, "error": code, "message": _error_message(error)}
+            reply = reply_body(value, error)
+        answer, raw = self._reply_envelope(envelope, meta, reply)
+        await self._publish(answer, raw=raw)
+
+    def _answer_now(self, envelope: Envelope, meta: MessageMeta) -> bool:
+        """Answer a request whose handlers are plain functions without a task, when the
+        transport can publish at once (the reply leaves a loop pass sooner); else False."""
+        if not self._started:
+            return False
+        value, error = self._handlers.run_now(
+            envelope.event, envelope.payload, meta, self._inbox.adopt, keep_first=True
+        )
+        if inspect.isawaitable(value):  # a plain function that returned a coroutine after all
+            self._inbox.adopt(self._answer_later(envelope, meta, value, self._handlers.get(envelope.event)[0]))
+            return True
+        answer, raw = self._reply_envelope(envelope, meta, reply_body(value, error))
+        channel = self._channel(answer.target)
+        sent = self.transport.publish_nowait(channel, raw)
+        if sent is None:
+            self._inbox.adopt(self._send_reply(answer, raw))
+            return True
+        self._count_sent(answer, channel, sent)
+        return True
+
+    async def _answer_later(
+        self, envelope: Envelope, meta: MessageMeta, pending: Awaitable[Any], handler: Handler
+    ) -> None:
         try:
-            await self._publish(
-                self.build_envelope(
-                    REPLY_EVENT,
-                    reply,
-                    target=envelope.source,
-                    operation="reply",
-                    metadata={"requestId": meta.request_id},
-                )
-            )
+            value, error = await pending, None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._handler_failed(envelope.event, handler, exc)
+            value, error = None, exc
+        answer, raw = self._reply_envelope(envelope, meta, reply_body(value, error))
+        await self._send_reply(answer, raw)
+
+    async def _send_reply(self, answer: Envelope, raw: bytes) -> None:
+        try:
+            await self._publish(answer, raw=raw)
         except IPCError as exc:
-            # e.g. the result is too large or not JSON: tell the caller instead.
-            if reply.get("success"):
-                failure = {"success": False, "error": exc.code, "message": str(exc)}
-                await self._publish(
-                    self.build_envelope(
-                        REPLY_EVENT,
-                        failure,
-                        target=envelope.source,
-                        operation="reply",
-                        metadata={"requestId": meta.request_id},
-                    )
-                )
-            else:
+            self.stats.transport_errors += 1
+            log.warning("%s: could not send a reply to %s: %s", self.service_name, answer.target, exc)
+
+    def _reply_envelope(self, request: Envelope, meta: MessageMeta, body: dict[str, Any]) -> tuple[Envelope, bytes]:
+        """The signed, encoded ``ipc:reply``; a result that cannot travel (not JSON,
+        too large) becomes an error reply saying so."""
+        metadata = {"requestId": meta.request_id}
+        try:
+            answer = self.build_envelope(REPLY_EVENT, body, target=request.source, operation="reply", metadata=metadata)
+            return answer, self._encode(answer)
+        except IPCError as exc:
+            if not body.get("success"):
                 raise
+            failure = failure_body(exc)
+        answer = self.build_envelope(REPLY_EVENT, failure, target=request.source, operation="reply", metadata=metadata)
+        return answer, self._encode(answer)
 
     def _resolve_reply(self, envelope: Envelope, meta: MessageMeta) -> None:
-        request_id = meta.request_id
-        pending = self._pending.get(request_id) if request_id else None
-        if pending is None:
-            return  # late reply, or a second replica answering: the first one won
-        future, expected = pending
-        if envelope.source != expected:
+        if not self._pending.resolve(meta.request_id, envelope.source, envelope.payload):
             self._warn_once(
                 f"reply:{envelope.source}", "%s: ignored a reply from %s", self.service_name, envelope.source
             )
-            return
-        settle_reply(future, envelope.payload)
 
     async def _send_ack(self, envelope: Envelope) -> None:
         ack = {"originalEvent": envelope.event, "originalId": envelope.token}
@@ -678,17 +717,6 @@ class IPCWorker:
             await self._publish(self.build_envelope(ACK_EVENT, ack, target=envelope.source, operation="ack"))
         except IPCError as exc:
             log.warning("%s: could not ack %r to %s: %s", self.service_name, envelope.event, envelope.source, exc)
-
-
-def _expire(future: asyncio.Future[Any], message: str) -> None:
-    if not future.done():
-        future.set_exception(RequestTimeoutError(message))
-
-
-def _error_message(error: Exception) -> str:
-    if isinstance(error, IPCError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
 
 
 def _evaluate_jsonlex(data: Any, meta: MessageMeta) -> Any:

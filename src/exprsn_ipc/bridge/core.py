@@ -33,8 +33,8 @@ from ..errors import (
     RequestTimeoutError,
     TokenError,
 )
-from ..handlers import settle_reply
 from ..net import is_loopback
+from ..replies import settle_reply
 from ..resources import ResourceNotFoundError
 from ..settings import Settings
 from ..tokens import BrokerTokenManager

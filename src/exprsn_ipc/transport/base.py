@@ -7,6 +7,7 @@ transport gets exactly the same semantics (the contract suite checks that).
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -64,6 +65,14 @@ class Transport(ABC):
     @abstractmethod
     async def publish(self, channel: str, raw: bytes) -> int:
         """Publish one encoded envelope; return how many subscribers received it."""
+
+    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
+        """Publish without waiting, if the transport can right now: the future gets the
+        receiver count (or the error). None: use :meth:`publish` instead.
+
+        Lets a worker answer a request from a plain-function handler without a task.
+        """
+        return None
 
     async def publish_durable(self, target: str, raw: bytes) -> int:
         """Append one encoded envelope to ``target``'s durable stream."""

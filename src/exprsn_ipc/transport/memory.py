@@ -8,6 +8,7 @@ PUBLISH.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -113,6 +114,13 @@ class MemoryTransport(Transport):
         if self._peer is None:
             raise NotConnectedError("the in-memory transport is not connected")
         return self.bus.publish(channel, raw)
+
+    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
+        if self._peer is None:
+            return None
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.set_result(self.bus.publish(channel, raw))
+        return future
 
     async def subscribe(self, channel: str) -> None:
         if self._peer is None or not self._receiving:

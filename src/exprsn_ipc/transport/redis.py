@@ -306,6 +306,11 @@ class RedisTransport(Transport):
             raise NotConnectedError("the Redis transport is not connected")
         return await self._publisher.publish(channel, raw)
 
+    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
+        if self._peer is None or self._closed:
+            return None
+        return self._publisher.publish_nowait(channel, raw)
+
     async def publish_durable(self, target: str, raw: bytes) -> int:
         """XADD ``raw`` to ``ipc:stream:<target>`` (one replica of ``target`` handles it); returns 1.
 

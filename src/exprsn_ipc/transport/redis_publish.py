@@ -10,6 +10,7 @@ emit opens a new one.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from ..errors import TransportError
 from .resp import RedisAddress, RespConnection
@@ -59,6 +60,14 @@ class RespPublisher:
             await connection.drain()
         reply = await connection.publish(channel.encode(), raw)
         return int(reply)
+
+    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[Any] | None:
+        """PUBLISH now if the connection is up and not write-blocked; the future gets the
+        receiver count. None: use :meth:`publish`."""
+        connection = self._connection
+        if connection is None or connection.closed or connection.write_paused:
+            return None
+        return connection.publish(channel.encode(), raw)
 
     async def _connect(self) -> RespConnection:
         async with self._connecting:
