@@ -293,7 +293,7 @@ class MessageHandling:
             value, error = await self._run_handlers(event, envelope.payload, meta)
             reply = reply_body(value, error)
         answer, raw = self._reply_envelope(envelope, meta, reply)
-        await self._publish(answer, raw=raw)
+        await self._send_reply(answer, raw)
 
     def _answer_now(self, envelope: Envelope, meta: MessageMeta) -> bool:
         """Answer a request whose handlers are plain functions without a task, when the
@@ -329,11 +329,18 @@ class MessageHandling:
         await self._send_reply(answer, raw)
 
     async def _send_reply(self, answer: Envelope, raw: bytes) -> None:
+        # A reply needs no receiver count: the transport may skip waiting for one.
+        channel = self._channel(answer.target)
         try:
-            await self._publish(answer, raw=raw)
+            receivers = await self.transport.send(channel, raw)
         except IPCError as exc:
             self.stats.transport_errors += 1
             log.warning("%s: could not send a reply to %s: %s", self.service_name, answer.target, exc)
+            return
+        self.stats.count_sent(answer.event)
+        if self._local.has("sent"):
+            info = {"event": answer.event, "target": answer.target, "channel": channel, "receivers": receivers}
+            self._local.emit("sent", info)
 
     def _reply_envelope(self, request: Envelope, meta: MessageMeta, body: dict[str, Any]) -> tuple[Envelope, bytes]:
         """The signed, encoded ``ipc:reply``; a result that cannot travel (not JSON,

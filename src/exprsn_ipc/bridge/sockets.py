@@ -148,6 +148,19 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             await asyncio.sleep(0)
         return {"success": True, "receivers": receivers}
 
+    @sio.on("ipc:send", namespace="*")
+    async def on_send(namespace: str, sid: str, raw: Any = None) -> None:
+        # ipc:publish without an answer (workers' replies); a refusal comes back as ipc:error.
+        conn = connection(namespace, sid)
+        try:
+            if not isinstance(raw, str):
+                raise EnvelopeError("ipc:send needs one encoded envelope")
+            await bridge.publish_raw(conn, raw.encode("utf-8"))
+        except IPCError as exc:
+            if exc.code != "RATE_LIMIT_EXCEEDED":
+                bridge.stats.reject(conn.service, exc.code)
+            await sio.emit("ipc:error", _failure(exc), to=sid, namespace=namespace)
+
     @sio.on("ipc:publish_batch", namespace="*")
     async def on_publish_batch(namespace: str, sid: str, raws: Any = None) -> Reply | list[Reply]:
         # Envelopes emitted together by one worker: one packet and one answer for all,

@@ -66,6 +66,12 @@ class Transport(ABC):
     async def publish(self, channel: str, raw: bytes) -> int:
         """Publish one encoded envelope; return how many subscribers received it."""
 
+    async def send(self, channel: str, raw: bytes) -> int | None:
+        """Publish when the receiver count is not needed (replies); None when the
+        transport did not wait for it. Errors the transport learns later are
+        reported through ``transport_event("error", …)``."""
+        return await self.publish(channel, raw)
+
     def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
         """Publish without waiting, if the transport can right now: the future gets the
         receiver count (or the error). None: use :meth:`publish` instead.

@@ -229,6 +229,11 @@ class BridgeTransport(Transport):
                 if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str):
                     await peer.deliver(item[0], item[1].encode("utf-8"))
 
+        @client.on("ipc:error", namespace=ns)
+        async def on_error(body: Any = None) -> None:
+            # The Bridge refused something sent without an answer (ipc:send).
+            peer.transport_event("error", _remote_error(body))
+
         @client.on("ipc:revoked", namespace=ns)
         async def on_revoked(body: Any = None) -> None:
             if isinstance(body, dict) and isinstance(body.get("id"), str):
@@ -293,6 +298,20 @@ class BridgeTransport(Transport):
         if isinstance(reply, dict) and reply.get("success") is True:
             return int(reply.get("receivers", 0))
         raise _remote_error(reply)
+
+    async def send(self, channel: str, raw: bytes) -> int | None:
+        """``ipc:send``: like :meth:`publish` but the Bridge sends no answer (one packet
+        less each way); it reports a refusal with ``ipc:error``."""
+        client = self._client
+        if client is None:
+            raise NotConnectedError("the bridge transport is not connected")
+        if not self._connected.is_set() or self._buffer or self._batch:
+            return await self.publish(channel, raw)
+        try:
+            await client.emit("ipc:send", raw.decode("utf-8"), namespace=self._namespace)
+        except socketio.exceptions.SocketIOError as exc:
+            raise TransportError(f"ipc:send to the Bridge failed: {exc}") from exc
+        return None
 
     def _send_batch_soon(self) -> None:
         self._batch_scheduled = False
