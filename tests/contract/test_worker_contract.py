@@ -442,3 +442,75 @@ async def _wait_revoked(worker: IPCWorker, token_id: str) -> None:
             await asyncio.sleep(0.01)  # revocation propagation has no event to await on every transport
 
     await asyncio.wait_for(poll(), WAIT)
+
+
+# Handled without a task: plain-function handlers, replies -------------------------
+async def test_plain_function_handlers_see_every_event_in_order(harness: Harness) -> None:
+    svc = await harness.worker("exprsn-herald")
+    sender = await harness.worker("exprsn-timeline")
+    seen: list[int] = []
+    all_in = asyncio.Event()
+
+    def record(data: Any, meta: Any) -> None:
+        seen.append(data["n"])
+        if len(seen) == 200:
+            all_in.set()
+
+    svc.on("work:item", record)
+    await asyncio.gather(*[sender.emit("work:item", {"n": n}, target="exprsn-herald") for n in range(200)])
+    await asyncio.wait_for(all_in.wait(), WAIT)
+    assert seen == list(range(200))
+    assert svc.stats.handled == 200
+
+
+async def test_plain_function_returning_a_coroutine_is_awaited_and_counts_as_running(harness: Harness) -> None:
+    svc = await harness.worker("exprsn-herald")
+    sender = await harness.worker("exprsn-timeline")
+    entered = asyncio.Event()
+    release = asyncio.Event()
+    finished: asyncio.Queue[int] = asyncio.Queue()
+
+    async def work(data: Any) -> None:
+        entered.set()
+        await release.wait()
+        finished.put_nowait(data["n"])
+
+    svc.on("work:item", lambda data, meta: work(data))  # not an async function, returns a coroutine
+    await sender.emit("work:item", {"n": 1}, target="exprsn-herald")
+    await asyncio.wait_for(entered.wait(), WAIT)
+    assert not svc.is_idle  # the coroutine still runs: idle() and drains wait for it
+    release.set()
+    await asyncio.wait_for(svc.idle(), WAIT)
+    assert finished.get_nowait() == 1
+    await sender.emit("work:item", {"n": 2}, target="exprsn-herald")  # now on the task path
+    assert await asyncio.wait_for(finished.get(), WAIT) == 2
+    assert svc.stats.handled == 2
+
+
+async def test_plain_function_request_handlers_answer_every_way(harness: Harness) -> None:
+    svc = await harness.worker("exprsn-auth")
+    caller = await harness.worker("exprsn-timeline")
+
+    async def later(data: Any) -> Any:
+        await asyncio.sleep(0)
+        return {"later": data["n"]}
+
+    def fail(data: Any, meta: Any) -> None:
+        raise KeyError("no such user")
+
+    svc.on("user:echo", lambda data, meta: {"n": data["n"], "from": meta.source})
+    svc.on("user:later", lambda data, meta: later(data))
+    svc.on("user:fail", fail)
+    svc.on("user:set", lambda data, meta: {1, 2})  # not JSON: the caller is told
+    replies = await asyncio.gather(
+        *[caller.request("exprsn-auth", "user:echo", {"n": n}, timeout=WAIT) for n in range(50)]
+    )
+    assert replies == [{"n": n, "from": "exprsn-timeline"} for n in range(50)]
+    assert await caller.request("exprsn-auth", "user:later", {"n": 7}, timeout=WAIT) == {"later": 7}
+    with pytest.raises(RemoteError) as failed:
+        await caller.request("exprsn-auth", "user:fail", {}, timeout=WAIT)
+    assert failed.value.code == "HANDLER_ERROR" and "no such user" in str(failed.value)
+    with pytest.raises(RemoteError) as untravelled:
+        await caller.request("exprsn-auth", "user:set", {}, timeout=WAIT)
+    assert untravelled.value.code == EnvelopeError.code and "JSON" in str(untravelled.value)
+    assert svc.stats.handler_errors == 1
