@@ -513,3 +513,39 @@ def test_rediss_url_uses_tls() -> None:
     assert transport.client.connection_pool.connection_class is SSLConnection
     assert transport.safe_url == "rediss://user:***@redis.example:6380/1?ssl_cert_reqs=required"
     assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+# Rate limiter: several hits at once (the Bridge's batches) ------------------------------
+async def test_rate_limiter_counts_a_cost_at_once_and_keeps_the_first_expiry(raw: Redis) -> None:
+    window = 3_600_000
+    now = int(time.time() * 1000)
+    if window - now % window < 10_000:  # leave at least 10 s of the window for the test
+        await asyncio.sleep((window - now % window) / 1000 + 0.01)
+    limiter = RedisRateLimiter(raw, max_requests=5, window_ms=window, prefix="test:cost:")
+    index = int(time.time() * 1000) // window
+    key = limiter.window_key("svc", index)
+
+    first = await limiter.hit("svc", cost=3)
+    assert (first.count, first.allowed, first.remaining, first.limit) == (3, True, 2, 5)
+    assert await raw.get(key) == b"3"
+    ttl_after_first = await raw.pttl(key)
+    # Set by this hit (which created the key): the rest of the window plus a second.
+    assert first.reset_ms <= ttl_after_first <= first.reset_ms + 1000
+
+    second = await limiter.hit("svc")
+    assert (second.count, second.allowed, second.remaining) == (4, True, 1)
+    ttl_after_second = await raw.pttl(key)
+    assert 0 < ttl_after_second <= ttl_after_first
+
+    # A later hit does not touch the expiry at all: shortened by hand, it stays short.
+    assert await raw.pexpire(key, 5000)
+    third = await limiter.hit("svc", cost=2)
+    assert (third.count, third.allowed, third.remaining) == (6, False, 0)
+    assert 0 < await raw.pttl(key) <= 5000
+    assert await raw.get(key) == b"6"
+
+    # Per key: a cost over the limit on a fresh key is counted whole and refused.
+    other = await limiter.hit("other", cost=7)
+    assert (other.count, other.allowed) == (7, False)
+    assert 0 < await raw.pttl(limiter.window_key("other", index)) <= other.reset_ms + 1000
+    assert await limiter.snapshot() == {"svc": 6, "other": 7}

@@ -35,6 +35,8 @@ class Delivery:
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
+        # Under twice the message limit per packet, as the workers' batches (transport/bridge.py).
+        self.batch_cap = min(BATCH_MAX_BYTES, bridge.max_bytes)
 
     def enqueue(self, conn: Connection, channel: str, raw: bytes) -> None:
         """The backend's delivery callback for ``conn`` (never blocks the bus)."""
@@ -58,7 +60,7 @@ class Delivery:
                 if conn.mode == "envelope":
                     batch = [first]
                     size = len(first[1])
-                    while not queue.empty() and len(batch) < BATCH_MAX_ITEMS and size < BATCH_MAX_BYTES:
+                    while not queue.empty() and len(batch) < BATCH_MAX_ITEMS and size < self.batch_cap:
                         item = queue.get_nowait()
                         batch.append(item)
                         size += len(item[1])

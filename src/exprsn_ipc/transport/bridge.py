@@ -131,6 +131,10 @@ class BridgeTransport(Transport):
         self._in_flight = 0
         self._batch: list[tuple[bytes, asyncio.Future[int]]] = []
         self._batch_bytes = 0
+        # A batch must fit the Bridge's websocket limit (4 x IPC_MAX_MESSAGE_BYTES): it
+        # closes at this many bytes, so it holds less than twice the message limit
+        # even after JSON escaping.
+        self._batch_cap = min(BATCH_MAX_BYTES, settings.ipc_max_message_bytes)
         self._batch_scheduled = False
         self._batch_tasks: set[asyncio.Task[None]] = set()
 
@@ -282,7 +286,7 @@ class BridgeTransport(Transport):
             future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._batch.append((raw, future))
             self._batch_bytes += len(raw)
-            if len(self._batch) >= BATCH_MAX_ITEMS or self._batch_bytes >= BATCH_MAX_BYTES:
+            if len(self._batch) >= BATCH_MAX_ITEMS or self._batch_bytes >= self._batch_cap:
                 self._send_batch()
             elif not self._batch_scheduled:
                 self._batch_scheduled = True
