@@ -242,3 +242,28 @@ async def test_health_degrades_while_redis_is_down_and_routing_resumes() -> None
             assert data == {"userId": 2}
             names = {entry["name"] for entry in (await one.stats())["services"]}
             assert {"exprsn-timeline", "exprsn-auth", "exprsn-bridge"} <= names
+
+
+async def test_batches_across_two_bridges_arrive_once_and_in_order(
+    bridges: tuple[BridgeFixture, BridgeFixture],
+) -> None:
+    one, two = bridges
+    queues: dict[str, Any] = {}
+    sender = await one.worker("exprsn-timeline")
+    await two.worker("exprsn-herald", setup=lambda w: queues.update(h=recorder(w, "work:item")))
+    # Watch Bridge 1's PUBLISHes: a batch is written without waiting for each reply.
+    backend = one.bridge.backend
+    pipelined: list[int] = []
+    original = backend.publish_nowait
+
+    def spy(channel: str, raw: bytes) -> Any:
+        sent = original(channel, raw)
+        pipelined.append(0 if sent is None else 1)
+        return sent
+
+    backend.publish_nowait = spy  # type: ignore[method-assign]
+    results = await asyncio.gather(*[sender.emit("work:item", {"n": n}, target="exprsn-herald") for n in range(200)])
+    assert [r.receivers for r in results] == [1] * 200  # Bridge 2's subscription, for each
+    assert [(await next_item(queues["h"]))[0]["n"] for _ in range(200)] == list(range(200))
+    assert sum(pipelined) > 0  # at least one batch went through the pipelined path
+    assert queues["h"].empty()

@@ -7,6 +7,7 @@ Bridge's own worker.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -39,6 +40,10 @@ class BridgeBackend(Protocol):
         ...
 
     async def publish(self, channel: str, raw: bytes) -> int: ...
+
+    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
+        """Publish without waiting if possible now (the future gets the count); None: use publish."""
+        ...
 
     async def subscribe(self, channel: str, key: str, deliver: Deliver) -> None: ...
 
@@ -76,6 +81,11 @@ class MemoryBackend:
 
     async def publish(self, channel: str, raw: bytes) -> int:
         return self.bus.publish(channel, raw)
+
+    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.set_result(self.bus.publish(channel, raw))
+        return future
 
     async def subscribe(self, channel: str, key: str, deliver: Deliver) -> None:
         self.bus.subscribe(channel, hash(key), deliver)

@@ -26,6 +26,7 @@ from ..constants import (
 from ..envelope import Envelope, dumps, validate_event_name, validate_service_name
 from ..errors import (
     AuthError,
+    EnvelopeError,
     IPCError,
     NoReceiversError,
     PayloadTooLargeError,
@@ -310,25 +311,65 @@ class Bridge:
         )
         return envelope, await self._publish(identity.service, envelope.target, envelope.encode())
 
-    async def publish_raw(
-        self, conn: Connection, raw: bytes, *, durable: bool = False, rate_checked: bool = False
-    ) -> int:
+    async def publish_raw(self, conn: Connection, raw: bytes, *, durable: bool = False) -> int:
         """Publish a worker's signed envelope after checking it is really from that worker.
 
         ``durable``: append it to the target's stream instead (Redis backend only).
-        ``rate_checked``: the caller already counted it (:meth:`rate_allowance`).
         """
-        if not rate_checked:
-            await self.check_rate(conn.service)
+        await self.check_rate(conn.service)
+        target = self._checked_target(conn, raw, durable=durable)
+        if durable:
+            return await self._publish_durable(conn.service, target, raw)
+        return await self._publish(conn.service, target, raw)
+
+    async def publish_batch(self, conn: Connection, raws: list[Any]) -> list[int | IPCError]:
+        """Publish envelopes a worker emitted together; each gets its receiver count or its error.
+
+        The batch is counted once against the rate limit (the first ones allowed
+        pass), each envelope is checked alone, and they are published in order,
+        pipelined where the backend can (Redis).
+        """
+        allowed = await self.rate_allowance(conn.service, len(raws))
+        outcomes: list[int | IPCError | tuple[str, bytes, asyncio.Future[int]]] = []
+        for index, item in enumerate(raws):
+            try:
+                if index >= allowed:
+                    raise RateLimitError("IPC rate limit exceeded")
+                if not isinstance(item, str):
+                    raise EnvelopeError("a batch holds encoded envelopes (strings)")
+                raw = item.encode("utf-8")
+                target = self._checked_target(conn, raw)
+                sent = self.backend.publish_nowait(channel_for(target), raw)
+                if sent is None:
+                    outcomes.append(await self._publish(conn.service, target, raw))
+                else:
+                    outcomes.append((target, raw, sent))
+            except IPCError as exc:
+                outcomes.append(exc)
+        results: list[int | IPCError] = []
+        for outcome in outcomes:
+            if isinstance(outcome, tuple):
+                target, raw, sent = outcome
+                try:
+                    receivers = await sent
+                except IPCError as exc:
+                    results.append(exc)
+                    continue
+                self._routed(conn.service, target, raw, int(receivers))
+                results.append(int(receivers))
+            else:
+                results.append(outcome)
+        return results
+
+    def _checked_target(self, conn: Connection, raw: bytes, *, durable: bool = False) -> str:
+        """Decode and verify a worker's envelope; its target. Raises the specific IPCError."""
         envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
         if envelope.source != conn.service:
             raise AuthError(f"{conn.service} may not publish as {envelope.source}")
         validate_event_name(envelope.event)
         validate_service_name(envelope.target, allow_broadcast=not durable)
         self.verifier.verify_envelope(envelope)
-        if durable:
-            return await self._publish_durable(conn.service, envelope.target, raw)
-        return await self._publish(conn.service, envelope.target, raw)
+        return envelope.target
 
     async def _publish_durable(self, service: str, target: str, raw: bytes) -> int:
         append = getattr(self.backend, "publish_durable", None)
@@ -363,6 +404,10 @@ class Bridge:
         if len(raw) > self.max_bytes:
             raise PayloadTooLargeError(f"message of {len(raw)} bytes exceeds the limit of {self.max_bytes} bytes")
         receivers = await self.backend.publish(channel_for(target), raw)
+        self._routed(service, target, raw, receivers)
+        return receivers
+
+    def _routed(self, service: str, target: str, raw: bytes, receivers: int) -> None:
         self.stats.routed += 1
         self.stats.count(service, "sent")
         for listener in self.route_listeners:
@@ -370,7 +415,6 @@ class Bridge:
                 listener(service, target, raw, receivers)
             except Exception:
                 log.exception("a route listener failed")
-        return receivers
 
     async def request_as(
         self,

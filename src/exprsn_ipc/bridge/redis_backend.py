@@ -243,6 +243,10 @@ class RedisBackend:
         """
         return await self._publisher.publish(channel, raw)
 
+    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
+        """PUBLISH now on a live connection (pipelined with the others); None: use :meth:`publish`."""
+        return self._publisher.publish_nowait(channel, raw)
+
     async def subscribe(self, channel: str, key: str, deliver: Deliver) -> None:
         """Add a local subscriber; the first one of ``channel`` SUBSCRIBEs and waits for Redis' confirmation.
 

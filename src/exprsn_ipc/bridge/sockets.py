@@ -19,7 +19,7 @@ import socketio
 
 from ..constants import BATCH_MAX_ITEMS, BRIDGE_ALIAS, BRIDGE_SERVICE, BROADCAST
 from ..envelope import MISSING, validate_service_name
-from ..errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError, RateLimitError, TokenError
+from ..errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError, TokenError
 from ..jsonlex import evaluate as evaluate_jsonlex
 from .core import Bridge, Connection, Identity, encoded_size, normalise_namespace
 from .credentials import token_from_environ
@@ -170,21 +170,14 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             bridge.stats.reject(conn.service, EnvelopeError.code)
             error = EnvelopeError(f"ipc:publish_batch needs a list of 1 to {BATCH_MAX_ITEMS} encoded envelopes")
             return _failure(error)
-        allowed = await bridge.rate_allowance(conn.service, len(raws))
         replies: list[Reply] = []
-        for index, raw in enumerate(raws):
-            try:
-                if index >= allowed:
-                    raise RateLimitError("IPC rate limit exceeded")
-                if not isinstance(raw, str):
-                    raise EnvelopeError("ipc:publish_batch needs encoded envelopes (strings)")
-                receivers = await bridge.publish_raw(conn, raw.encode("utf-8"), rate_checked=True)
-            except IPCError as exc:
-                if exc.code != "RATE_LIMIT_EXCEEDED":
-                    bridge.stats.reject(conn.service, exc.code)
-                replies.append(_failure(exc))
-                continue
-            replies.append({"success": True, "receivers": receivers})
+        for outcome in await bridge.publish_batch(conn, raws):
+            if isinstance(outcome, IPCError):
+                if outcome.code != "RATE_LIMIT_EXCEEDED":
+                    bridge.stats.reject(conn.service, outcome.code)
+                replies.append(_failure(outcome))
+            else:
+                replies.append({"success": True, "receivers": outcome})
         return replies
 
     @sio.on("ipc:publish_durable", namespace="*")
