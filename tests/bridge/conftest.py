@@ -19,6 +19,7 @@ import socketio
 
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.bridge import BridgeApp, MemoryBackend, create_app
+from exprsn_ipc.handlers import MessageMeta
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.tokens import BrokerTokenManager
@@ -217,3 +218,14 @@ async def bridge() -> AsyncIterator[BridgeFixture]:
     """A Bridge with default test settings (rate limit high enough not to matter)."""
     async with served_bridge() as fixture:
         yield fixture
+
+
+def recorder(worker: IPCWorker, event: str) -> asyncio.Queue[tuple[Any, MessageMeta]]:
+    """Register a handler on ``worker`` that queues ``(data, meta)`` of each ``event``."""
+    queue: asyncio.Queue[tuple[Any, MessageMeta]] = asyncio.Queue()
+
+    def handler(data: Any, meta: MessageMeta) -> None:
+        queue.put_nowait((data, meta))
+
+    worker.on(event, handler)
+    return queue

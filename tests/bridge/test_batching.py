@@ -23,7 +23,7 @@ from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.tokens import BrokerTokenManager
 from exprsn_ipc.transport.bridge import BridgeTransport
 
-from .conftest import WAIT, BridgeFixture, Client, eventually, served_bridge
+from .conftest import WAIT, BridgeFixture, Client, eventually, recorder, served_bridge
 
 ENVELOPE_PROTOCOL = "exprsn-ipc/1"
 SENDER = "exprsn-timeline"
@@ -64,21 +64,10 @@ async def envelope_client(bridge: BridgeFixture, service: str) -> Client:
     return await bridge.client(namespace).connect({"token": bridge.token(service), "protocol": ENVELOPE_PROTOCOL})
 
 
-def collector(worker: IPCWorker, event: str) -> asyncio.Queue[tuple[Any, MessageMeta]]:
-    """Queue ``(data, meta)`` of every ``event`` the worker handles."""
-    queue: asyncio.Queue[tuple[Any, MessageMeta]] = asyncio.Queue()
-
-    def handler(data: Any, meta: MessageMeta) -> None:
-        queue.put_nowait((data, meta))
-
-    worker.on(event, handler)
-    return queue
-
-
 async def listener(bridge: BridgeFixture, event: str = "batch:item") -> tuple[IPCWorker, asyncio.Queue[Any]]:
     """A bridge-transport worker for :data:`LISTENER` queueing the data of ``event``."""
     queues: list[asyncio.Queue[tuple[Any, MessageMeta]]] = []
-    worker = await bridge.worker(LISTENER, setup=lambda w: queues.append(collector(w, event)))
+    worker = await bridge.worker(LISTENER, setup=lambda w: queues.append(recorder(w, event)))
     return worker, queues[0]
 
 

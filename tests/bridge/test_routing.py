@@ -9,7 +9,7 @@ from typing import Any
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.handlers import MessageMeta
 
-from .conftest import WAIT, BridgeFixture, eventually
+from .conftest import WAIT, BridgeFixture, eventually, recorder
 
 JSONLEX_EXPRESSION = {
     "__jsonlex": True,
@@ -20,17 +20,6 @@ JSONLEX_EXPRESSION = {
     },
 }
 JSONLEX_CONTEXT = {"firstName": "John", "lastName": "Doe", "age": 25}
-
-
-def recorder(worker: IPCWorker, event: str) -> asyncio.Queue[tuple[Any, MessageMeta]]:
-    """Register a handler on ``worker`` that queues ``(data, meta)`` of each ``event``."""
-    queue: asyncio.Queue[tuple[Any, MessageMeta]] = asyncio.Queue()
-
-    def handler(data: Any, meta: MessageMeta) -> None:
-        queue.put_nowait((data, meta))
-
-    worker.on(event, handler)
-    return queue
 
 
 async def test_short_and_full_namespaces_are_the_same_service(bridge: BridgeFixture) -> None:

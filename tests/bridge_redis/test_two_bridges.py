@@ -18,7 +18,7 @@ from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.tokens import BrokerTokenManager
 from exprsn_ipc.transport.redis import RedisTransport
 
-from ..bridge.conftest import eventually
+from ..bridge.conftest import eventually, recorder
 from ..redis_server import RedisServer
 from .conftest import WAIT, BridgeFixture, get_json, redis_settings, served_redis_bridge
 
@@ -32,12 +32,6 @@ JSONLEX = {
     },
 }
 CONTEXT = {"firstName": "John", "lastName": "Doe", "age": 25}
-
-
-def recorder(worker: IPCWorker, event: str) -> asyncio.Queue[tuple[Any, MessageMeta]]:
-    queue: asyncio.Queue[tuple[Any, MessageMeta]] = asyncio.Queue()
-    worker.on(event, lambda data, meta: queue.put_nowait((data, meta)))
-    return queue
 
 
 async def next_item(queue: asyncio.Queue[tuple[Any, MessageMeta]]) -> tuple[Any, MessageMeta]:
