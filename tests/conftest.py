@@ -1,13 +1,23 @@
-"""Shared test fixtures: a real redis-server for the Redis transport tests."""
+"""Shared test fixtures: a real redis-server, and Redis-transport workers on it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
+from redis.asyncio import Redis
+
+from exprsn_ipc import IPCWorker
+from exprsn_ipc.settings import Settings
+from exprsn_ipc.testing import make_test_settings
+from exprsn_ipc.transport.redis import RedisTransport
 
 from .redis_server import RedisServer
+
+#: ``await make(name, settings=None, setup=None, **transport_options)``.
+RedisWorkerFactory = Callable[..., Awaitable[IPCWorker]]
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +38,47 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
     return redis_server.url
+
+
+@pytest.fixture
+def redis_settings(redis_url: str) -> Settings:
+    """Test settings for the Redis transport on the session server."""
+    return make_test_settings(redis_url=redis_url, ipc_transport="redis")
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    """A plain redis-py client, to look at what the workers wrote."""
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_workers(redis_settings: Settings) -> AsyncIterator[RedisWorkerFactory]:
+    """Starts Redis-transport workers: ``await make(name, settings=…, setup=fn, transport=…,
+    **RedisTransport options)``; ``setup(worker)`` runs before start. All are disconnected after the test."""
+    started: list[IPCWorker] = []
+
+    async def make(
+        name: str,
+        *,
+        settings: Settings | None = None,
+        setup: Callable[[IPCWorker], Any] | None = None,
+        transport: RedisTransport | None = None,
+        **options: Any,
+    ) -> IPCWorker:
+        used = settings or redis_settings
+        worker = IPCWorker(name, settings=used, transport=transport or RedisTransport(used, **options))
+        if setup is not None:
+            setup(worker)
+        started.append(worker)
+        return await worker.start()
+
+    try:
+        yield make
+    finally:
+        for worker in reversed(started):
+            await worker.disconnect()

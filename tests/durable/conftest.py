@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from exprsn_ipc import IPCWorker, Settings
-from exprsn_ipc.testing import make_test_settings
-from exprsn_ipc.transport.redis import RedisTransport
 from exprsn_ipc.transport.redis_durable import DurableOptions, dlq_key, stream_key
+
+from ..conftest import RedisWorkerFactory
 
 #: Upper bound of every wait in these tests.
 WAIT = 10.0
@@ -52,21 +52,18 @@ async def dead_letters(client: Redis, service: str) -> int:
 
 
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return make_test_settings(redis_url=redis_url, ipc_transport="redis")
+def settings(redis_settings: Settings) -> Settings:
+    return redis_settings
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
+def redis(redis_client: Redis) -> Redis:
+    return redis_client
 
 
 @pytest.fixture
-async def make_worker(settings: Settings) -> AsyncIterator[WorkerFactory]:
+def make_worker(redis_workers: RedisWorkerFactory) -> WorkerFactory:
     """``await make_worker(name, setup=fn, options=FAST)``: a started Redis-transport worker, closed after the test."""
-    created: list[IPCWorker] = []
 
     async def factory(
         name: str,
@@ -75,16 +72,9 @@ async def make_worker(settings: Settings) -> AsyncIterator[WorkerFactory]:
         options: DurableOptions = FAST,
         worker_settings: Settings | None = None,
     ) -> IPCWorker:
-        used = worker_settings or settings
-        worker = IPCWorker(name, settings=used, transport=RedisTransport(used, durable=options))
-        if setup is not None:
-            setup(worker)
-        created.append(worker)
-        return await worker.start()
+        return await redis_workers(name, settings=worker_settings, setup=setup, durable=options)
 
-    yield factory
-    for worker in reversed(created):
-        await worker.disconnect()
+    return factory
 
 
 async def no_pending(client: Redis, service: str) -> bool:

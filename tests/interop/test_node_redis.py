@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,9 @@ import pytest
 from exprsn_ipc import IPCWorker, Settings
 from exprsn_ipc.constants import ENVELOPE_KEYS, TOKEN_CLAIMS
 from exprsn_ipc.errors import TokenError
-from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.tokens import decode_unverified
-from exprsn_ipc.transport.redis import RedisTransport
+
+from ..conftest import RedisWorkerFactory
 
 pytestmark = [pytest.mark.redis, pytest.mark.node]
 
@@ -148,8 +148,8 @@ class NodeWorker:
 
 
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return make_test_settings(redis_url=redis_url, ipc_transport="redis")
+def settings(redis_settings: Settings) -> Settings:
+    return redis_settings
 
 
 @pytest.fixture
@@ -163,19 +163,8 @@ async def node(node_modules: Path, redis_url: str, settings: Settings) -> AsyncI
 
 
 @pytest.fixture
-async def python(settings: Settings) -> AsyncIterator[Callable[[str], Awaitable[IPCWorker]]]:
-    started: list[IPCWorker] = []
-
-    async def make(name: str) -> IPCWorker:
-        worker = IPCWorker(name, settings=settings, transport=RedisTransport(settings))
-        started.append(worker)
-        return await worker.start()
-
-    try:
-        yield make
-    finally:
-        for worker in reversed(started):
-            await worker.disconnect()
+def python(redis_workers: RedisWorkerFactory) -> RedisWorkerFactory:
+    return redis_workers
 
 
 def collect(worker: IPCWorker, event: str) -> asyncio.Queue[tuple[Any, Any]]:

@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
@@ -27,6 +27,7 @@ from exprsn_ipc.transport.redis import (
     redact_url,
 )
 
+from ..conftest import RedisWorkerFactory
 from ..redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -55,35 +56,18 @@ async def node_setex(client: Redis, key: str, ttl: int, value: str | bytes) -> N
 
 
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return make_test_settings(redis_url=redis_url, ipc_transport="redis")
+def settings(redis_settings: Settings) -> Settings:
+    return redis_settings
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
+def raw(redis_client: Redis) -> Redis:
+    return redis_client
 
 
 @pytest.fixture
-async def workers(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[IPCWorker]]]:
-    started: list[IPCWorker] = []
-
-    async def make(name: str, **kwargs: Any) -> IPCWorker:
-        kwargs.setdefault("settings", settings)
-        kwargs.setdefault("transport", RedisTransport(kwargs["settings"]))
-        worker = IPCWorker(name, **kwargs)
-        started.append(worker)
-        return await worker.start()
-
-    try:
-        yield make
-    finally:
-        for worker in reversed(started):
-            await worker.disconnect()
+def workers(redis_workers: RedisWorkerFactory) -> RedisWorkerFactory:
+    return redis_workers
 
 
 def transport_of(worker: IPCWorker) -> RedisTransport:
