@@ -116,6 +116,10 @@ KNOWN_SERVICES: Final[dict[str, int]] = {
 REPLY_EVENT: Final = "ipc:reply"
 ACK_EVENT: Final = "ack"
 
+#: Stream of the durable messages for one service: ``ipc:stream:<service>`` (also the
+#: channel name under which the Bridge hands a stream entry to a socket).
+STREAM_PREFIX: Final = "ipc:stream:"
+
 #: Envelopes per Socket.IO batch between IPC workers and the Bridge (``ipc:publish_batch``,
 #: ``ipc:messages``), and about this many bytes: far below either side's websocket limit.
 BATCH_MAX_ITEMS: Final = 256

@@ -24,7 +24,6 @@ from exprsn_ipc.transport.redis_durable import DurableOptions, stream_key
 from ..bridge.conftest import served_bridge
 from ..durable.conftest import eventually
 from .conftest import WAIT, BridgeFixture, redis_settings, served_redis_bridge
-from .durable_client import DurableBridgeTransport
 
 pytestmark = pytest.mark.redis
 
@@ -49,8 +48,7 @@ class Pair:
         durable: bool = True,
     ) -> IPCWorker:
         used = settings or bridge.settings
-        kind = DurableBridgeTransport if durable else BridgeTransport
-        worker = IPCWorker(name, settings=used, transport=kind(used, url=bridge.url))
+        worker = IPCWorker(name, settings=used, transport=BridgeTransport(used, url=bridge.url, durable=durable))
         if setup is not None:
             setup(worker)
         self.workers.append(worker)
@@ -214,9 +212,10 @@ async def test_sockets_that_do_not_opt_in_get_no_stream_entries(pair: Pair) -> N
     assert await pair.redis.xlen(stream_key(HERALD)) == 1
     assert await pair.redis.xinfo_groups(stream_key(HERALD)) == []  # nobody consumes it
     assert _backend(pair.one).durable_consumer(_socket_key(pair.one, HERALD)) is None
-    # The stock bridge transport has no durable emits.
-    with pytest.raises(IPCError):
-        await plain.emit("work:item", {}, target="exprsn-timeline", durable=True)
+    # Sending durable messages needs no opt-in: only receiving does.
+    sent = await plain.emit("work:item", {"n": 2}, target="exprsn-spark", durable=True)
+    assert sent.receivers == 1
+    assert await pair.redis.xlen(stream_key("exprsn-spark")) == 1
     # A durable replica that arrives later gets the waiting entry.
     later: asyncio.Queue[Any] = asyncio.Queue()
     await pair.worker(pair.two, HERALD, setup=lambda w: w.on("work:item", lambda d, m: later.put_nowait(d)))
@@ -244,7 +243,7 @@ def _transport(worker: IPCWorker) -> BridgeTransport:
 
 async def test_embedded_bridge_refuses_durable_publishes() -> None:
     async with served_bridge() as bridge:
-        transport = DurableBridgeTransport(bridge.settings, url=bridge.url)
+        transport = BridgeTransport(bridge.settings, url=bridge.url)  # durable by default
         worker = IPCWorker("exprsn-timeline", settings=bridge.settings, transport=transport)
         await worker.start()
         try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import socketio
 
-from ..constants import BATCH_MAX_BYTES, BATCH_MAX_ITEMS, BROADCAST, channel_for
+from ..constants import BATCH_MAX_BYTES, BATCH_MAX_ITEMS, BROADCAST, STREAM_PREFIX, channel_for
 from ..errors import (
     AuthError,
     BufferFullError,
@@ -104,8 +104,13 @@ class BridgeTransport(Transport):
         buffer_size: int | None = None,
         connect_timeout: float = 10.0,
         call_timeout: float = 10.0,
+        durable: bool = True,
     ) -> None:
         self.settings = settings
+        #: Take part in durable delivery: a Bridge on Redis then feeds this socket
+        #: its service's stream (docs/durable.md). A Bridge without Redis ignores it.
+        self.durable = durable
+        self._outcomes: set[asyncio.Future[str]] = set()
         self.url = (url or settings.bridge_url).rstrip("/")
         self.verify = settings.ipc_tls_verify if verify is None else verify
         if not self.verify and not settings.is_development:
@@ -161,6 +166,7 @@ class BridgeTransport(Transport):
             "token": self._tokens.generate_token(operation="connect"),
             "protocol": ENVELOPE_PROTOCOL,
             "entry": self._peer.registry_entry(),
+            "durable": self.durable,
         }
 
     async def connect(self, peer: TransportPeer, channels: list[str]) -> None:
@@ -216,12 +222,17 @@ class BridgeTransport(Transport):
             log.warning("%s: the Bridge refused the connection: %s", peer.service_name, message)
 
         @client.on("ipc:message", namespace=ns)
-        async def on_message(channel: Any, raw: Any) -> None:
+        async def on_message(channel: Any, raw: Any) -> str | None:
+            durable = isinstance(channel, str) and channel.startswith(STREAM_PREFIX)
             if not self._receiving or not isinstance(channel, str):
-                return
+                return "failed" if durable else None
             data = raw.encode("utf-8") if isinstance(raw, str) else raw
-            if isinstance(data, bytes):
-                await peer.deliver(channel, data)
+            if not isinstance(data, bytes):
+                return "rejected" if durable else None
+            if durable:
+                return await self._deliver_durable(peer, channel, data)
+            await peer.deliver(channel, data)
+            return None
 
         @client.on("ipc:messages", namespace=ns)
         async def on_messages(items: Any) -> None:
@@ -258,6 +269,37 @@ class BridgeTransport(Transport):
         if not self._connected.is_set():
             await self._close_client()
             raise AuthError(f"the Bridge did not accept {peer.service_name} on {ns}")
+
+    async def _deliver_durable(self, peer: TransportPeer, channel: str, data: bytes) -> str:
+        """A stream entry from the Bridge: the answer to its ``ipc:message`` is the
+        worker's outcome (``done``, ``failed``, ``rejected``, ``duplicate``), which
+        settles the entry."""
+        outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._outcomes.add(outcome)
+
+        async def ack(result: str) -> None:
+            task = asyncio.current_task()
+            if result == "done" and task is not None and task.cancelling():
+                result = "failed"  # cancelled at shutdown, not finished: redeliver it
+            if not outcome.done():
+                outcome.set_result(result)
+
+        try:
+            await peer.deliver(channel, data, ack)
+            return await outcome
+        finally:
+            self._outcomes.discard(outcome)
+
+    async def publish_durable(self, target: str, raw: bytes) -> int:
+        """``ipc:publish_durable``: the Bridge appends the envelope to ``target``'s stream; returns 1.
+
+        Raises:
+            IPCError: refused (the Bridge has no Redis, rate limit, bad envelope).
+        """
+        reply = await self.call("ipc:publish_durable", raw.decode("utf-8"))
+        if isinstance(reply, dict) and reply.get("success") is True:
+            return int(reply.get("receivers", 1))
+        raise _remote_error(reply)
 
     async def call(self, event: str, data: Any) -> Any:
         """Send one request to the Bridge and return its answer."""
@@ -399,6 +441,10 @@ class BridgeTransport(Transport):
 
     async def close(self) -> None:
         self._receiving = False
+        # Stream entries not settled yet stay pending at the Bridge for another replica.
+        for outcome in list(self._outcomes):
+            if not outcome.done():
+                outcome.set_result("failed")
         for task in list(self._batch_tasks):
             task.cancel()
         if self._batch_tasks:

@@ -41,6 +41,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from ..constants import STREAM_PREFIX
 from ..errors import TransportError
 from ..tokens import decode_unverified
 from .base import Ack, TransportPeer
@@ -64,8 +65,6 @@ __all__ = [
 
 log = logging.getLogger("exprsn_ipc.transport.redis.durable")
 
-#: Stream of the durable messages for one service: ``ipc:stream:<service>``.
-STREAM_PREFIX: Final = "ipc:stream:"
 #: Dead letters of one service: ``ipc:dlq:<service>``.
 DLQ_PREFIX: Final = "ipc:dlq:"
 #: The field holding the encoded envelope in both streams.
