@@ -125,3 +125,14 @@ async def test_a_bug_in_handle_now_is_logged_and_the_message_counted_done(caplog
     await rec.inbox.put("c", b"2")
     assert rec.handled == [b"2"] and rec.inbox.is_idle
     assert "a bug in handle_now" in caplog.text
+
+
+async def test_an_adopted_failure_is_logged_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder(inline=True)
+
+    async def broken() -> None:
+        raise RuntimeError("reply could not be built")
+
+    rec.inbox.adopt(broken())
+    await asyncio.wait_for(rec.inbox.wait_idle(), WAIT)
+    assert "failed to finish a message" in caplog.text and "reply could not be built" in caplog.text

@@ -22,8 +22,9 @@ class Inbox(Generic[T]):
     ``accept(channel, raw, ack)`` runs inline for every message (decode, verify)
     and returns an item or None (dropped); ``handle_now(item, ack)`` may then
     handle it inline and return True (nothing in it waits); otherwise
-    ``handle(item, ack)`` runs in a task once a slot is free. While every slot is busy, queued messages wait, and
-    :meth:`put` makes network readers wait too, so back-pressure reaches the socket.
+    ``handle(item, ack)`` runs in a task once a slot is free. While every slot
+    is busy, queued messages wait, and :meth:`put` makes network readers wait
+    too, so back-pressure reaches the socket.
     """
 
     def __init__(
@@ -97,9 +98,11 @@ class Inbox(Generic[T]):
         self._tasks.add(task)
         task.add_done_callback(self._adopted_done)
 
-    def _adopted_done(self, task: asyncio.Task[None]) -> None:
+    def _adopted_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         self._processed()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: failed to finish a message", self.owner, exc_info=task.exception())
 
     async def run(self) -> None:
         queue = self._queue
