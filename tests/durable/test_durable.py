@@ -251,7 +251,8 @@ async def test_replayed_duplicate_of_a_handled_message_is_not_handled_again(
     await eventually(lambda: herald.stats.rejected["DUPLICATE"] == 1, what="the duplicate")
     await eventually(lambda: no_pending(redis, HERALD), what="the duplicate's ack")
     assert handled == [{"n": 1}]
-    assert consumer_of(herald).stats.acked == 2
+    # Redis has the XACK before the consumer has read its reply: wait for the count too.
+    await eventually(lambda: consumer_of(herald).stats.acked == 2, what="the consumer's ack count")
     assert await dead_letters(redis, HERALD) == 0
 
 
@@ -427,7 +428,7 @@ async def test_redis_restart_loses_and_duplicates_nothing(tmp_path: Path) -> Non
             await client.aclose()
         await wait_for_messages(herald)
         assert counts == Counter(dict.fromkeys(range(total), 1))
-        assert consumer_of(herald).stats.acked == total
+        await eventually(lambda: consumer_of(herald).stats.acked == total, what="the consumer's ack count")
     finally:
         for worker in reversed(workers):
             await worker.disconnect()
