@@ -126,6 +126,12 @@ BATCH_MAX_ITEMS: Final = 256
 BATCH_MAX_BYTES: Final = 512 * 1024
 
 
+def batch_byte_cap(max_message_bytes: int) -> int:
+    """Bytes at which a batch closes: it then holds under twice the message limit, even
+    after JSON escaping well inside the Bridge's websocket limit (4 x the message limit)."""
+    return min(BATCH_MAX_BYTES, max_message_bytes)
+
+
 def channel_for(target: str, namespace: str = DEFAULT_NAMESPACE) -> str:
     """The pub/sub channel a message for ``target`` is published on."""
     return f"{namespace}:{target}"

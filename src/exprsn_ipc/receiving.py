@@ -83,7 +83,7 @@ class MessageHandling:
 
         def _encode(self, envelope: Envelope) -> bytes: ...
 
-        def _count_sent(self, envelope: Envelope, channel: str, sent: asyncio.Future[int]) -> None: ...
+        def _sent(self, envelope: Envelope, channel: str, receivers: int | None) -> None: ...
 
         async def _publish(
             self, envelope: Envelope, *, durable: bool = False, raw: bytes | None = None
@@ -312,7 +312,10 @@ class MessageHandling:
         if sent is None:
             self._inbox.adopt(self._send_reply(answer, raw))
             return True
-        self._count_sent(answer, channel, sent)
+        if sent.done():
+            self._reply_published(answer, channel, sent)
+        else:
+            sent.add_done_callback(lambda future: self._reply_published(answer, channel, future))
         return True
 
     async def _answer_later(
@@ -334,13 +337,23 @@ class MessageHandling:
         try:
             receivers = await self.transport.send(channel, raw)
         except IPCError as exc:
-            self.stats.transport_errors += 1
-            log.warning("%s: could not send a reply to %s: %s", self.service_name, answer.target, exc)
+            self._reply_failed(answer, exc)
             return
-        self.stats.count_sent(answer.event)
-        if self._local.has("sent"):
-            info = {"event": answer.event, "target": answer.target, "channel": channel, "receivers": receivers}
-            self._local.emit("sent", info)
+        self._sent(answer, channel, receivers)
+
+    def _reply_published(self, answer: Envelope, channel: str, sent: asyncio.Future[int]) -> None:
+        """The outcome of a reply published with ``publish_nowait``."""
+        if sent.cancelled():
+            return
+        exc = sent.exception()
+        if exc is not None:
+            self._reply_failed(answer, exc)
+        else:
+            self._sent(answer, channel, sent.result())
+
+    def _reply_failed(self, answer: Envelope, exc: BaseException) -> None:
+        self.stats.transport_errors += 1
+        log.warning("%s: could not send a reply to %s: %s", self.service_name, answer.target, exc)
 
     def _reply_envelope(self, request: Envelope, meta: MessageMeta, body: dict[str, Any]) -> tuple[Envelope, bytes]:
         """The signed, encoded ``ipc:reply``; a result that cannot travel (not JSON,

@@ -315,34 +315,15 @@ class IPCWorker(MessageHandling):
             receivers = await self.transport.publish_durable(envelope.target, raw)
         else:
             receivers = await self.transport.publish(channel, raw)
-        self.stats.count_sent(envelope.event)
-        if self._local.has("sent"):
-            self._local.emit(
-                "sent", {"event": envelope.event, "target": envelope.target, "channel": channel, "receivers": receivers}
-            )
+        self._sent(envelope, channel, receivers)
         return EmitResult(envelope, receivers, channel)
 
-    def _count_sent(self, envelope: Envelope, channel: str, sent: asyncio.Future[int]) -> None:
-        """Count a message published with ``publish_nowait`` once the transport has answered."""
-
-        def done(future: asyncio.Future[int]) -> None:
-            if future.cancelled():
-                return
-            exc = future.exception()
-            if exc is not None:
-                self.stats.transport_errors += 1
-                log.warning("%s: could not publish %r to %s: %s", self.service_name, envelope.event, channel, exc)
-                return
-            self.stats.count_sent(envelope.event)
-            if self._local.has("sent"):
-                receivers = future.result()
-                info = {"event": envelope.event, "target": envelope.target, "channel": channel, "receivers": receivers}
-                self._local.emit("sent", info)
-
-        if sent.done():
-            done(sent)
-        else:
-            sent.add_done_callback(done)
+    def _sent(self, envelope: Envelope, channel: str, receivers: int | None) -> None:
+        """Count a published message and tell ``sent`` listeners (``receivers`` None: not known)."""
+        self.stats.count_sent(envelope.event)
+        if self._local.has("sent"):
+            info = {"event": envelope.event, "target": envelope.target, "channel": channel, "receivers": receivers}
+            self._local.emit("sent", info)
 
     async def request(
         self,

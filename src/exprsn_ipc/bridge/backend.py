@@ -83,9 +83,7 @@ class MemoryBackend:
         return self.bus.publish(channel, raw)
 
     def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        future.set_result(self.bus.publish(channel, raw))
-        return future
+        return self.bus.publish_now(channel, raw)
 
     async def subscribe(self, channel: str, key: str, deliver: Deliver) -> None:
         self.bus.subscribe(channel, hash(key), deliver)

@@ -124,6 +124,11 @@ class BridgeStats:
         if service:
             self.count(service, f"rejected:{code}", n)
 
+    def refused(self, service: str | None, exc: IPCError) -> None:
+        """Count a request refused with ``exc``; rate-limit refusals were counted by the check itself."""
+        if exc.code != RateLimitError.code:
+            self.reject(service, exc.code)
+
     def as_dict(self) -> dict[str, Any]:
         per_service: dict[str, Any] = {}
         for name, counts in self.per_service.items():

@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
-from ..constants import BATCH_MAX_BYTES, BATCH_MAX_ITEMS, BROADCAST, REPLY_EVENT
+from ..constants import BATCH_MAX_ITEMS, BROADCAST, REPLY_EVENT, batch_byte_cap
 from ..envelope import MISSING, Envelope
 from ..errors import IPCError, TokenError
 
@@ -35,8 +35,7 @@ class Delivery:
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
-        # Under twice the message limit per packet, as the workers' batches (transport/bridge.py).
-        self.batch_cap = min(BATCH_MAX_BYTES, bridge.max_bytes)
+        self.batch_cap = batch_byte_cap(bridge.max_bytes)
 
     def enqueue(self, conn: Connection, channel: str, raw: bytes) -> None:
         """The backend's delivery callback for ``conn`` (never blocks the bus)."""

@@ -37,12 +37,6 @@ def _error(exc: IPCError) -> JSONResponse:
     )
 
 
-def _count_rejection(bridge: Bridge, exc: IPCError) -> None:
-    # Rate-limit denials are already counted (per service) by Bridge.check_rate.
-    if exc.code != "RATE_LIMIT_EXCEEDED":
-        bridge.stats.reject(None, exc.code)
-
-
 def _bypass_headers(request: Request) -> bool:
     return request.headers.get("x-ipc-request") == "true" or request.headers.get("x-broker-token") == "true"
 
@@ -110,7 +104,7 @@ def build_router(bridge: Bridge) -> APIRouter:
                 identity, body.get("event"), body.get("payload", MISSING), body.get("target") or BROADCAST, options
             )
         except IPCError as exc:
-            _count_rejection(bridge, exc)
+            bridge.stats.refused(None, exc)
             return _error(exc)
         return {
             "success": True,
@@ -134,7 +128,7 @@ def build_router(bridge: Bridge) -> APIRouter:
                 raise EnvelopeError("context must be an object")
             result = evaluate_jsonlex(body.get("expression"), context)
         except IPCError as exc:
-            _count_rejection(bridge, exc)
+            bridge.stats.refused(None, exc)
             return _error(exc)
         return {"success": True, "result": result}
 

@@ -119,8 +119,7 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             target = options.get("target") or payload.get("target") or BROADCAST
             envelope, receivers = await bridge.publish_as(_identity(conn), payload["event"], data, target, options)
         except IPCError as exc:
-            if exc.code != "RATE_LIMIT_EXCEEDED":
-                bridge.stats.reject(conn.service, exc.code)
+            bridge.stats.refused(conn.service, exc)
             # `error` keeps the original's four values; `code` is the specific reason.
             body = {"error": _emit_code(exc), "message": str(exc), "code": exc.code}
             await sio.emit("ipc:error", body, to=sid, namespace=namespace)
@@ -139,8 +138,7 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
                 raise EnvelopeError("ipc:publish needs one encoded envelope")
             receivers = await bridge.publish_raw(conn, raw)
         except IPCError as exc:
-            if exc.code != "RATE_LIMIT_EXCEEDED":
-                bridge.stats.reject(conn.service, exc.code)
+            bridge.stats.refused(conn.service, exc)
             return _failure(exc)
         if receivers:
             # Let the receivers' sender tasks take the message first: the answer
@@ -157,8 +155,7 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
                 raise EnvelopeError("ipc:send needs one encoded envelope")
             await bridge.publish_raw(conn, raw.encode("utf-8"))
         except IPCError as exc:
-            if exc.code != "RATE_LIMIT_EXCEEDED":
-                bridge.stats.reject(conn.service, exc.code)
+            bridge.stats.refused(conn.service, exc)
             await sio.emit("ipc:error", _failure(exc), to=sid, namespace=namespace)
 
     @sio.on("ipc:publish_batch", namespace="*")
@@ -173,8 +170,7 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
         replies: list[Reply] = []
         for outcome in await bridge.publish_batch(conn, raws):
             if isinstance(outcome, IPCError):
-                if outcome.code != "RATE_LIMIT_EXCEEDED":
-                    bridge.stats.reject(conn.service, outcome.code)
+                bridge.stats.refused(conn.service, outcome)
                 replies.append(_failure(outcome))
             else:
                 replies.append({"success": True, "receivers": outcome})
@@ -190,8 +186,7 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
                 raise EnvelopeError("ipc:publish_durable needs one encoded envelope")
             receivers = await bridge.publish_raw(conn, raw, durable=True)
         except IPCError as exc:
-            if exc.code != "RATE_LIMIT_EXCEEDED":
-                bridge.stats.reject(conn.service, exc.code)
+            bridge.stats.refused(conn.service, exc)
             return _failure(exc)
         return {"success": True, "receivers": receivers}
 
@@ -246,8 +241,7 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             await bridge.check_rate(conn.service)
             result = await action(conn)
         except IPCError as exc:
-            if exc.code != "RATE_LIMIT_EXCEEDED":
-                bridge.stats.reject(conn.service, exc.code)
+            bridge.stats.refused(conn.service, exc)
             return _failure(exc)
         except (TypeError, ValueError, KeyError) as exc:
             bridge.stats.reject(conn.service, "INVALID_MESSAGE")

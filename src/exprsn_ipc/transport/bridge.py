@@ -21,7 +21,7 @@ from typing import Any
 
 import socketio
 
-from ..constants import BATCH_MAX_BYTES, BATCH_MAX_ITEMS, BROADCAST, STREAM_PREFIX, channel_for
+from ..constants import BATCH_MAX_ITEMS, BROADCAST, STREAM_PREFIX, batch_byte_cap, channel_for
 from ..errors import (
     AuthError,
     BufferFullError,
@@ -136,10 +136,7 @@ class BridgeTransport(Transport):
         self._in_flight = 0
         self._batch: list[tuple[bytes, asyncio.Future[int]]] = []
         self._batch_bytes = 0
-        # A batch must fit the Bridge's websocket limit (4 x IPC_MAX_MESSAGE_BYTES): it
-        # closes at this many bytes, so it holds less than twice the message limit
-        # even after JSON escaping.
-        self._batch_cap = min(BATCH_MAX_BYTES, settings.ipc_max_message_bytes)
+        self._batch_cap = batch_byte_cap(settings.ipc_max_message_bytes)
         self._batch_scheduled = False
         self._batch_tasks: set[asyncio.Task[None]] = set()
 

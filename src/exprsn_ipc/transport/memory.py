@@ -54,6 +54,12 @@ class MemoryBus:
             deliver(channel, raw)
         return len(subs)
 
+    def publish_now(self, channel: str, raw: bytes) -> asyncio.Future[int]:
+        """:meth:`publish`, as the already-settled future a ``publish_nowait`` returns."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.set_result(self.publish(channel, raw))
+        return future
+
     def subscriber_count(self, channel: str) -> int:
         return len(self._subscribers.get(channel, ()))
 
@@ -118,9 +124,7 @@ class MemoryTransport(Transport):
     def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
         if self._peer is None:
             return None
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        future.set_result(self.bus.publish(channel, raw))
-        return future
+        return self.bus.publish_now(channel, raw)
 
     async def subscribe(self, channel: str) -> None:
         if self._peer is None or not self._receiving:

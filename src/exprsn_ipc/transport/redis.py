@@ -2,8 +2,9 @@
 
 Channels are the original's exact names (``ipc:<service>``, ``ipc:broadcast``),
 the registry lives in ``ipc:data:services:<name>`` (SETEX 60, refreshed every
-30 s) and revocations in ``ipc:data:token:<id>``. One connection pool serves
-commands; one PubSub connection (a :class:`RedisSubscriber`, read by a task this
+30 s) and revocations in ``ipc:data:token:<id>``. A redis-py connection pool
+serves commands; PUBLISH has a RESP connection of its own (:class:`RespPublisher`),
+and one subscription connection (a :class:`RedisSubscriber`, read by a task this
 transport owns) serves subscriptions. When Redis goes away the reader reports one
 ``error`` to the worker, reconnects with capped exponential backoff and jitter,
 then resubscribes every channel and re-registers by itself. ``docs/redis.md`` has
@@ -358,7 +359,7 @@ class RedisTransport(Transport):
             await self._subscriber.unsubscribe(*self._subscriber.channels, confirm=False)
 
     async def close(self) -> None:
-        """Cancel every task, delete our registry entry, close the PubSub and the pools."""
+        """Cancel every task, delete our registry entry, close every connection."""
         if self._closed:
             return
         self._closed = True

@@ -256,13 +256,9 @@ class RespConnection(asyncio.Protocol):
 
     def publish(self, channel: bytes, message: bytes) -> asyncio.Future[Any]:
         """``PUBLISH channel message``; the future gets the receiver count."""
-        self._writable()
-        self._out.append(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n" % (len(channel), channel, len(message)))
-        self._out.append(message)
-        self._out.append(b"\r\n")
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        # Packed by hand, and the message is not copied: this runs once per emit.
+        head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n" % (len(channel), channel, len(message))
+        self._write(head, message, b"\r\n")
         return self._expect_reply()
 
     async def command(self, *args: bytes | str | int) -> Any:
@@ -306,9 +302,9 @@ class RespConnection(asyncio.Protocol):
             self._transport.resume_reading()
         return pushes
 
-    def _write(self, raw: bytes) -> None:
+    def _write(self, *parts: bytes) -> None:
         self._writable()
-        self._out.append(raw)
+        self._out.extend(parts)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
