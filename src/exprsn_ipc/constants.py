@@ -120,6 +120,11 @@ ACK_EVENT: Final = "ack"
 #: channel name under which the Bridge hands a stream entry to a socket).
 STREAM_PREFIX: Final = "ipc:stream:"
 
+#: What an IPC worker's bridge transport declares (Socket.IO ``auth.protocol``, and the
+#: ``protocol`` query parameter that selects the Bridge's worker lane): it exchanges raw
+#: signed envelopes with the Bridge.
+ENVELOPE_PROTOCOL: Final = "exprsn-ipc/1"
+
 #: Envelopes per Socket.IO batch between IPC workers and the Bridge (``ipc:publish_batch``,
 #: ``ipc:messages``), and about this many bytes: far below either side's websocket limit.
 BATCH_MAX_ITEMS: Final = 256

@@ -127,12 +127,11 @@ async def test_concurrent_emits_are_batched_and_arrive_once_in_order(
 
     # Spy on the packets that reach the receiver's Socket.IO client.
     receiving = transport_of(receiver)
-    client = receiving._client
-    assert client is not None
-    namespace = receiving._namespace
+    link = receiving._link
+    assert link is not None
     packets: list[tuple[str, int]] = []
-    on_messages = client.handlers[namespace]["ipc:messages"]
-    on_message = client.handlers[namespace]["ipc:message"]
+    on_messages = link.handlers["ipc:messages"]
+    on_message = link.handlers["ipc:message"]
 
     async def spy_messages(items: Any) -> None:
         packets.append(("ipc:messages", len(items)))
@@ -142,8 +141,8 @@ async def test_concurrent_emits_are_batched_and_arrive_once_in_order(
         packets.append(("ipc:message", 1))
         await on_message(channel, raw)
 
-    client.on("ipc:messages", spy_messages, namespace=namespace)
-    client.on("ipc:message", spy_message, namespace=namespace)
+    link.on("ipc:messages", spy_messages)
+    link.on("ipc:message", spy_message)
 
     stats: BridgeStats = bridge.bridge.stats
     routed_before, delivered_before = stats.routed, stats.delivered

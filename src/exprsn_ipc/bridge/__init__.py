@@ -11,12 +11,14 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from .. import __version__
+from ..constants import ENVELOPE_PROTOCOL
 from ..dashboard import DashboardFeed, mount_dashboard
 from ..settings import Settings
 from .backend import BridgeBackend, MemoryBackend, create_backend
 from .core import Bridge, BridgeStats, Connection, Identity
 from .http import add_error_handlers, build_router
-from .sockets import ENVELOPE_PROTOCOL, attach
+from .lane import WorkerLane, wants_lane
+from .sockets import attach, event_handlers
 
 __all__ = [
     "ENVELOPE_PROTOCOL",
@@ -38,6 +40,14 @@ class BridgeApp(socketio.ASGIApp):  # type: ignore[misc]
     bridge: Bridge
     api: FastAPI
     dashboard: DashboardFeed
+    lane: WorkerLane
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # IPC workers that ask for it get the worker lane; everyone else python-socketio.
+        if wants_lane(scope):
+            await self.lane(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, backend: BridgeBackend | None = None) -> BridgeApp:
@@ -77,9 +87,11 @@ def create_app(settings: Settings | None = None, *, backend: BridgeBackend | Non
         )
     api.include_router(build_router(bridge))
     add_error_handlers(api)
-    sio = attach(bridge)
+    handlers = event_handlers(bridge)
+    sio = attach(bridge, handlers)
     dashboard = mount_dashboard(api, bridge)
     app = BridgeApp(sio, other_asgi_app=api, socketio_path="socket.io")
+    app.lane = WorkerLane(bridge, handlers)
     app.bridge = bridge
     app.api = api
     app.dashboard = dashboard

@@ -11,7 +11,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jsonlex
@@ -41,6 +40,7 @@ from ..settings import Settings
 from ..tokens import BrokerTokenManager
 from ..worker import IPCWorker
 from .backend import BridgeBackend, create_backend
+from .connection import BridgeStats, Connection, Identity
 from .delivery import Delivery
 from .store import BuiltinStore
 
@@ -55,95 +55,6 @@ REGISTRY_REFRESH_S: float = REGISTRY_TTL_S / 2
 #: Called with every message the Bridge routes: ``listener(service, target, raw, receivers)``
 #: (the dashboard's live feed and the demo's event printer). Must be quick and must not raise.
 RouteListener = Callable[[str, str, bytes, int], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who is calling: the authenticated service, or the development bypass."""
-
-    service: str
-    bypass: bool = False
-    claims: dict[str, Any] | None = None
-
-
-@dataclass
-class Connection:
-    """One Socket.IO client connected to ``/ipc/<service>``."""
-
-    sid: str
-    namespace: str
-    service: str
-    mode: str  # "socket": events as (data, meta); "envelope": raw envelopes for IPC workers
-    peer: str | None
-    bypass: bool
-    connected: int = field(default_factory=lambda: int(time.time() * 1000))
-    last_activity: int = field(default_factory=lambda: int(time.time() * 1000))
-    queue: asyncio.Queue[tuple[str, bytes]] = field(default_factory=asyncio.Queue)
-    channels: set[str] = field(default_factory=set)
-    task: asyncio.Task[None] | None = None
-    dropped: int = 0
-    record: dict[str, Any] = field(default_factory=dict)
-    #: Takes durable messages (``ipc:message`` with an ack); see ``docs/durable.md``.
-    durable: bool = False
-
-    @property
-    def short(self) -> str:
-        return self.service.removeprefix("exprsn-")
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}#{self.sid}"
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": f"{self.short}:{self.sid}",
-            "service": self.short,
-            "fullName": self.service,
-            "namespace": self.namespace,
-            "mode": self.mode,
-            "connected": self.connected,
-            "lastActivity": self.last_activity,
-            "bypass": self.bypass,
-        }
-
-
-@dataclass
-class BridgeStats:
-    """Counters behind ``/api/ipc/stats``."""
-
-    routed: int = 0
-    delivered: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    per_service: dict[str, Counter[str]] = field(default_factory=dict)
-
-    def count(self, service: str, what: str, n: int = 1) -> None:
-        self.per_service.setdefault(service, Counter())[what] += n
-
-    def reject(self, service: str | None, code: str, n: int = 1) -> None:
-        self.rejected[code] += n
-        if service:
-            self.count(service, f"rejected:{code}", n)
-
-    def refused(self, service: str | None, exc: IPCError) -> None:
-        """Count a request refused with ``exc``; rate-limit refusals were counted by the check itself."""
-        if exc.code != RateLimitError.code:
-            self.reject(service, exc.code)
-
-    def as_dict(self) -> dict[str, Any]:
-        per_service: dict[str, Any] = {}
-        for name, counts in self.per_service.items():
-            rejected = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rejected:")}
-            per_service[name] = {
-                "sent": counts["sent"],
-                "delivered": counts["delivered"],
-                "rejected": rejected,
-            }
-        return {
-            "messagesRouted": self.routed,
-            "messagesDelivered": self.delivered,
-            "rejected": dict(self.rejected),
-            "perService": per_service,
-        }
 
 
 class Bridge:
@@ -282,11 +193,9 @@ class Bridge:
         """Revoke a token for the whole bus and tell every connected worker."""
         await self.backend.revocations.revoke(token_id, ttl=ttl)
         log.info("%s revoked broker token %s", by, token_id)
-        if self.sio is None:
-            return
         for conn in list(self.connections.values()):
             if conn.mode == "envelope":
-                await self.sio.emit("ipc:revoked", {"id": token_id, "ttl": ttl}, to=conn.sid, namespace=conn.namespace)
+                await conn.link.emit("ipc:revoked", {"id": token_id, "ttl": ttl})
 
     # Publishing -----------------------------------------------------------------
     async def publish_as(
@@ -393,9 +302,7 @@ class Bridge:
             return
 
         async def send(channel: str, raw: bytes) -> str:
-            reply = await self.sio.call(
-                "ipc:message", (channel, raw.decode("utf-8")), to=conn.sid, namespace=conn.namespace, timeout=600
-            )
+            reply = await conn.link.call("ipc:message", channel, raw.decode("utf-8"), timeout=600)
             self.delivery.delivered(conn)
             return reply if isinstance(reply, str) else "failed"
 

@@ -20,7 +20,8 @@ from ..envelope import MISSING, Envelope
 from ..errors import IPCError, TokenError
 
 if TYPE_CHECKING:
-    from .core import Bridge, Connection
+    from .connection import Connection
+    from .core import Bridge
 
 __all__ = ["SOCKET_QUEUE_LIMIT", "Delivery"]
 
@@ -72,21 +73,15 @@ class Delivery:
                 log.exception("failed to deliver a message to socket %s of %s", conn.sid, conn.service)
 
     async def _send_envelopes(self, conn: Connection, batch: list[tuple[str, bytes]]) -> None:
-        sio = self.bridge.sio
-        if sio is None:
-            return
         if len(batch) == 1:
             channel, raw = batch[0]
-            await sio.emit("ipc:message", (channel, raw.decode("utf-8")), to=conn.sid, namespace=conn.namespace)
+            await conn.link.emit("ipc:message", channel, raw.decode("utf-8"))
         else:
-            items = [[channel, raw.decode("utf-8")] for channel, raw in batch]
-            await sio.emit("ipc:messages", items, to=conn.sid, namespace=conn.namespace)
+            await conn.link.emit("ipc:messages", [[channel, raw.decode("utf-8")] for channel, raw in batch])
         self.delivered(conn, len(batch))
 
     async def _send_event(self, conn: Connection, channel: str, raw: bytes) -> None:
         bridge = self.bridge
-        if bridge.sio is None:
-            return
         try:
             envelope = Envelope.decode(raw, max_bytes=bridge.max_bytes)
         except IPCError as exc:
@@ -112,7 +107,7 @@ class Delivery:
             "metadata": envelope.metadata,
         }
         data = None if envelope.data is MISSING else envelope.data
-        await bridge.sio.emit(envelope.event, (data, meta), to=conn.sid, namespace=conn.namespace)
+        await conn.link.emit(envelope.event, data, meta)
         self.delivered(conn)
 
     def delivered(self, conn: Connection, n: int = 1) -> None:

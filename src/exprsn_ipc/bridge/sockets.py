@@ -17,21 +17,23 @@ from typing import Any
 
 import socketio
 
-from ..constants import BATCH_MAX_ITEMS, BRIDGE_ALIAS, BRIDGE_SERVICE, BROADCAST
+from ..constants import BATCH_MAX_ITEMS, BRIDGE_ALIAS, BRIDGE_SERVICE, BROADCAST, ENVELOPE_PROTOCOL
 from ..envelope import MISSING, validate_service_name
 from ..errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError, TokenError
 from ..jsonlex import evaluate as evaluate_jsonlex
-from .core import Bridge, Connection, Identity, encoded_size, normalise_namespace
+from .connection import Connection, Identity, SocketLink
+from .core import Bridge, encoded_size, normalise_namespace
 from .credentials import token_from_environ
 
-__all__ = ["ENVELOPE_PROTOCOL", "attach"]
+__all__ = ["ENVELOPE_PROTOCOL", "Handler", "SioLink", "admit", "attach", "event_handlers", "release"]
 
 log = logging.getLogger("exprsn_ipc.bridge")
 
-ENVELOPE_PROTOCOL = "exprsn-ipc/1"
 _CRUD = ("create", "read", "update", "delete")
 
 Reply = dict[str, Any]
+#: An event's handler: ``handler(conn, *args)`` returns what the client's acknowledgement gets.
+Handler = Callable[..., Awaitable[Any]]
 
 
 def _peer(environ: dict[str, Any]) -> str | None:
@@ -46,67 +48,91 @@ def _failure(exc: IPCError) -> Reply:
     return {"success": False, "error": exc.code, "message": str(exc)}
 
 
-def attach(bridge: Bridge) -> socketio.AsyncServer:
-    """Create the Socket.IO server for ``bridge`` and register its handlers."""
-    settings = bridge.settings
-    origins: Any = settings.cors_origins or ("*" if settings.is_development else [])
-    sio = socketio.AsyncServer(
-        async_mode="asgi",
-        namespaces="*",
-        cors_allowed_origins=origins,
-        cors_credentials=bool(settings.cors_origins) and "*" not in settings.cors_origins,
-        # engine.io drops the connection above this; our own checks give a specific
-        # PAYLOAD_TOO_LARGE error for anything between the IPC limit and this.
-        max_http_buffer_size=settings.ipc_max_message_bytes * 4,
-        logger=False,
-        engineio_logger=False,
-    )
-    bridge.sio = sio
-    allowed = settings.allowed_services
+class SioLink:
+    """python-socketio's server as the :class:`SocketLink` of one client."""
 
-    def connection(namespace: str, sid: str) -> Connection:
-        conn = bridge.connections.get(f"{namespace}#{sid}")
-        if conn is None:
-            raise AuthError("not connected")
-        conn.last_activity = int(time.time() * 1000)
-        return conn
+    __slots__ = ("namespace", "sid", "sio")
 
-    @sio.on("connect", namespace="*")
-    async def on_connect(namespace: str, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        service = normalise_namespace(namespace, allowed)
-        if service is None:
-            bridge.stats.reject(None, "INVALID_NAMESPACE")
-            log.warning("refused a connection to unknown namespace %s", namespace)
-            raise socketio.exceptions.ConnectionRefusedError(
-                f"INVALID_NAMESPACE: {namespace} is not an IPC namespace (use /ipc/<service>)",
-                {"error": "INVALID_NAMESPACE"},
-            )
-        peer = _peer(environ)
-        try:
-            identity = bridge.authenticate(token_from_environ(environ, auth), peer, service=service)
-        except AuthError as exc:
-            bridge.stats.reject(service, exc.code)
-            log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)
-            raise socketio.exceptions.ConnectionRefusedError(f"UNAUTHORIZED: {exc}", {"error": exc.code}) from None
-        mode = "envelope" if isinstance(auth, dict) and auth.get("protocol") == ENVELOPE_PROTOCOL else "socket"
-        entry = auth.get("entry") if isinstance(auth, dict) and isinstance(auth.get("entry"), dict) else None
-        durable = mode == "envelope" and isinstance(auth, dict) and auth.get("durable") is True
-        conn = Connection(
-            sid=sid, namespace=namespace, service=service, mode=mode, peer=peer, bypass=identity.bypass, durable=durable
+    def __init__(self, sio: socketio.AsyncServer, sid: str, namespace: str) -> None:
+        self.sio = sio
+        self.sid = sid
+        self.namespace = namespace
+
+    async def emit(self, event: str, *args: Any) -> None:
+        await self.sio.emit(event, _data(args), to=self.sid, namespace=self.namespace)
+
+    async def call(self, event: str, *args: Any, timeout: float) -> Any:
+        return await self.sio.call(event, _data(args), to=self.sid, namespace=self.namespace, timeout=timeout)
+
+
+def _data(args: tuple[Any, ...]) -> Any:
+    # python-socketio sends a tuple as several arguments, anything else as one.
+    return args[0] if len(args) == 1 else args
+
+
+async def admit(
+    bridge: Bridge, namespace: str, sid: str, *, peer: str | None, token: str | None, auth: Any, link: SocketLink
+) -> Connection:
+    """Authenticate a client joining ``namespace`` and add its connection to the Bridge.
+
+    Raises:
+        AuthError: refused; ``str(exc)`` is the ``connect_error`` message and
+            ``exc.code`` its reason (``INVALID_NAMESPACE``, ``UNAUTHORIZED``, ``TOKEN_EXPIRED``…).
+    """
+    service = normalise_namespace(namespace, bridge.settings.allowed_services)
+    if service is None:
+        bridge.stats.reject(None, "INVALID_NAMESPACE")
+        log.warning("refused a connection to unknown namespace %s", namespace)
+        raise AuthError(
+            f"INVALID_NAMESPACE: {namespace} is not an IPC namespace (use /ipc/<service>)", code="INVALID_NAMESPACE"
         )
-        await bridge.add_connection(conn, entry)
-        log.info("%s connected to %s (%s%s)", service, namespace, mode, ", dev bypass" if identity.bypass else "")
+    try:
+        identity = bridge.authenticate(token, peer, service=service)
+    except AuthError as exc:
+        bridge.stats.reject(service, exc.code)
+        log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)
+        raise AuthError(f"UNAUTHORIZED: {exc}", code=exc.code) from None
+    options = auth if isinstance(auth, dict) else {}
+    mode = "envelope" if options.get("protocol") == ENVELOPE_PROTOCOL else "socket"
+    entry = options.get("entry") if isinstance(options.get("entry"), dict) else None
+    conn = Connection(
+        sid=sid,
+        namespace=namespace,
+        service=service,
+        mode=mode,
+        peer=peer,
+        bypass=identity.bypass,
+        link=link,
+        durable=mode == "envelope" and options.get("durable") is True,
+    )
+    await bridge.add_connection(conn, entry)
+    log.info("%s connected to %s (%s%s)", service, namespace, mode, ", dev bypass" if identity.bypass else "")
+    return conn
 
-    @sio.on("disconnect", namespace="*")
-    async def on_disconnect(namespace: str, sid: str, reason: Any = None) -> None:
-        conn = bridge.connections.get(f"{namespace}#{sid}")
-        if conn is not None:
-            await bridge.drop_connection(conn)
-            log.info("%s disconnected from %s", conn.service, namespace)
 
-    @sio.on("ipc:emit", namespace="*")
-    async def on_emit(namespace: str, sid: str, payload: Any = None) -> Reply:
-        conn = connection(namespace, sid)
+async def release(bridge: Bridge, conn: Connection) -> None:
+    """Remove a client's connection from the Bridge."""
+    if conn.key in bridge.connections:
+        await bridge.drop_connection(conn)
+        log.info("%s disconnected from %s", conn.service, conn.namespace)
+
+
+def event_handlers(bridge: Bridge) -> dict[str, Handler]:
+    """The Bridge's ``ipc:*`` events: ``handler(conn, *args)`` returns the acknowledgement.
+
+    The key ``"*"`` is the handler of any other event, called as ``handler(conn, event, *args)``.
+    """
+    handlers: dict[str, Handler] = {}
+
+    def on(event: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            handlers[event] = handler
+            return handler
+
+        return register
+
+    @on("ipc:emit")
+    async def on_emit(conn: Connection, payload: Any = None, *_: Any) -> Reply:
         try:
             if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
                 raise EnvelopeError("ipc:emit needs {event, payload, target, options}")
@@ -122,15 +148,14 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             bridge.stats.refused(conn.service, exc)
             # `error` keeps the original's four values; `code` is the specific reason.
             body = {"error": _emit_code(exc), "message": str(exc), "code": exc.code}
-            await sio.emit("ipc:error", body, to=sid, namespace=namespace)
+            await conn.link.emit("ipc:error", body)
             return {"success": False, **body}
         ack = {"event": envelope.event, "target": envelope.target, "receivers": receivers}
-        await sio.emit("ipc:ack", ack, to=sid, namespace=namespace)
+        await conn.link.emit("ipc:ack", ack)
         return {"success": True, **ack}
 
-    @sio.on("ipc:publish", namespace="*")
-    async def on_publish(namespace: str, sid: str, raw: Any = None) -> Reply:
-        conn = connection(namespace, sid)
+    @on("ipc:publish")
+    async def on_publish(conn: Connection, raw: Any = None, *_: Any) -> Reply:
         try:
             if isinstance(raw, str):
                 raw = raw.encode("utf-8")
@@ -146,23 +171,21 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             await asyncio.sleep(0)
         return {"success": True, "receivers": receivers}
 
-    @sio.on("ipc:send", namespace="*")
-    async def on_send(namespace: str, sid: str, raw: Any = None) -> None:
+    @on("ipc:send")
+    async def on_send(conn: Connection, raw: Any = None, *_: Any) -> None:
         # ipc:publish without an answer (workers' replies); a refusal comes back as ipc:error.
-        conn = connection(namespace, sid)
         try:
             if not isinstance(raw, str):
                 raise EnvelopeError("ipc:send needs one encoded envelope")
             await bridge.publish_raw(conn, raw.encode("utf-8"))
         except IPCError as exc:
             bridge.stats.refused(conn.service, exc)
-            await sio.emit("ipc:error", _failure(exc), to=sid, namespace=namespace)
+            await conn.link.emit("ipc:error", _failure(exc))
 
-    @sio.on("ipc:publish_batch", namespace="*")
-    async def on_publish_batch(namespace: str, sid: str, raws: Any = None) -> Reply | list[Reply]:
+    @on("ipc:publish_batch")
+    async def on_publish_batch(conn: Connection, raws: Any = None, *_: Any) -> Reply | list[Reply]:
         # Envelopes emitted together by one worker: one packet and one answer for all,
         # one rate-limit count; each envelope is still checked on its own.
-        conn = connection(namespace, sid)
         if not isinstance(raws, list) or not raws or len(raws) > BATCH_MAX_ITEMS:
             bridge.stats.reject(conn.service, EnvelopeError.code)
             error = EnvelopeError(f"ipc:publish_batch needs a list of 1 to {BATCH_MAX_ITEMS} encoded envelopes")
@@ -176,9 +199,8 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
                 replies.append({"success": True, "receivers": outcome})
         return replies
 
-    @sio.on("ipc:publish_durable", namespace="*")
-    async def on_publish_durable(namespace: str, sid: str, raw: Any = None) -> Reply:
-        conn = connection(namespace, sid)
+    @on("ipc:publish_durable")
+    async def on_publish_durable(conn: Connection, raw: Any = None, *_: Any) -> Reply:
         try:
             if isinstance(raw, str):
                 raw = raw.encode("utf-8")
@@ -190,16 +212,15 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             return _failure(exc)
         return {"success": True, "receivers": receivers}
 
-    @sio.on("ipc:subscribe", namespace="*")
-    async def on_subscribe(namespace: str, sid: str, channel: Any = None) -> Reply:
-        return await _channel_op(namespace, sid, channel, subscribe=True)
+    @on("ipc:subscribe")
+    async def on_subscribe(conn: Connection, channel: Any = None, *_: Any) -> Reply:
+        return await _channel_op(conn, channel, subscribe=True)
 
-    @sio.on("ipc:unsubscribe", namespace="*")
-    async def on_unsubscribe(namespace: str, sid: str, channel: Any = None) -> Reply:
-        return await _channel_op(namespace, sid, channel, subscribe=False)
+    @on("ipc:unsubscribe")
+    async def on_unsubscribe(conn: Connection, channel: Any = None, *_: Any) -> Reply:
+        return await _channel_op(conn, channel, subscribe=False)
 
-    async def _channel_op(namespace: str, sid: str, channel: Any, *, subscribe: bool) -> Reply:
-        conn = connection(namespace, sid)
+    async def _channel_op(conn: Connection, channel: Any, *, subscribe: bool) -> Reply:
         if not isinstance(channel, str) or not channel.startswith("ipc:"):
             return _failure(EnvelopeError("channel must be a string like ipc:<name>"))
         try:
@@ -216,9 +237,8 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             await bridge.unsubscribe(conn, channel)
         return {"success": True, "channel": channel}
 
-    @sio.on("ipc:revoke", namespace="*")
-    async def on_revoke(namespace: str, sid: str, body: Any = None) -> Reply:
-        conn = connection(namespace, sid)
+    @on("ipc:revoke")
+    async def on_revoke(conn: Connection, body: Any = None, *_: Any) -> Reply:
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
             return _failure(EnvelopeError("ipc:revoke needs {id, ttl}"))
         ttl = body.get("ttl")
@@ -230,13 +250,11 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
         await bridge.revoke(body["id"], ttl=ttl, by=conn.service)
         return {"success": True, "id": body["id"]}
 
-    @sio.on("ipc:services", namespace="*")
-    async def on_services(namespace: str, sid: str, _: Any = None) -> Reply:
-        connection(namespace, sid)
+    @on("ipc:services")
+    async def on_services(conn: Connection, *_: Any) -> Reply:
         return {"success": True, "data": await bridge.backend.services()}
 
-    async def guarded(namespace: str, sid: str, action: Callable[[Connection], Awaitable[Any]], key: str) -> Reply:
-        conn = connection(namespace, sid)
+    async def guarded(conn: Connection, action: Callable[[Connection], Awaitable[Any]], key: str) -> Reply:
         try:
             await bridge.check_rate(conn.service)
             result = await action(conn)
@@ -248,8 +266,8 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
             return {"success": False, "error": "INVALID_MESSAGE", "message": str(exc)}
         return {"success": True, key: result}
 
-    @sio.on("ipc:request", namespace="*")
-    async def on_request(namespace: str, sid: str, payload: Any = None) -> Reply:
+    @on("ipc:request")
+    async def on_request(conn: Connection, payload: Any = None, *_: Any) -> Reply:
         async def act(conn: Connection) -> Any:
             if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
                 raise EnvelopeError("ipc:request needs {event, payload, target, timeout}")
@@ -264,10 +282,10 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
                 _identity(conn), target, payload["event"], payload.get("payload", MISSING), timeout=wait
             )
 
-        return await guarded(namespace, sid, act, "data")
+        return await guarded(conn, act, "data")
 
-    def crud_handler(operation: str) -> Callable[..., Awaitable[Reply]]:
-        async def on_crud(namespace: str, sid: str, payload: Any = None) -> Reply:
+    def crud_handler(operation: str) -> Handler:
+        async def on_crud(conn: Connection, payload: Any = None, *_: Any) -> Reply:
             async def act(conn: Connection) -> Any:
                 body = _crud_body(operation, payload, bridge.max_bytes)
                 options = payload.get("options") if isinstance(payload, dict) else None
@@ -278,15 +296,15 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
                     return await bridge.serve_locally(f"crud:{operation}", body)
                 return await bridge.request_as(_identity(conn), target, f"crud:{operation}", body, operation="crud")
 
-            return await guarded(namespace, sid, act, "data")
+            return await guarded(conn, act, "data")
 
         return on_crud
 
     for op in _CRUD:
-        sio.on(f"ipc:{op}", namespace="*")(crud_handler(op))
+        handlers[f"ipc:{op}"] = crud_handler(op)
 
-    @sio.on("ipc:jsonlex", namespace="*")
-    async def on_jsonlex(namespace: str, sid: str, payload: Any = None) -> Reply:
+    @on("ipc:jsonlex")
+    async def on_jsonlex(conn: Connection, payload: Any = None, *_: Any) -> Reply:
         async def act(conn: Connection) -> Any:
             if not isinstance(payload, dict) or "expression" not in payload:
                 raise EnvelopeError("ipc:jsonlex needs {expression, context}")
@@ -295,15 +313,71 @@ def attach(bridge: Bridge) -> socketio.AsyncServer:
                 raise EnvelopeError("ipc:jsonlex context must be an object")
             return evaluate_jsonlex(payload["expression"], context)
 
-        return await guarded(namespace, sid, act, "result")
+        return await guarded(conn, act, "result")
 
-    @sio.on("*", namespace="*")
-    async def on_other(event: str, namespace: str, sid: str, *args: Any) -> Reply:
-        conn = connection(namespace, sid)
+    @on("*")
+    async def on_other(conn: Connection, event: str, *_: Any) -> Reply:
         bridge.stats.reject(conn.service, "UNKNOWN_EVENT")
         body = {"error": "INVALID_MESSAGE", "message": f"unknown event {event!r}"}
-        await sio.emit("ipc:error", body, to=sid, namespace=namespace)
+        await conn.link.emit("ipc:error", body)
         return {"success": False, **body}
+
+    return handlers
+
+
+def attach(bridge: Bridge, handlers: dict[str, Handler]) -> socketio.AsyncServer:
+    """Create the Socket.IO server for ``bridge`` and serve ``handlers`` on it."""
+    settings = bridge.settings
+    origins: Any = settings.cors_origins or ("*" if settings.is_development else [])
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        namespaces="*",
+        cors_allowed_origins=origins,
+        cors_credentials=bool(settings.cors_origins) and "*" not in settings.cors_origins,
+        # engine.io drops the connection above this; our own checks give a specific
+        # PAYLOAD_TOO_LARGE error for anything between the IPC limit and this.
+        max_http_buffer_size=settings.ipc_max_message_bytes * 4,
+        logger=False,
+        engineio_logger=False,
+    )
+    bridge.sio = sio
+
+    def connection(namespace: str, sid: str) -> Connection:
+        conn = bridge.connections.get(f"{namespace}#{sid}")
+        if conn is None:
+            raise AuthError("not connected")
+        conn.last_activity = int(time.time() * 1000)
+        return conn
+
+    @sio.on("connect", namespace="*")
+    async def on_connect(namespace: str, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            token = token_from_environ(environ, auth)
+            link = SioLink(sio, sid, namespace)
+            await admit(bridge, namespace, sid, peer=_peer(environ), token=token, auth=auth, link=link)
+        except AuthError as exc:
+            raise socketio.exceptions.ConnectionRefusedError(str(exc), {"error": exc.code}) from None
+
+    @sio.on("disconnect", namespace="*")
+    async def on_disconnect(namespace: str, sid: str, reason: Any = None) -> None:
+        conn = bridge.connections.get(f"{namespace}#{sid}")
+        if conn is not None:
+            await release(bridge, conn)
+
+    def serve(handler: Handler) -> Callable[..., Awaitable[Any]]:
+        async def on_event(namespace: str, sid: str, *args: Any) -> Any:
+            return await handler(connection(namespace, sid), *args)
+
+        return on_event
+
+    for event, handler in handlers.items():
+        if event != "*":
+            sio.on(event, namespace="*")(serve(handler))
+    other = handlers["*"]
+
+    @sio.on("*", namespace="*")
+    async def on_other(event: str, namespace: str, sid: str, *args: Any) -> Any:
+        return await other(connection(namespace, sid), event, *args)
 
     return sio
 

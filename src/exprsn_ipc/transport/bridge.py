@@ -19,9 +19,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-import socketio
-
-from ..constants import BATCH_MAX_ITEMS, BROADCAST, STREAM_PREFIX, batch_byte_cap, channel_for
+from ..constants import BATCH_MAX_ITEMS, BROADCAST, ENVELOPE_PROTOCOL, STREAM_PREFIX, batch_byte_cap, channel_for
 from ..errors import (
     AuthError,
     BufferFullError,
@@ -36,6 +34,7 @@ from ..errors import (
 from ..settings import Settings
 from ..tokens import BrokerTokenManager, MemoryRevocationStore
 from .base import Transport, TransportPeer
+from .sio_link import SocketIOLink
 
 __all__ = ["BUFFERED", "BridgeRevocationStore", "BridgeTransport"]
 
@@ -43,7 +42,6 @@ log = logging.getLogger("exprsn_ipc.transport.bridge")
 
 #: ``publish`` returns this for an emit buffered while the Bridge is unreachable.
 BUFFERED = -1
-ENVELOPE_PROTOCOL = "exprsn-ipc/1"
 
 _ERRORS: dict[str, type[IPCError]] = {
     "RATE_LIMIT_EXCEEDED": RateLimitError,
@@ -123,7 +121,7 @@ class BridgeTransport(Transport):
         revocations.transport = self
         self.revocations = revocations
         self._peer: TransportPeer | None = None
-        self._client: socketio.AsyncClient | None = None
+        self._link: SocketIOLink | None = None
         self._namespace = ""
         self._extra_channels: set[str] = set()
         self._receiving = False
@@ -132,7 +130,6 @@ class BridgeTransport(Transport):
         self._flusher: asyncio.Task[None] | None = None
         self._was_connected = False
         self._tokens: BrokerTokenManager | None = None
-        self._http_session: Any = None
         self._in_flight = 0
         self._batch: list[tuple[bytes, asyncio.Future[int]]] = []
         self._batch_bytes = 0
@@ -173,99 +170,84 @@ class BridgeTransport(Transport):
         defaults = {channel_for(peer.service_name, peer.namespace), channel_for(BROADCAST, peer.namespace)}
         self._extra_channels = {c for c in channels if c not in defaults}
         self._receiving = True
-        verify = self._ssl()
-        http_session = None
-        if isinstance(verify, ssl.SSLContext):
-            import aiohttp
-
-            http_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=verify))
-        self._http_session = http_session
-        client = socketio.AsyncClient(
-            reconnection=True,
-            reconnection_attempts=0,
-            reconnection_delay=0.2,
-            reconnection_delay_max=5,
-            randomization_factor=0.5,
-            ssl_verify=verify is not False,
-            http_session=http_session,
-            logger=False,
-            engineio_logger=False,
+        link = SocketIOLink(
+            self.url,
+            self._namespace,
+            auth=self._auth,
+            # Selects the Bridge's worker lane; other Socket.IO servers ignore it.
+            query={"protocol": ENVELOPE_PROTOCOL},
+            ssl_context=self._ssl(),
+            connect_timeout=self.connect_timeout,
+            max_message_bytes=self.settings.ipc_max_message_bytes * 4,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
         )
-        self._client = client
-        ns = self._namespace
-
-        @client.on("connect", namespace=ns)
-        async def on_connect() -> None:
-            for channel in sorted(self._extra_channels):
-                await client.emit("ipc:subscribe", channel, namespace=ns)
-            if self._was_connected:
-                log.info("%s reconnected to the Bridge at %s", peer.service_name, self.url)
-                peer.transport_event("reconnected")
-            self._was_connected = True
-            self._connected.set()
-            if self._buffer and (self._flusher is None or self._flusher.done()):
-                self._flusher = asyncio.create_task(self._flush())
-
-        @client.on("disconnect", namespace=ns)
-        async def on_disconnect(reason: Any = None) -> None:
-            was = self._connected.is_set()
-            self._connected.clear()
-            if was and self._receiving:
-                peer.transport_event("error", TransportError(f"lost the connection to the Bridge at {self.url}"))
-
-        @client.on("connect_error", namespace=ns)
-        async def on_connect_error(data: Any = None) -> None:
-            message = data.get("message") if isinstance(data, dict) else data
-            log.warning("%s: the Bridge refused the connection: %s", peer.service_name, message)
-
-        @client.on("ipc:message", namespace=ns)
-        async def on_message(channel: Any, raw: Any) -> str | None:
-            durable = isinstance(channel, str) and channel.startswith(STREAM_PREFIX)
-            if not self._receiving or not isinstance(channel, str):
-                return "failed" if durable else None
-            data = raw.encode("utf-8") if isinstance(raw, str) else raw
-            if not isinstance(data, bytes):
-                return "rejected" if durable else None
-            if durable:
-                return await self._deliver_durable(peer, channel, data)
-            await peer.deliver(channel, data)
-            return None
-
-        @client.on("ipc:messages", namespace=ns)
-        async def on_messages(items: Any) -> None:
-            if not self._receiving or not isinstance(items, list):
-                return
-            for item in items:
-                if not self._receiving:
-                    return
-                if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str):
-                    await peer.deliver(item[0], item[1].encode("utf-8"))
-
-        @client.on("ipc:error", namespace=ns)
-        async def on_error(body: Any = None) -> None:
-            # The Bridge refused something sent without an answer (ipc:send).
-            peer.transport_event("error", _remote_error(body))
-
-        @client.on("ipc:revoked", namespace=ns)
-        async def on_revoked(body: Any = None) -> None:
-            if isinstance(body, dict) and isinstance(body.get("id"), str):
-                ttl = body.get("ttl")
-                self.revocations.add_local(body["id"], ttl=ttl if isinstance(ttl, int) and ttl > 0 else 86_400)  # type: ignore[union-attr]
-
+        link.on("ipc:message", self._on_message)
+        link.on("ipc:messages", self._on_messages)
+        link.on("ipc:error", self._on_error)
+        link.on("ipc:revoked", self._on_revoked)
+        self._link = link
         try:
-            await client.connect(
-                self.url,
-                namespaces=[ns],
-                auth=self._auth,
-                transports=["websocket"],
-                wait_timeout=self.connect_timeout,
-            )
-        except socketio.exceptions.ConnectionError as exc:
-            await self._close_client()
-            raise TransportError(f"cannot connect to the Bridge at {self.url}{ns}: {exc}") from exc
-        if not self._connected.is_set():
-            await self._close_client()
-            raise AuthError(f"the Bridge did not accept {peer.service_name} on {ns}")
+            await link.connect()
+        except AuthError as exc:
+            self._link = None
+            log.warning("%s: the Bridge refused the connection: %s", peer.service_name, exc)
+            raise AuthError(f"the Bridge did not accept {peer.service_name} on {self._namespace}: {exc}") from None
+        except TransportError as exc:
+            self._link = None
+            raise TransportError(f"cannot connect to the Bridge at {self.url}{self._namespace}: {exc}") from exc
+
+    async def _on_connect(self) -> None:
+        link, peer = self._link, self._peer
+        assert link is not None and peer is not None
+        for channel in sorted(self._extra_channels):
+            await link.emit("ipc:subscribe", channel)
+        if self._was_connected:
+            log.info("%s reconnected to the Bridge at %s", peer.service_name, self.url)
+            peer.transport_event("reconnected")
+        self._was_connected = True
+        self._connected.set()
+        if self._buffer and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.create_task(self._flush(), name="bridge-flush-buffer")
+
+    async def _on_disconnect(self) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and self._receiving and self._peer is not None:
+            self._peer.transport_event("error", TransportError(f"lost the connection to the Bridge at {self.url}"))
+
+    async def _on_message(self, channel: Any = None, raw: Any = None) -> str | None:
+        peer = self._peer
+        durable = isinstance(channel, str) and channel.startswith(STREAM_PREFIX)
+        if peer is None or not self._receiving or not isinstance(channel, str):
+            return "failed" if durable else None
+        data = raw.encode("utf-8") if isinstance(raw, str) else raw
+        if not isinstance(data, bytes):
+            return "rejected" if durable else None
+        if durable:
+            return await self._deliver_durable(peer, channel, data)
+        await peer.deliver(channel, data)
+        return None
+
+    async def _on_messages(self, items: Any = None) -> None:
+        peer = self._peer
+        if peer is None or not self._receiving or not isinstance(items, list):
+            return
+        for item in items:
+            if not self._receiving:
+                return
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], str):
+                await peer.deliver(item[0], item[1].encode("utf-8"))
+
+    async def _on_error(self, body: Any = None) -> None:
+        # The Bridge refused something sent without an answer (ipc:send).
+        if self._peer is not None:
+            self._peer.transport_event("error", _remote_error(body))
+
+    async def _on_revoked(self, body: Any = None) -> None:
+        if isinstance(body, dict) and isinstance(body.get("id"), str):
+            ttl = body.get("ttl")
+            self.revocations.add_local(body["id"], ttl=ttl if isinstance(ttl, int) and ttl > 0 else 86_400)  # type: ignore[union-attr]
 
     async def _deliver_durable(self, peer: TransportPeer, channel: str, data: bytes) -> str:
         """A stream entry from the Bridge: the answer to its ``ipc:message`` is the
@@ -300,14 +282,10 @@ class BridgeTransport(Transport):
 
     async def call(self, event: str, data: Any) -> Any:
         """Send one request to the Bridge and return its answer."""
-        if self._client is None or not self._connected.is_set():
+        link = self._link
+        if link is None or not self._connected.is_set():
             raise NotConnectedError(f"not connected to the Bridge at {self.url}")
-        try:
-            return await self._client.call(event, data, namespace=self._namespace, timeout=self.call_timeout)
-        except socketio.exceptions.TimeoutError as exc:
-            raise TransportError(f"the Bridge did not answer {event} in time") from exc
-        except socketio.exceptions.SocketIOError as exc:
-            raise TransportError(f"{event} to the Bridge failed: {exc}") from exc
+        return await link.call(event, data, timeout=self.call_timeout)
 
     async def publish(self, channel: str, raw: bytes) -> int:
         """Send one envelope through the Bridge; returns the receiver count (or :data:`BUFFERED`).
@@ -317,7 +295,7 @@ class BridgeTransport(Transport):
         leave together as one ``ipc:publish_batch``, each still getting its own
         count or error.
         """
-        if self._client is None:
+        if self._link is None:
             raise NotConnectedError("the bridge transport is not connected")
         if not self._connected.is_set() or self._buffer:
             return self._enqueue(raw)
@@ -345,15 +323,15 @@ class BridgeTransport(Transport):
     async def send(self, channel: str, raw: bytes) -> int | None:
         """``ipc:send``: like :meth:`publish` but the Bridge sends no answer (one packet
         less each way); it reports a refusal with ``ipc:error``."""
-        client = self._client
-        if client is None:
+        link = self._link
+        if link is None:
             raise NotConnectedError("the bridge transport is not connected")
         if not self._connected.is_set() or self._buffer or self._batch:
             return await self.publish(channel, raw)
         try:
-            await client.emit("ipc:send", raw.decode("utf-8"), namespace=self._namespace)
-        except socketio.exceptions.SocketIOError as exc:
-            raise TransportError(f"ipc:send to the Bridge failed: {exc}") from exc
+            await link.emit("ipc:send", raw.decode("utf-8"))
+        except NotConnectedError:
+            return self._enqueue(raw)
         return None
 
     def _send_batch_soon(self) -> None:
@@ -457,14 +435,10 @@ class BridgeTransport(Transport):
         self._peer = None
 
     async def _close_client(self) -> None:
-        client, self._client = self._client, None
+        link, self._link = self._link, None
         self._connected.clear()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
-        session, self._http_session = self._http_session, None
-        if session is not None:
-            await session.close()
+        if link is not None:
+            await link.close()
 
     async def active_services(self) -> list[dict[str, Any]]:
         reply = await self.call("ipc:services", None)
