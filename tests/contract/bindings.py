@@ -64,6 +64,12 @@ def _bridge(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextMa
     return bridge_binding(request)
 
 
+def _bridge_socketio(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextManager[Harness]:
+    from .binding_bridge import bridge_binding
+
+    return bridge_binding(request, lane=False)
+
+
 def _redis(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextManager[Harness]:
     from .binding_redis import redis_binding
 
@@ -79,6 +85,7 @@ def _bridge_redis(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncCon
 BINDINGS: dict[str, Binding] = {
     "memory": memory_binding,
     "bridge": _bridge,
+    "bridge-socketio": _bridge_socketio,
     "redis": _redis,
     "bridge-redis": _bridge_redis,
 }

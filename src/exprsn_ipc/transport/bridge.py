@@ -4,7 +4,9 @@ The worker connects to ``BRIDGE_URL`` on ``/ipc/<service>`` with a fresh broker
 token, publishes signed envelopes with ``ipc:publish`` (the Bridge checks that
 they really come from this service and answers with the receiver count), or
 ``ipc:publish_batch`` for emits made together, and receives raw envelopes as
-``ipc:message`` / ``ipc:messages``, verifying them itself. After the
+``ipc:message`` / ``ipc:messages``, verifying them itself. It speaks Socket.IO
+through its own lean client (``sio_link.py``) and asks for the Bridge's worker
+lane, which serves it without python-socketio (docs/performance.md). After the
 Bridge restarts it reconnects with backoff and registers again; emits made while
 disconnected are buffered (bounded) and flushed in order on reconnection.
 """
@@ -103,8 +105,12 @@ class BridgeTransport(Transport):
         connect_timeout: float = 10.0,
         call_timeout: float = 10.0,
         durable: bool = True,
+        lane: bool = True,
     ) -> None:
         self.settings = settings
+        #: Ask for the Bridge's worker lane (``bridge/lane.py``); with False the Bridge's
+        #: python-socketio server serves this worker like any other client (same protocol).
+        self.lane = lane
         #: Take part in durable delivery: a Bridge on Redis then feeds this socket
         #: its service's stream (docs/durable.md). A Bridge without Redis ignores it.
         self.durable = durable
@@ -175,7 +181,7 @@ class BridgeTransport(Transport):
             self._namespace,
             auth=self._auth,
             # Selects the Bridge's worker lane; other Socket.IO servers ignore it.
-            query={"protocol": ENVELOPE_PROTOCOL},
+            query={"protocol": ENVELOPE_PROTOCOL} if self.lane else None,
             ssl_context=self._ssl(),
             connect_timeout=self.connect_timeout,
             max_message_bytes=self.settings.ipc_max_message_bytes * 4,
