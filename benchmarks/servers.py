@@ -1,7 +1,8 @@
 """Servers the benchmarks run in a process of their own.
 
     python -m benchmarks.servers bridge   # the Bridge, embedded backend, plain HTTP
-    python -m benchmarks.servers relay    # a bare python-socketio relay (the baseline)
+    python -m benchmarks.servers relay    # a bare python-socketio relay (the baseline),
+                                          # and a plain websocket relay (the floor)
 
 Each binds 127.0.0.1 on a free port, prints ``READY <port>``, and exits when its
 stdin closes (the parent went away) or after ``--lifetime`` seconds, whichever
@@ -72,7 +73,36 @@ def relay_app() -> Any:
     async def response(sid: str, data: Any) -> None:
         await sio.emit("res", data, room=ROOM_A)
 
-    return socketio.ASGIApp(sio)
+    return RawRelay(socketio.ASGIApp(sio))
+
+
+class RawRelay:
+    """Plain websockets at ``/raw/a`` and ``/raw/b``: a frame from one is sent to the other.
+
+    The floor under any relay over websockets on this machine: four hops, no
+    Socket.IO, nothing signed or checked. Everything else goes to ``app``.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.peers: dict[str, Any] = {}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket" or scope["path"] not in ("/raw/a", "/raw/b"):
+            await self.app(scope, receive, send)
+            return
+        role = scope["path"][-1]
+        other = ROOM_B if role == ROOM_A else ROOM_A
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        self.peers[role] = send
+        try:
+            while (message := await receive())["type"] == "websocket.receive":
+                peer = self.peers.get(other)
+                if peer is not None:
+                    await peer({"type": "websocket.send", "text": message["text"]})
+        finally:
+            self.peers.pop(role, None)
 
 
 async def serve(app: Any, lifetime: float) -> None:

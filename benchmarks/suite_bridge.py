@@ -15,14 +15,18 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import socketio
 
+from exprsn_ipc.constants import ENVELOPE_PROTOCOL
 from exprsn_ipc.tokens import BrokerTokenManager
 from exprsn_ipc.transport.bridge import BridgeTransport
+from exprsn_ipc.transport.sio_link import SocketIOLink
 
 from .common import (
     EVENT,
     RECEIVER,
+    RPC,
     SENDER,
     Child,
     Counter,
@@ -42,6 +46,9 @@ from .servers import ROOM_A, ROOM_B
 from .workers import worker_pair
 
 NAME = "bridge"
+#: The bare links' services (apart from the workers').
+LINK_A = "exprsn-bench-c"
+LINK_B = "exprsn-bench-d"
 RELAY = "raw python-socketio relay (acked)"
 
 
@@ -111,6 +118,90 @@ class RelayClients:
         return await asyncio.wait_for(future, 10)
 
 
+class RawClients:
+    """Plain websockets through the relay's ``/raw`` endpoints: B sends back what it gets."""
+
+    def __init__(self, url: str, message: str) -> None:
+        self.url = url
+        self.message = message
+        self.session: aiohttp.ClientSession | None = None
+        self.a: aiohttp.ClientWebSocketResponse | None = None
+        self.echo_task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        self.session = aiohttp.ClientSession()
+        b = await self.session.ws_connect(f"{self.url}/raw/b")
+        self.a = await self.session.ws_connect(f"{self.url}/raw/a")
+
+        async def echo() -> None:
+            async for message in b:
+                await b.send_str(message.data)
+
+        self.echo_task = asyncio.create_task(echo())
+
+    async def close(self) -> None:
+        if self.echo_task is not None:
+            self.echo_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.echo_task
+        if self.session is not None:
+            await self.session.close()
+
+    async def round_trip(self) -> Any:
+        assert self.a is not None
+        await self.a.send_str(self.message)
+        return await self.a.receive(timeout=10)
+
+
+class LinkPair:
+    """Request/reply through the Bridge with the workers' signing and checking taken out.
+
+    Two bare worker links (services of their own, so the workers' traffic does
+    not mix in) exchange envelopes signed once beforehand: A publishes the
+    request, B's link sends the reply back at once. The Bridge still checks and
+    routes both; what is missing against the full request is the workers' part.
+    """
+
+    def __init__(self, url: str, settings: Any, request: str, reply: str) -> None:
+        self.request, self.reply = request, reply
+        self.waiting: asyncio.Future[None] | None = None
+        self.a = self._link(url, settings, LINK_A)
+        self.b = self._link(url, settings, LINK_B)
+
+        async def on_request(*_: Any) -> None:
+            await self.b.emit("ipc:send", self.reply)
+
+        async def on_reply(*_: Any) -> None:
+            if self.waiting is not None and not self.waiting.done():
+                self.waiting.set_result(None)
+
+        for event in ("ipc:message", "ipc:messages"):
+            self.b.on(event, on_request)
+            self.a.on(event, on_reply)
+
+    @staticmethod
+    def _link(url: str, settings: Any, service: str) -> SocketIOLink:
+        tokens = BrokerTokenManager(service_name=service, settings=settings)
+
+        async def auth() -> dict[str, Any]:
+            return {"token": tokens.generate_token(operation="connect"), "protocol": ENVELOPE_PROTOCOL}
+
+        return SocketIOLink(url, f"/ipc/{service}", auth=auth, query={"protocol": ENVELOPE_PROTOCOL})
+
+    async def connect(self) -> None:
+        await self.b.connect()
+        await self.a.connect()
+
+    async def close(self) -> None:
+        for link in (self.a, self.b):
+            await link.close()
+
+    async def round_trip(self) -> None:
+        self.waiting = asyncio.get_running_loop().create_future()
+        await self.a.call("ipc:publish", self.request, timeout=10)
+        await asyncio.wait_for(self.waiting, 10)
+
+
 async def run(profile: Profile, profile_dir: str | None = None) -> list[Row]:
     key = bench_key()
     settings = bench_settings(ipc_transport="bridge", ipc_broker_key=key)
@@ -134,6 +225,23 @@ async def run(profile: Profile, profile_dir: str | None = None) -> list[Row]:
         clients = RelayClients(f"http://127.0.0.1:{relay.port}", message)
         stack.push_async_callback(clients.close)
         await clients.connect()
+        links = LinkPair(
+            url,
+            settings,
+            BrokerTokenManager(service_name=LINK_A, settings=settings)
+            .sign_envelope(RPC, bench_payload(), target=LINK_B)
+            .encode()
+            .decode(),
+            BrokerTokenManager(service_name=LINK_B, settings=settings)
+            .sign_envelope("ipc:reply", {"success": True, "data": bench_payload()}, target=LINK_A)
+            .encode()
+            .decode(),
+        )
+        stack.push_async_callback(links.close)
+        await links.connect()
+        raw = RawClients(f"http://127.0.0.1:{relay.port}", message)
+        stack.push_async_callback(raw.close)
+        await raw.connect()
         ours_watch = {"server": bridge.pid, "client": 0}
         relay_watch = {"server": relay.pid, "client": 0}
         runs = await best_of(
@@ -145,7 +253,14 @@ async def run(profile: Profile, profile_dir: str | None = None) -> list[Row]:
             profile,
         )
         trips = await round_trips(
-            {"ours": pair.request, "echo": clients.echo, "relay": clients.relay_round_trip}, profile
+            {
+                "ours": pair.request,
+                "echo": clients.echo,
+                "relay": clients.relay_round_trip,
+                "links": links.round_trip,
+                "raw": raw.round_trip,
+            },
+            profile,
         )
         errors = pair.take_errors()
 
@@ -180,5 +295,21 @@ async def run(profile: Profile, profile_dir: str | None = None) -> list[Row]:
             trips["relay"],
             "raw python-socketio relay round trip",
             note="same four hops in the relay: A → server → B → server → A",
+        ),
+        *latency_rows(
+            NAME,
+            "request/reply, Bridge and links only",
+            trips["links"],
+            trips["echo"],
+            "raw python-socketio ack round trip",
+            note="for scale: the same four hops with envelopes signed beforehand and answered at once by the link",
+        ),
+        *latency_rows(
+            NAME,
+            "raw websocket relay round trip (the floor)",
+            trips["raw"],
+            trips["echo"],
+            "raw python-socketio ack round trip",
+            note="for scale: four hops A → server → B → server → A over plain websockets, nothing signed or checked",
         ),
     ]

@@ -85,7 +85,10 @@ class BridgeStats:
     per_service: dict[str, Counter[str]] = field(default_factory=dict)
 
     def count(self, service: str, what: str, n: int = 1) -> None:
-        self.per_service.setdefault(service, Counter())[what] += n
+        counts = self.per_service.get(service)
+        if counts is None:  # not setdefault: that would build a Counter per message
+            counts = self.per_service[service] = Counter()
+        counts[what] += n
 
     def reject(self, service: str | None, code: str, n: int = 1) -> None:
         self.rejected[code] += n
