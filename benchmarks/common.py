@@ -72,7 +72,7 @@ FULL = Profile(
     ops=2_000,
     repeats=7,
     rounds=3,
-    suite_cap=60.0,
+    suite_cap=120.0,
 )
 QUICK = Profile(
     name="quick",
@@ -84,7 +84,7 @@ QUICK = Profile(
     ops=500,
     repeats=3,
     rounds=1,
-    suite_cap=20.0,
+    suite_cap=40.0,
 )
 
 
