@@ -74,7 +74,7 @@ async def read_backlog(worker: IPCWorker) -> Backlog:
     if transport.name != "redis" or client is None:
         return Backlog()
     try:
-        from .transport.redis_durable import durable_status
+        from .transport.redis_deadletters import durable_status
 
         status = await asyncio.wait_for(durable_status(client, worker.service_name), REFRESH_TIMEOUT_S)
     except Exception as exc:  # Redis down: report "not available", never fail the scrape

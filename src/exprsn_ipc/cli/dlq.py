@@ -21,13 +21,8 @@ from ..errors import IPCError
 from ..settings import Settings
 from ..tokens import BrokerTokenManager
 from ..transport.redis import redact_url
-from ..transport.redis_durable import (
-    dlq_key,
-    durable_status,
-    list_dead_letters,
-    replay_dead_letters,
-    stream_key,
-)
+from ..transport.redis_deadletters import durable_status, list_dead_letters, replay_dead_letters
+from ..transport.redis_durable import dlq_key, stream_key
 from ._common import console, fail, load_settings
 
 __all__ = ["dlq_app"]

@@ -31,7 +31,6 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,18 +47,17 @@ from .base import Ack, TransportPeer
 
 __all__ = [
     "DLQ_PREFIX",
+    "ENVELOPE_FIELD",
     "STREAM_PREFIX",
     "DurableConsumer",
     "DurableOptions",
     "DurableStats",
     "append_durable",
+    "as_text",
     "consumer_name",
     "dlq_key",
-    "durable_status",
     "ensure_group",
-    "list_dead_letters",
     "open_reader",
-    "replay_dead_letters",
     "stream_key",
 ]
 
@@ -110,16 +108,6 @@ end
 return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 """
 
-# Move one dead letter back to its service's stream, atomically: only the caller
-# whose XDEL removed it appends it, so concurrent replays never double it.
-_REPLAY_SCRIPT: Final = """
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
-  return 0
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'envelope', ARGV[2])
-return 1
-"""
-
 
 def stream_key(service: str) -> str:
     """``ipc:stream:<service>``: where durable messages for ``service`` wait."""
@@ -136,7 +124,8 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply value as text (bytes decoded as UTF-8, invalid bytes replaced)."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
@@ -258,7 +247,7 @@ async def ensure_group(client: Redis, service: str) -> bool:
 async def append_durable(client: Redis, service: str, raw: bytes, *, maxlen: int = 100_000) -> str:
     """XADD one encoded envelope to ``service``'s stream; returns the entry id."""
     entry_id = await client.xadd(stream_key(service), {ENVELOPE_FIELD: raw}, maxlen=maxlen, approximate=True)
-    return _text(entry_id)
+    return as_text(entry_id)
 
 
 def _dead_letter_fields(raw: bytes, reason: str, deliveries: int, entry_id: str, consumer: str) -> dict[bytes, bytes]:
@@ -270,122 +259,6 @@ def _dead_letter_fields(raw: bytes, reason: str, deliveries: int, entry_id: str,
         b"originalId": entry_id.encode(),
         b"consumer": consumer.encode("utf-8"),
     }
-
-
-async def _xrange(client: Redis, key: str, start: str, end: str, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
-    reply: Any = await client.xrange(key, start, end, count=count)
-    entries: list[tuple[str, dict[bytes, bytes]]] = []
-    for entry_id, fields in reply or []:
-        if entry_id is not None:
-            entries.append((_text(entry_id), fields if isinstance(fields, dict) else {}))
-    return entries
-
-
-def _describe_envelope(raw: bytes) -> dict[str, Any]:
-    try:
-        envelope = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(envelope, dict):
-        return {}
-    return {key: envelope.get(key) for key in ("event", "source", "target", "timestamp")}
-
-
-async def list_dead_letters(client: Redis, service: str, count: int = 100) -> list[dict[str, Any]]:
-    """The oldest ``count`` dead letters of ``service``.
-
-    Each is ``{id, originalId, reason, deliveries, failedAt, consumer, envelope,
-    event, source, target}`` (``envelope`` as text; the last three read from it,
-    None when it is not JSON).
-    """
-    entries = await _xrange(client, dlq_key(service), "-", "+", count)
-    letters: list[dict[str, Any]] = []
-    for entry_id, fields in entries:
-        raw = fields.get(ENVELOPE_FIELD, b"")
-        deliveries = _text(fields.get(b"deliveries", b"0"))
-        failed_at = _text(fields.get(b"failedAt", b"0"))
-        described = _describe_envelope(raw)
-        letters.append(
-            {
-                "id": entry_id,
-                "originalId": _text(fields.get(b"originalId", b"")),
-                "reason": _text(fields.get(b"reason", b"")),
-                "deliveries": int(deliveries) if deliveries.isdigit() else 0,
-                "failedAt": int(failed_at) if failed_at.isdigit() else 0,
-                "consumer": _text(fields.get(b"consumer", b"")),
-                "envelope": _text(raw),
-                "event": described.get("event"),
-                "source": described.get("source"),
-                "target": described.get("target"),
-            }
-        )
-    return letters
-
-
-async def replay_dead_letters(
-    client: Redis,
-    service: str,
-    ids: Iterable[str] | None = None,
-    *,
-    maxlen: int = 100_000,
-    transform: Callable[[bytes], bytes] | None = None,
-) -> int:
-    """Move dead letters back to ``service``'s stream (all of them, or ``ids``); returns how many.
-
-    Each move is atomic (XDEL from the DLQ + XADD to the stream in one script), so
-    two concurrent replays never duplicate an entry. The envelope is replayed
-    unchanged, so a worker that already handled it recognises the token id and
-    does not handle it again (within its dedupe window). ``transform`` may replace
-    the envelope, e.g. re-sign an expired token (which also gives it a new id);
-    an entry it raises for stays in the DLQ. Unknown ids are skipped.
-    """
-    dlq = dlq_key(service)
-    stream = stream_key(service)
-    script = client.register_script(_REPLAY_SCRIPT)
-
-    async def move(entry_id: str, fields: dict[bytes, bytes]) -> int:
-        raw = fields.get(ENVELOPE_FIELD)
-        if raw is None:
-            return 0
-        if transform is not None:
-            try:
-                raw = transform(raw)
-            except Exception as exc:  # e.g. not an envelope: leave it where it is
-                log.warning("dead letter %s of %s not replayed: %s", entry_id, service, exc)
-                return 0
-        return int(await script(keys=[dlq, stream], args=[entry_id, raw, maxlen]))
-
-    moved = 0
-    if ids is not None:
-        for wanted in dict.fromkeys(ids):
-            for entry_id, fields in await _xrange(client, dlq, wanted, wanted, 1):
-                moved += await move(entry_id, fields)
-        return moved
-    start = "-"
-    while True:
-        entries = await _xrange(client, dlq, start, "+", 100)
-        for entry_id, fields in entries:
-            moved += await move(entry_id, fields)
-        if len(entries) < 100:
-            return moved
-        start = f"({entries[-1][0]}"
-
-
-async def durable_status(client: Redis, service: str) -> dict[str, Any]:
-    """``{stream, length, pending, consumers, dlq, deadLetters}`` of ``service`` (zeros when absent)."""
-    stream, dlq = stream_key(service), dlq_key(service)
-    status: dict[str, Any] = {"stream": stream, "length": 0, "pending": 0, "consumers": 0, "dlq": dlq}
-    status["length"] = int(await client.xlen(stream))
-    status["deadLetters"] = int(await client.xlen(dlq))
-    try:
-        groups = await client.xinfo_groups(stream)
-    except ResponseError:  # no such stream
-        groups = []
-    for group in groups:
-        if _text(group.get("name", b"")) == service:
-            status["pending"] = int(group.get("pending", 0))
-            status["consumers"] = int(group.get("consumers", 0))
-    return status
 
 
 def _rejection_reason(raw: bytes) -> str:
@@ -520,7 +393,7 @@ class DurableConsumer:
                     if entry_id is None:
                         continue
                     self.stats.delivered += 1
-                    await self._deliver(_text(entry_id), fields, deliveries=1)
+                    await self._deliver(as_text(entry_id), fields, deliveries=1)
 
     async def _deliver(self, entry_id: str, fields: dict[bytes, bytes] | None, *, deliveries: int) -> None:
         raw = fields.get(ENVELOPE_FIELD) if fields else None
@@ -588,7 +461,7 @@ class DurableConsumer:
             self.service,
             settlement.entry_id,
             self.dlq,
-            _text(settlement.dead_letter.get(b"reason", b"")),
+            as_text(settlement.dead_letter.get(b"reason", b"")),
         )
 
     async def _flush_retries(self) -> None:
@@ -646,11 +519,11 @@ class DurableConsumer:
                 log.error(
                     "%s: %d pending durable entries were trimmed from %s", self.service, len(deleted), self.stream
                 )
-            entries = [(_text(i), f) for i, f in claimed if i is not None]
+            entries = [(as_text(i), f) for i, f in claimed if i is not None]
             claimed_total += len(entries)
             if entries:
                 await self._redeliver(entries)
-            if _text(next_id) == "0-0" or not self._receiving:
+            if as_text(next_id) == "0-0" or not self._receiving:
                 break
             start = next_id
         return claimed_total
@@ -660,7 +533,7 @@ class DurableConsumer:
         processes leave them behind); returns their names. Never loses an entry."""
         removed: list[str] = []
         for info in await self.client.xinfo_consumers(self.stream, self.group):
-            name = _text(info.get("name", b""))
+            name = as_text(info.get("name", b""))
             if name == self.consumer or int(info.get("pending", 0)) > 0:
                 continue
             if int(info.get("idle", 0)) < idle_s * 1000:
@@ -676,7 +549,7 @@ class DurableConsumer:
         for begin in range(0, len(ids), 500):
             chunk = ids[begin : begin + 500]
             reply = await self._refresh(keys=[self.stream], args=[self.group, self.consumer, *chunk])
-            owned = {_text(i) for i in reply}
+            owned = {as_text(i) for i in reply}
             for entry_id in chunk:
                 if entry_id not in owned:
                     # Settled meanwhile, or claimed by another consumer: stop refreshing it.
