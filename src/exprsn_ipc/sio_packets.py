@@ -15,6 +15,7 @@ Socket.IO packets ride in Engine.IO ``message`` packets (``4``) as
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -40,6 +41,7 @@ __all__ = [
     "encode",
     "encode_event",
     "open_packet",
+    "settle_ack",
 ]
 
 # Engine.IO packet types (the first character of a frame).
@@ -88,6 +90,15 @@ def encode(type_: int, namespace: str, data: Any = None, id_: int | None = None)
 def encode_event(namespace: str, event: str, args: tuple[Any, ...], id_: int | None = None) -> str:
     """An EVENT packet ``[event, *args]``, asking for an acknowledgement when ``id_`` is given."""
     return encode(EVENT, namespace, [event, *args], id_)
+
+
+def settle_ack(pending: dict[int, asyncio.Future[Any]], packet: Packet) -> None:
+    """Resolve the call ``packet`` (an ACK) answers: one argument as itself, several as
+    a tuple, none as None, the way python-socketio's ``call`` returns them."""
+    future = pending.pop(packet.id, None) if packet.id is not None else None
+    if future is not None and not future.done():
+        args = packet.data
+        future.set_result(args[0] if len(args) == 1 else (tuple(args) if args else None))
 
 
 def open_packet(sid: str, *, ping_interval: float, ping_timeout: float, max_payload: int) -> str:

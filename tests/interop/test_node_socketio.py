@@ -8,10 +8,6 @@ from a Python worker once Node reports it is listening.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,66 +19,12 @@ from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.transport.bridge import BridgeTransport
 
 from ..servers import serve
-from .node import NODE_DIR, node_binary
+from .node import node_script
 
 pytestmark = pytest.mark.node
 
-SCRIPT = NODE_DIR / "socketio_client.js"
+SCRIPT = "socketio_client.js"
 WAIT = 10.0
-
-
-class NodeClient:
-    """The running script: its JSON lines, read with bounded waits."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[dict[str, Any]] = []
-
-    async def next(self, timeout: float = WAIT) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        if not raw:
-            raise AssertionError(f"node exited early ({await self.stderr()}); lines so far: {self.lines}")
-        line: dict[str, Any] = json.loads(raw)
-        self.lines.append(line)
-        if line.get("step") == "error":
-            raise AssertionError(f"node failed: {line} ({await self.stderr()})")
-        return line
-
-    async def until(self, step: str, timeout: float = WAIT) -> dict[str, Any]:
-        while True:
-            line = await self.next(timeout)
-            if line.get("step") == step:
-                return line
-
-    def steps(self, step: str) -> list[dict[str, Any]]:
-        return [line for line in self.lines if line.get("step") == step]
-
-    async def stderr(self) -> str:
-        if self.process.stderr is None or self.process.returncode is None:
-            return ""
-        return (await self.process.stderr.read()).decode(errors="replace")
-
-
-@contextlib.asynccontextmanager
-async def node_client(url: str, key: str) -> AsyncIterator[NodeClient]:
-    env = {**os.environ, "IPC_BROKER_KEY": key, "NODE_ENV": "test", "SERVICE_NAME": "exprsn-timeline"}
-    process = await asyncio.create_subprocess_exec(
-        node_binary(),
-        str(SCRIPT),
-        url,
-        cwd=NODE_DIR,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield NodeClient(process)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await asyncio.wait_for(process.wait(), WAIT)
 
 
 async def test_node_socketio_client_against_the_python_bridge() -> None:
@@ -99,7 +41,8 @@ async def test_node_socketio_client_against_the_python_bridge() -> None:
         await herald.start()
         await auth.start()
         try:
-            async with node_client(url, key) as node:
+            env = {"IPC_BROKER_KEY": key, "NODE_ENV": "test", "SERVICE_NAME": "exprsn-timeline"}
+            async with node_script(SCRIPT, url, env=env, wait=WAIT) as node:
                 # 1. both namespace spellings connect with a jsonwebtoken-signed token
                 first, second = await node.next(), await node.next()
                 assert (first["step"], first["namespace"], first["ok"]) == ("connect", "/ipc/exprsn-timeline", True)

@@ -9,10 +9,6 @@ exchanges signed envelopes with a Python worker and checks the refusals.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,55 +21,12 @@ from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.transport.bridge import BridgeTransport
 
 from ..servers import serve
-from .node import NODE_DIR, node_binary
+from .node import node_script
 
 pytestmark = [pytest.mark.node, pytest.mark.timeout(60)]
 
-SCRIPT = NODE_DIR / "lane_worker.js"
+SCRIPT = "lane_worker.js"
 WAIT = 10.0
-
-
-class NodeLines:
-    """The script's JSON lines, read with bounded waits."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    async def next(self) -> dict[str, Any]:
-        assert self.process.stdout is not None and self.process.stderr is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), WAIT)
-        if not raw:
-            await self.process.wait()
-            raise AssertionError(f"node exited early: {(await self.process.stderr.read()).decode()}")
-        line: dict[str, Any] = json.loads(raw)
-        if line.get("step") == "error":
-            raise AssertionError(f"node failed: {line['error']}")
-        return line
-
-    async def step(self, name: str) -> dict[str, Any]:
-        line = await self.next()
-        assert line["step"] == name, line
-        return line
-
-
-@contextlib.asynccontextmanager
-async def lane_worker(url: str, key: str) -> AsyncIterator[NodeLines]:
-    env = {**os.environ, "IPC_BROKER_KEY": key, "SERVICE_NAME": "exprsn-timeline", "PEER_SERVICE": "exprsn-herald"}
-    process = await asyncio.create_subprocess_exec(
-        node_binary(),
-        str(SCRIPT),
-        url,
-        cwd=NODE_DIR,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield NodeLines(process)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await asyncio.wait_for(process.wait(), WAIT)
 
 
 async def test_node_socketio_client_on_the_worker_lane() -> None:
@@ -88,7 +41,8 @@ async def test_node_socketio_client_on_the_worker_lane() -> None:
         herald.on("lane:pong", lambda data, meta: pongs.put_nowait((data, meta)))
         await herald.start()
         try:
-            async with lane_worker(url, key) as node:
+            env = {"IPC_BROKER_KEY": key, "SERVICE_NAME": "exprsn-timeline", "PEER_SERVICE": "exprsn-herald"}
+            async with node_script(SCRIPT, url, env=env, wait=WAIT) as node:
                 await node.step("connected")
                 (conn,) = [c for c in app.bridge.connections.values() if c.service == "exprsn-timeline"]
                 assert isinstance(conn.link, LaneLink)

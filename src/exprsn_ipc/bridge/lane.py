@@ -213,10 +213,7 @@ class LaneSocket:
             else:
                 self._spawn(self._handle(conn, handler, args, packet.id))
         elif packet.type == sp.ACK:
-            future = self._pending.pop(packet.id, None) if packet.id is not None else None
-            if future is not None and not future.done():
-                answer = packet.data
-                future.set_result(answer[0] if len(answer) == 1 else (tuple(answer) if answer else None))
+            sp.settle_ack(self._pending, packet)
         elif packet.type == sp.CONNECT:
             await self._join(namespace, packet.data)
         elif packet.type == sp.DISCONNECT:

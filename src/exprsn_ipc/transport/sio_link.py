@@ -242,10 +242,7 @@ class SocketIOLink:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         elif packet.type == sp.ACK:
-            future = self._pending.pop(packet.id, None) if packet.id is not None else None
-            if future is not None and not future.done():
-                args = packet.data
-                future.set_result(args[0] if len(args) == 1 else (tuple(args) if args else None))
+            sp.settle_ack(self._pending, packet)
         elif packet.type == sp.DISCONNECT:
             log.warning("%s closed the namespace %s", self.url, self.namespace)
             await ws.close()
