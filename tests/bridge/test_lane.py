@@ -161,6 +161,8 @@ async def test_bad_packets_are_counted_and_the_socket_keeps_serving(bridge: Brid
         answer = await lane.call("/ipc/timeline", "ipc:services", None)
         assert answer[0]["success"] is True
         assert bridge.bridge.stats.rejected["INVALID_MESSAGE"] == before + 1
+        # Counted for the service the socket joined as, too.
+        assert bridge.bridge.stats.per_service["exprsn-timeline"]["rejected:INVALID_MESSAGE"] == 1
 
 
 async def test_an_unknown_event_gets_ipc_error_and_a_failed_ack(bridge: BridgeFixture) -> None:

@@ -85,6 +85,15 @@ async def test_calls_are_answered_and_server_calls_get_the_handler_result(bridge
         # The Bridge asks the worker something and waits for its acknowledgement.
         assert await lane_link(bridge).call("test:ask", 21, timeout=WAIT) == {"double": 42}
 
+        never = asyncio.Event()
+
+        async def stall(*_: Any) -> None:
+            await never.wait()
+
+        link.on("test:stall", stall)
+        with pytest.raises(TransportError, match=r"did not answer test:stall within 0\.2 s"):
+            await lane_link(bridge).call("test:stall", timeout=0.2)
+
 
 async def test_a_refused_namespace_raises_auth_error_with_the_reason(bridge: BridgeFixture) -> None:
     async def no_token() -> dict[str, Any]:

@@ -172,10 +172,10 @@ class LaneSocket:
                     break
                 text = message.get("text")
                 if text is None:
-                    self._invalid(None, "binary frames are not part of the worker protocol")
+                    self._invalid("binary frames are not part of the worker protocol")
                     continue
                 if len(text) > lane.max_payload:
-                    self._invalid(None, f"a packet of {len(text)} characters exceeds {lane.max_payload}")
+                    self._invalid(f"a packet of {len(text)} characters exceeds {lane.max_payload}")
                     await self._close(1009)
                     break
                 kind = text[:1]
@@ -194,13 +194,13 @@ class LaneSocket:
         try:
             packet = sp.decode(text)
         except sp.PacketError as exc:
-            self._invalid(None, str(exc))
+            self._invalid(str(exc))
             return
         namespace = packet.namespace
         if packet.type == sp.EVENT:
             conn = self.connections.get(namespace)
             if conn is None:
-                self._invalid(None, f"an event for {namespace}, which this socket has not joined")
+                self._invalid(f"an event for {namespace}, which this socket has not joined")
                 return
             conn.last_activity = int(time.time() * 1000)
             event, *args = packet.data
@@ -255,7 +255,9 @@ class LaneSocket:
         await self.write(sp.encode(sp.CONNECT, namespace, {"sid": self.sid}))
         await link.opened()
 
-    def _invalid(self, service: str | None, reason: str) -> None:
+    def _invalid(self, reason: str) -> None:
+        # Counted for the socket's service once it has joined a namespace.
+        service = next(iter(self.connections.values())).service if self.connections else None
         self.bridge.stats.reject(service, "INVALID_MESSAGE")
         if not self._complained:
             self._complained = True
@@ -287,6 +289,8 @@ class LaneSocket:
                 await self.write(text)
             async with asyncio.timeout(timeout):
                 return await future
+        except TimeoutError:
+            raise TransportError(f"{link.namespace} did not answer {event} within {timeout:g} s") from None
         finally:
             self._pending.pop(id_, None)
 
