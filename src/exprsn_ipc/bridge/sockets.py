@@ -5,6 +5,10 @@ Clients authenticate with a broker token in the connect ``auth`` payload
 using the bridge transport add ``"protocol": "exprsn-ipc/1"`` and exchange raw
 signed envelopes (``ipc:publish`` / ``ipc:message``); every other client uses
 the original's events and receives bus traffic as ``<event>(data, meta)``.
+
+The events are one table (:func:`event_handlers`) of ``handler(conn, *args)``
+served twice: by python-socketio (:func:`attach`) and by the worker lane
+(``lane.py``), which serves the workers that ask for it.
 """
 
 from __future__ import annotations

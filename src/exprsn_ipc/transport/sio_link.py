@@ -198,7 +198,9 @@ class SocketIOLink:
                 try:
                     await self._open()
                 except (TransportError, AuthError) as exc:
-                    log.warning("reconnecting to %s%s failed: %s", self.url, self.namespace, exc)
+                    # Once per outage at warning level; every later attempt at debug.
+                    level = logging.WARNING if attempt == 1 else logging.DEBUG
+                    log.log(level, "reconnecting to %s%s failed (retrying): %s", self.url, self.namespace, exc)
                     continue
                 attempt = 0
                 if self.on_connect is not None:
