@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exprsn_ipc.envelope import dumps
+from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.settings import Settings
 
 #: The repository root: child processes run from here so ``benchmarks`` imports.

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import socketio
 
-from exprsn_ipc.constants import ENVELOPE_PROTOCOL
-from exprsn_ipc.tokens import BrokerTokenManager
+from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.sio.link import SocketIOLink
 from exprsn_ipc.transport.bridge import BridgeTransport
-from exprsn_ipc.transport.sio_link import SocketIOLink
 
 from .common import (
     EVENT,

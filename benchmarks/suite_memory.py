@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from exprsn_ipc.tokens import BrokerTokenManager
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.transport.memory import MemoryBus, MemoryTransport
 
 from .common import (

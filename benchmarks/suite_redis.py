@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 
 from exprsn_ipc import IPCError, IPCWorker
-from exprsn_ipc.constants import channel_for
-from exprsn_ipc.tokens import BrokerTokenManager
+from exprsn_ipc.protocol.constants import channel_for
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 
 from .common import (
     EVENT,
@@ -202,7 +202,7 @@ async def run(profile: Profile) -> list[Row]:
             .encode()
         )
         watch = {"server": pid, "client": 0}
-        from exprsn_ipc.transport.redis import RedisTransport  # another engineer's module: imported late
+        from exprsn_ipc.transport.redis.transport import RedisTransport  # another engineer's module: imported late
 
         raw = RawPubSub(url, message)
         async with worker_pair(settings, lambda: RedisTransport(settings)) as pair:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from exprsn_ipc.envelope import Envelope
-from exprsn_ipc.tokens import BrokerTokenManager
+from exprsn_ipc.protocol.envelope import Envelope
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 
 from .common import (
     EVENT,

@@ -27,8 +27,8 @@ echo "==> installing npm packages for the interop tests"
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
 
 echo "==> ruff"
-ruff check src tests benchmarks services
-ruff format --check src tests benchmarks services
+ruff check src tests benchmarks
+ruff format --check src tests benchmarks
 
 echo "==> mypy"
 mypy

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.testing import make_test_settings
-from exprsn_ipc.transport.redis import RedisTransport
+from exprsn_ipc.transport.redis.transport import RedisTransport
 
 from .redis_server import RedisServer
 

@@ -16,11 +16,11 @@ from starlette.routing import Route
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.bridge import create_app
 from exprsn_ipc.metrics import MetricsExporter
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.testing import make_test_settings, wait_for_messages
-from exprsn_ipc.tokens import BrokerTokenManager
 from exprsn_ipc.transport import MemoryBus, MemoryTransport
 from exprsn_ipc.web.integration import migrate_app
-from exprsn_ipc.worker import HANDLER_BUCKETS
+from exprsn_ipc.worker.core import HANDLER_BUCKETS
 
 from .servers import serve
 
@@ -151,8 +151,8 @@ async def test_an_apps_own_metrics_route_wins() -> None:
 
 @pytest.mark.redis
 async def test_durable_backlog_on_redis(redis_url: str) -> None:
-    from exprsn_ipc.transport.redis import RedisTransport
-    from exprsn_ipc.transport.redis_durable import DurableOptions
+    from exprsn_ipc.transport.redis.durable import DurableOptions
+    from exprsn_ipc.transport.redis.transport import RedisTransport
 
     settings = make_test_settings(redis_url=redis_url, ipc_transport="redis")
     # The receiving service does not consume its stream, so what is sent to it waits there.

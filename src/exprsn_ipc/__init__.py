@@ -7,8 +7,7 @@ wire-compatible with the original Node.js services.
 
 from __future__ import annotations
 
-from .envelope import MISSING, Envelope
-from .errors import (
+from exprsn_ipc.errors import (
     AuthError,
     ConfigError,
     EnvelopeError,
@@ -22,10 +21,11 @@ from .errors import (
     RequestTimeoutError,
     TokenError,
 )
-from .handlers import MessageMeta
-from .settings import Settings
-from .tokens import BrokerTokenManager
-from .worker import EmitResult, IPCWorker
+from exprsn_ipc.protocol.envelope import MISSING, Envelope
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.settings import Settings
+from exprsn_ipc.worker.core import EmitResult, IPCWorker
+from exprsn_ipc.worker.handlers import MessageMeta
 
 __version__ = "1.0.0"
 

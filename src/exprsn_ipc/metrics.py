@@ -2,7 +2,7 @@
 
 Each app gets its own :class:`MetricsExporter`: a private ``CollectorRegistry``
 holding one :class:`IPCCollector` that reads the live counters of an
-:class:`~exprsn_ipc.worker.IPCWorker` (and of the :class:`~exprsn_ipc.bridge.Bridge`
+:class:`~exprsn_ipc.worker.core.IPCWorker` (and of the :class:`~exprsn_ipc.bridge.Bridge`
 when given one) at scrape time. Nothing is registered in prometheus-client's
 global default registry, and nothing is counted twice: the numbers are the
 ones ``worker.stats`` and ``/api/ipc/stats`` already keep.
@@ -30,12 +30,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .worker import HANDLER_BUCKETS, IPCWorker
+from exprsn_ipc.worker.core import HANDLER_BUCKETS, IPCWorker
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from .bridge.core import Bridge
+    from exprsn_ipc.bridge.core import Bridge
 
 __all__ = [
     "Backlog",
@@ -74,7 +74,7 @@ async def read_backlog(worker: IPCWorker) -> Backlog:
     if transport.name != "redis" or client is None:
         return Backlog()
     try:
-        from .transport.redis_deadletters import durable_status
+        from exprsn_ipc.transport.redis.deadletters import durable_status
 
         status = await asyncio.wait_for(durable_status(client, worker.service_name), REFRESH_TIMEOUT_S)
     except Exception as exc:  # Redis down: report "not available", never fail the scrape

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import ConfigError
+from exprsn_ipc.errors import ConfigError
 
 __all__ = ["MIN_KEY_BYTES", "Settings", "load_or_create_key_file"]
 

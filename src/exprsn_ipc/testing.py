@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from .settings import Settings
-from .transport.memory import MemoryBus, MemoryTransport
-from .worker import IPCWorker
+from exprsn_ipc.settings import Settings
+from exprsn_ipc.transport.memory import MemoryBus, MemoryTransport
+from exprsn_ipc.worker.core import IPCWorker
 
 __all__ = ["ipc_bus", "ipc_settings", "ipc_worker", "make_test_settings", "wait_for_messages"]
 

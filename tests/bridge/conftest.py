@@ -19,11 +19,11 @@ import socketio
 
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.bridge import BridgeApp, MemoryBackend, create_app
-from exprsn_ipc.handlers import MessageMeta
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.testing import make_test_settings
-from exprsn_ipc.tokens import BrokerTokenManager
 from exprsn_ipc.transport.bridge import BridgeTransport
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from ..servers import serve
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.testing import make_test_settings
-from exprsn_ipc.tokens import BrokerTokenManager
 
 from .conftest import WAIT, BridgeFixture, Client, ConnectRefused, served_bridge, sign
 

@@ -16,12 +16,12 @@ import pytest
 
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.bridge import BridgeStats
-from exprsn_ipc.constants import BATCH_MAX_ITEMS
 from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError, RateLimitError, TokenError
-from exprsn_ipc.handlers import MessageMeta
+from exprsn_ipc.protocol.constants import BATCH_MAX_ITEMS
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.testing import make_test_settings
-from exprsn_ipc.tokens import BrokerTokenManager
 from exprsn_ipc.transport.bridge import BridgeTransport
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from .conftest import WAIT, BridgeFixture, Client, eventually, recorder, served_bridge
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from exprsn_ipc import IPCWorker, __version__
-from exprsn_ipc.handlers import MessageMeta
 from exprsn_ipc.testing import make_test_settings
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from .conftest import WAIT, BridgeFixture, ConnectRefused, eventually, served_bridge, sign
 from .test_routing import JSONLEX_CONTEXT, JSONLEX_EXPRESSION

@@ -10,7 +10,7 @@ import pytest
 
 from exprsn_ipc.bridge import Bridge, MemoryBackend
 from exprsn_ipc.errors import RateLimitError
-from exprsn_ipc.ratelimit import MemoryRateLimiter
+from exprsn_ipc.protocol.ratelimit import MemoryRateLimiter
 from exprsn_ipc.testing import make_test_settings
 
 from .conftest import WAIT, served_bridge

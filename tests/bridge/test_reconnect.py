@@ -13,11 +13,11 @@ import pytest
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.bridge import MemoryBackend, create_app
 from exprsn_ipc.errors import BufferFullError
-from exprsn_ipc.handlers import MessageMeta
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.transport import MemoryBus, MemoryTransport
 from exprsn_ipc.transport.bridge import BUFFERED, BridgeTransport
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from ..servers import free_port, serve
 from .conftest import WAIT

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from exprsn_ipc import IPCWorker
-from exprsn_ipc.handlers import MessageMeta
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from .conftest import WAIT, BridgeFixture, eventually, recorder
 

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from exprsn_ipc.bridge import create_app
-from exprsn_ipc.bridge.redis_backend import RedisBackend
+from exprsn_ipc.bridge.backend.redis import RedisBackend
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.testing import make_test_settings
-from exprsn_ipc.transport.redis_durable import DurableOptions
+from exprsn_ipc.transport.redis.durable import DurableOptions
 
 from ..bridge.conftest import WAIT, BridgeFixture
 from ..servers import serve

@@ -14,12 +14,12 @@ import pytest
 from redis.asyncio import Redis
 
 from exprsn_ipc import IPCError, IPCWorker, Settings
-from exprsn_ipc.bridge.redis_backend import RedisBackend
-from exprsn_ipc.handlers import MessageMeta
+from exprsn_ipc.bridge.backend.redis import RedisBackend
 from exprsn_ipc.testing import make_test_settings, wait_for_messages
 from exprsn_ipc.transport.bridge import BridgeTransport
-from exprsn_ipc.transport.redis import RedisTransport
-from exprsn_ipc.transport.redis_durable import DurableOptions, stream_key
+from exprsn_ipc.transport.redis.durable import DurableOptions, stream_key
+from exprsn_ipc.transport.redis.transport import RedisTransport
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from ..bridge.conftest import served_bridge
 from ..durable.conftest import eventually

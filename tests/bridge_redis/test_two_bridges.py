@@ -13,10 +13,10 @@ import pytest
 from redis.asyncio import Redis
 
 from exprsn_ipc import IPCWorker
-from exprsn_ipc.handlers import MessageMeta
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.testing import make_test_settings
-from exprsn_ipc.tokens import BrokerTokenManager
-from exprsn_ipc.transport.redis import RedisTransport
+from exprsn_ipc.transport.redis.transport import RedisTransport
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from ..bridge.conftest import eventually, recorder
 from ..redis_server import RedisServer

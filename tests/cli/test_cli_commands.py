@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from exprsn_ipc import IPCWorker
-from exprsn_ipc.handlers import MessageMeta
 from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.transport.bridge import BridgeTransport
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from .test_check import cli_env, key_of, run_cli, served
 

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from exprsn_ipc.bridge import create_app
-from exprsn_ipc.bridge.redis_backend import RedisBackend
+from exprsn_ipc.bridge.backend.redis import RedisBackend
 from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.transport.bridge import BridgeTransport
 

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from exprsn_ipc.testing import make_test_settings
-from exprsn_ipc.transport.redis import RedisTransport
+from exprsn_ipc.transport.redis.transport import RedisTransport
 
 from .bindings import Harness
 

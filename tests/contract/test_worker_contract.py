@@ -316,7 +316,7 @@ async def test_expired_and_revoked_tokens_are_rejected(harness: Harness) -> None
     assert (await asyncio.wait_for(errors.get(), WAIT)).code == "TOKEN_EXPIRED"
 
     revoked = sender.build_envelope("user:validate", {"n": 2}, target="exprsn-auth")
-    from exprsn_ipc.tokens import decode_unverified
+    from exprsn_ipc.protocol.tokens import decode_unverified
 
     token_id = decode_unverified(revoked.token or "")["id"]
     assert await sender.tokens.revoke_token(token_id) is True

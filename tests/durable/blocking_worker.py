@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from exprsn_ipc import IPCWorker, Settings
-from exprsn_ipc.transport.redis import RedisTransport
+from exprsn_ipc.transport.redis.transport import RedisTransport
 
 
 async def main(url: str, key: str, service: str, event: str) -> None:

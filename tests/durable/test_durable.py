@@ -15,11 +15,11 @@ from redis.asyncio import Redis
 
 from exprsn_ipc import EnvelopeError, IPCWorker, Settings
 from exprsn_ipc.errors import TransportError
-from exprsn_ipc.handlers import MessageMeta
 from exprsn_ipc.testing import make_test_settings, wait_for_messages
-from exprsn_ipc.transport.redis import RedisTransport
-from exprsn_ipc.transport.redis_deadletters import list_dead_letters, replay_dead_letters
-from exprsn_ipc.transport.redis_durable import DurableConsumer, dlq_key, stream_key
+from exprsn_ipc.transport.redis.deadletters import list_dead_letters, replay_dead_letters
+from exprsn_ipc.transport.redis.durable import DurableConsumer, dlq_key, stream_key
+from exprsn_ipc.transport.redis.transport import RedisTransport
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from ..cli.test_check import cli_env, key_of, run_cli
 from ..redis_server import RedisServer

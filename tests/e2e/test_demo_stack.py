@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from exprsn_ipc.cli.demo import DemoError, DemoStack, HopRecorder, demo_settings
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.testing import make_test_settings
-from exprsn_ipc.tokens import BrokerTokenManager
 
 from .ports import free_port_offset
 

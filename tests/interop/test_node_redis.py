@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from exprsn_ipc import IPCWorker, Settings
-from exprsn_ipc.constants import ENVELOPE_KEYS, TOKEN_CLAIMS
 from exprsn_ipc.errors import TokenError
-from exprsn_ipc.tokens import decode_unverified
+from exprsn_ipc.protocol.constants import ENVELOPE_KEYS, TOKEN_CLAIMS
+from exprsn_ipc.protocol.tokens import decode_unverified
 
 from ..conftest import RedisWorkerFactory
 

@@ -16,9 +16,9 @@ import pytest
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.bridge import MemoryBackend, create_app
 from exprsn_ipc.bridge.lane import LaneLink
-from exprsn_ipc.handlers import MessageMeta
 from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.transport.bridge import BridgeTransport
+from exprsn_ipc.worker.handlers import MessageMeta
 
 from ..servers import serve
 from .node import node_script

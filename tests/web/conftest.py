@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from exprsn_ipc.certs import cert_paths, generate_certificates
+from exprsn_ipc.certs.authority import cert_paths, generate_certificates
 from exprsn_ipc.settings import Settings
 
 #: The service whose own certificate the generator makes for these tests.
@@ -36,7 +36,7 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class PKI:
-    """A certs directory made by ``exprsn_ipc.certs.generate_certificates``."""
+    """A certs directory made by ``exprsn_ipc.certs.authority.generate_certificates``."""
 
     certs_dir: Path
     service: str

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.types import Message
 
-from exprsn_ipc.tokens import BrokerTokenManager
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.web.bypass import (
     BYPASS_SCOPE_KEY,
     CLAIMS_SCOPE_KEY,

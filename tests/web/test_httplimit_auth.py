@@ -12,9 +12,9 @@ from starlette.middleware import Middleware
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from exprsn_ipc.ratelimit import MemoryRateLimiter
+from exprsn_ipc.protocol.ratelimit import MemoryRateLimiter
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
-from exprsn_ipc.tokens import BrokerTokenManager
 from exprsn_ipc.web import AuthUser, CAToken, HTTPRateLimitMiddleware, bypass_all, require_auth, validate_ca_token
 from exprsn_ipc.web.bypass import DevBypassMiddleware, dev_ca_token, dev_user
 

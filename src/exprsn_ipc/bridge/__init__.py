@@ -10,15 +10,15 @@ import socketio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from .. import __version__
-from ..constants import ENVELOPE_PROTOCOL
-from ..dashboard import DashboardFeed, mount_dashboard
-from ..settings import Settings
-from .backend import BridgeBackend, MemoryBackend, create_backend
-from .core import Bridge, BridgeStats, Connection, Identity
-from .http import add_error_handlers, build_router
-from .lane import WorkerLane, wants_lane
-from .sockets import attach, event_handlers
+from exprsn_ipc import __version__
+from exprsn_ipc.bridge.backend.base import BridgeBackend, MemoryBackend, create_backend
+from exprsn_ipc.bridge.core import Bridge, BridgeStats, Connection, Identity
+from exprsn_ipc.bridge.dashboard import DashboardFeed, mount_dashboard
+from exprsn_ipc.bridge.events import attach, event_handlers
+from exprsn_ipc.bridge.http import add_error_handlers, build_router
+from exprsn_ipc.bridge.lane import WorkerLane, wants_lane
+from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
+from exprsn_ipc.settings import Settings
 
 __all__ = [
     "ENVELOPE_PROTOCOL",

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import IPCError, RateLimitError
+from exprsn_ipc.errors import IPCError, RateLimitError
 
 __all__ = ["BridgeStats", "Connection", "Identity", "SocketLink"]
 

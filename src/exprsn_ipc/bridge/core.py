@@ -13,17 +13,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .. import jsonlex
-from ..constants import (
-    BRIDGE_ALIAS,
-    BRIDGE_SERVICE,
-    BROADCAST,
-    REGISTRY_TTL_S,
-    channel_for,
-    full_service_name,
-)
-from ..envelope import Envelope, dumps, validate_event_name, validate_service_name
-from ..errors import (
+from exprsn_ipc import jsonlex
+from exprsn_ipc.bridge.backend.base import BridgeBackend, create_backend
+from exprsn_ipc.bridge.connection import BridgeStats, Connection, Identity
+from exprsn_ipc.bridge.delivery import Delivery
+from exprsn_ipc.bridge.store import BuiltinStore
+from exprsn_ipc.errors import (
     AuthError,
     EnvelopeError,
     IPCError,
@@ -33,16 +28,21 @@ from ..errors import (
     RequestTimeoutError,
     TokenError,
 )
-from ..net import is_loopback
-from ..replies import settle_reply
-from ..resources import ResourceNotFoundError
-from ..settings import Settings
-from ..tokens import BrokerTokenManager
-from ..worker import IPCWorker
-from .backend import BridgeBackend, create_backend
-from .connection import BridgeStats, Connection, Identity
-from .delivery import Delivery
-from .store import BuiltinStore
+from exprsn_ipc.net import is_loopback
+from exprsn_ipc.protocol.constants import (
+    BRIDGE_ALIAS,
+    BRIDGE_SERVICE,
+    BROADCAST,
+    REGISTRY_TTL_S,
+    channel_for,
+    full_service_name,
+)
+from exprsn_ipc.protocol.envelope import Envelope, dumps, validate_event_name, validate_service_name
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.settings import Settings
+from exprsn_ipc.worker.core import IPCWorker
+from exprsn_ipc.worker.replies import settle_reply
+from exprsn_ipc.worker.resources import ResourceNotFoundError
 
 __all__ = ["Bridge", "BridgeStats", "Connection", "Identity", "RouteListener"]
 

@@ -15,13 +15,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Final
 
-from ..constants import BATCH_MAX_ITEMS, BROADCAST, REPLY_EVENT, batch_byte_cap
-from ..envelope import MISSING, Envelope
-from ..errors import IPCError, TokenError
+from exprsn_ipc.errors import IPCError, TokenError
+from exprsn_ipc.protocol.constants import BATCH_MAX_ITEMS, BROADCAST, REPLY_EVENT, batch_byte_cap
+from exprsn_ipc.protocol.envelope import MISSING, Envelope
 
 if TYPE_CHECKING:
-    from .connection import Connection
-    from .core import Bridge
+    from exprsn_ipc.bridge.connection import Connection
+    from exprsn_ipc.bridge.core import Bridge
 
 __all__ = ["SOCKET_QUEUE_LIMIT", "Delivery"]
 

@@ -9,14 +9,14 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from .. import __version__
-from ..constants import BROADCAST, KNOWN_SERVICES
-from ..envelope import MISSING, loads
-from ..errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError
-from ..jsonlex import evaluate as evaluate_jsonlex
-from ..metrics import MetricsExporter
-from .core import Bridge, Identity
-from .credentials import token_from_connection
+from exprsn_ipc import __version__
+from exprsn_ipc.bridge.core import Bridge, Identity
+from exprsn_ipc.bridge.credentials import token_from_connection
+from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError
+from exprsn_ipc.jsonlex.evaluator import evaluate as evaluate_jsonlex
+from exprsn_ipc.metrics import MetricsExporter
+from exprsn_ipc.protocol.constants import BROADCAST, KNOWN_SERVICES
+from exprsn_ipc.protocol.envelope import MISSING, loads
 
 __all__ = ["build_router"]
 

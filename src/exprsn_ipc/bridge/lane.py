@@ -29,13 +29,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import parse_qs
 
-from .. import sio_packets as sp
-from ..constants import ENVELOPE_PROTOCOL
-from ..errors import AuthError, TransportError
-from .connection import Connection
-from .core import Bridge
-from .credentials import token_from_environ
-from .sockets import Handler, admit, release
+from exprsn_ipc.bridge.connection import Connection
+from exprsn_ipc.bridge.core import Bridge
+from exprsn_ipc.bridge.credentials import token_from_environ
+from exprsn_ipc.bridge.events import Handler, admit, release
+from exprsn_ipc.errors import AuthError, TransportError
+from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
+from exprsn_ipc.sio import packets as sp
 
 __all__ = ["LANE_EVENTS", "WorkerLane", "wants_lane"]
 

@@ -11,8 +11,8 @@ import itertools
 import time
 from typing import Any
 
-from ..errors import IPCError
-from ..handlers import MessageMeta
+from exprsn_ipc.errors import IPCError
+from exprsn_ipc.worker.handlers import MessageMeta
 
 __all__ = ["BuiltinStore", "StoreFullError"]
 

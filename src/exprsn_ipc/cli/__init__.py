@@ -10,14 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
-from .. import __version__
-from ..errors import IPCError
-from ._common import client_ssl, configure_logging, console, fail, load_settings
-from .certs import certs_app
-from .demo import demo
-from .dlq import dlq_app
-from .doctor import doctor
-from .serve import serve
+from exprsn_ipc import __version__
+from exprsn_ipc.cli._common import client_ssl, configure_logging, console, fail, load_settings
+from exprsn_ipc.cli.certs import certs_app
+from exprsn_ipc.cli.demo import demo
+from exprsn_ipc.cli.dlq import dlq_app
+from exprsn_ipc.cli.doctor import doctor
+from exprsn_ipc.cli.serve import serve
+from exprsn_ipc.errors import IPCError
 
 __all__ = ["app", "main"]
 
@@ -123,7 +123,7 @@ def bridge(
     """Run the Bridge: Socket.IO IPC router and HTTP API (HTTPS on 3010 by default)."""
     settings = load_settings(bridge_host=host, bridge_port=port)
     configure_logging(log_level or settings.log_level)
-    from .serving import run_bridge
+    from exprsn_ipc.cli.serving import run_bridge
 
     try:
         asyncio.run(run_bridge(settings))
@@ -140,7 +140,7 @@ def check(
 ) -> None:
     """Run the guide's 8 IPC checks against the Bridge (test-ipc-communication.js)."""
     settings = load_settings()
-    from .check import run_checks
+    from exprsn_ipc.cli.check import run_checks
 
     target = url or settings.bridge_url
     console.print(f"🧪 Testing the Exprsn IPC system at {target}\n")
@@ -160,7 +160,7 @@ def check(
 
 
 def _bridge_token(settings: Any, service: str) -> str:
-    from ..tokens import BrokerTokenManager
+    from exprsn_ipc.protocol.tokens import BrokerTokenManager
 
     return BrokerTokenManager(service_name=service, settings=settings).generate_token(operation="cli")
 
@@ -246,7 +246,7 @@ def listen(
     """Tail the events reaching a service (broadcasts and its own) until Ctrl-C."""
     settings = load_settings()
     wanted = set(events or [])
-    from .serving import tail_events
+    from exprsn_ipc.cli.serving import tail_events
 
     def show(event: str, data: Any, meta: Any) -> None:
         if wanted and event not in wanted:

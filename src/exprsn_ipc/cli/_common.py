@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from ..errors import ConfigError
-from ..settings import Settings
+from exprsn_ipc.errors import ConfigError
+from exprsn_ipc.settings import Settings
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True)

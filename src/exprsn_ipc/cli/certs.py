@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from ..errors import CertificateError
-from ._common import console, fail, load_settings
+from exprsn_ipc.cli._common import console, fail, load_settings
+from exprsn_ipc.errors import CertificateError
 
 certs_app = typer.Typer(help="Root CA and per-service TLS certificates.", no_args_is_help=True)
 
@@ -26,7 +26,7 @@ def generate(
     leaf_days: Annotated[int, typer.Option("--leaf-days")] = 730,
 ) -> None:
     """Create the root CA (kept if present), the localhost fallback and one certificate per service."""
-    from ..certs import format_report, generate_certificates
+    from exprsn_ipc.certs.authority import format_report, generate_certificates
 
     try:
         report = generate_certificates(
@@ -45,7 +45,7 @@ def show(
     certs_dir: Annotated[Path | None, typer.Option("--dir")] = None,
 ) -> None:
     """Show one certificate and check its chain and expiry."""
-    from ..certs import cert_paths, certificate_info, verify_certificate
+    from exprsn_ipc.certs.authority import cert_paths, certificate_info, verify_certificate
 
     folder = _dir(certs_dir)
     cert, _ = cert_paths(folder, service)
@@ -67,7 +67,7 @@ def show(
 @certs_app.command("verify")
 def verify(certs_dir: Annotated[Path | None, typer.Option("--dir")] = None) -> None:
     """Check every certificate's chain, key and expiry (warns under 30 days)."""
-    from ..certs import verify_all
+    from exprsn_ipc.certs.authority import verify_all
 
     try:
         results = verify_all(_dir(certs_dir))

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import socketio
 
-from ..settings import Settings
-from ..tokens import BrokerTokenManager
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.settings import Settings
 
 __all__ = ["CheckResult", "run_checks"]
 

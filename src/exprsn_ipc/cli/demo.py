@@ -36,10 +36,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..constants import BRIDGE_SERVICE
-from ..errors import IPCError
-from ._common import configure_logging, console
-from .demo_stack import DEFAULT_DIR, STEP_TIMEOUT_S, DemoError, DemoStack, Hop, HopRecorder, demo_settings
+from exprsn_ipc.cli._common import configure_logging, console
+from exprsn_ipc.cli.demo_stack import DEFAULT_DIR, STEP_TIMEOUT_S, DemoError, DemoStack, Hop, HopRecorder, demo_settings
+from exprsn_ipc.errors import IPCError
+from exprsn_ipc.protocol.constants import BRIDGE_SERVICE
 
 if TYPE_CHECKING:  # the heavy parts are imported when the demo runs, not with every CLI command
     import httpx

@@ -17,12 +17,10 @@ tests use it directly.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import socket
 import ssl
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from ..constants import BRIDGE_SERVICE
-from ..settings import Settings, load_or_create_key_file
+from exprsn_ipc.protocol.constants import BRIDGE_SERVICE
+from exprsn_ipc.settings import Settings, load_or_create_key_file
 
 if TYPE_CHECKING:  # the heavy parts are imported when the demo runs, not with every CLI command
-    from ..bridge import BridgeApp
-    from ..web.https import HTTPSServerManager
+    from exprsn_ipc.bridge import BridgeApp
+    from exprsn_ipc.web.https import HTTPSServerManager
 
 __all__ = [
     "BRIDGE_PORT",
@@ -122,7 +120,7 @@ class Hop:
     request: bool
 
     def line(self) -> str:
-        from ..dashboard.feed import preview
+        from exprsn_ipc.bridge.dashboard.feed import preview
 
         kind = " (request)" if self.request and self.event != "ipc:reply" else ""
         return f"{self.source:>16} → {self.target:<17} {self.event}{kind}  {preview(self.data, 100)}"
@@ -141,7 +139,7 @@ class HopRecorder:
         self._waiters: list[tuple[Predicate, asyncio.Future[Hop]]] = []
 
     def __call__(self, service: str, target: str, raw: bytes, receivers: int) -> None:
-        from ..dashboard.feed import describe_message
+        from exprsn_ipc.bridge.dashboard.feed import describe_message
 
         item = describe_message(service, target, raw, receivers, with_preview=False)
         if item is None:
@@ -200,20 +198,10 @@ class HopRecorder:
 
 
 def load_services() -> ModuleType:
-    """The repository's ``services`` package (the demo's five example services)."""
-    root = Path(__file__).resolve().parents[3]
-    candidates = [root, Path.cwd()]
-    for base in candidates:
-        if (base / "services" / "__init__.py").is_file():
-            if str(base) not in sys.path:
-                sys.path.insert(0, str(base))
-            module = importlib.import_module("services")
-            if hasattr(module, "SERVICES") and hasattr(module, "load"):
-                return module
-    raise DemoError(
-        "the demo runs the example services of the repository's services/ folder, which this installation "
-        "does not have: run it from a checkout (pip install -e . && exprsn-ipc demo)"
-    )
+    """The demo's five example services, shipped in the package (:mod:`exprsn_ipc.examples`)."""
+    from exprsn_ipc import examples
+
+    return examples
 
 
 def check_port_free(port: int, owner: str, host: str = "127.0.0.1") -> None:
@@ -285,9 +273,9 @@ class DemoStack:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     async def start(self) -> None:
-        from ..bridge import create_app
-        from ..certs import generate_certificates
-        from ..web.https import HTTPSServerManager
+        from exprsn_ipc.bridge import create_app
+        from exprsn_ipc.certs.authority import generate_certificates
+        from exprsn_ipc.web.https import HTTPSServerManager
 
         services = load_services()
         ports = self.ports(services)

@@ -16,14 +16,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from rich.table import Table
 
-from ..envelope import Envelope, validate_service_name
-from ..errors import IPCError
-from ..settings import Settings
-from ..tokens import BrokerTokenManager
-from ..transport.redis import redact_url
-from ..transport.redis_deadletters import durable_status, list_dead_letters, replay_dead_letters
-from ..transport.redis_durable import dlq_key, stream_key
-from ._common import console, fail, load_settings
+from exprsn_ipc.cli._common import console, fail, load_settings
+from exprsn_ipc.errors import IPCError
+from exprsn_ipc.protocol.envelope import Envelope, validate_service_name
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.settings import Settings
+from exprsn_ipc.transport.redis.deadletters import durable_status, list_dead_letters, replay_dead_letters
+from exprsn_ipc.transport.redis.durable import dlq_key, stream_key
+from exprsn_ipc.transport.redis.transport import redact_url
 
 __all__ = ["dlq_app"]
 

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from ..constants import KNOWN_SERVICES, full_service_name, short_service_name
-from ..settings import Settings
-from ._common import client_ssl, console, load_settings
+from exprsn_ipc.cli._common import client_ssl, console, load_settings
+from exprsn_ipc.protocol.constants import KNOWN_SERVICES, full_service_name, short_service_name
+from exprsn_ipc.settings import Settings
 
 __all__ = ["DoctorItem", "doctor", "run_doctor"]
 
@@ -51,7 +51,7 @@ async def run_doctor(
 
 
 def _certificates(settings: Settings, service: str) -> DoctorItem:
-    from ..certs import verify_certificate
+    from exprsn_ipc.certs.authority import verify_certificate
 
     name = "TLS certificates"
     fix = f"exprsn-ipc certs generate --services {service} --dir {settings.certs_dir}"

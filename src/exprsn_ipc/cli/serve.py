@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..constants import KNOWN_SERVICES, full_service_name
-from ..errors import ConfigError, IPCError
-from ._common import configure_logging, fail, load_settings
+from exprsn_ipc.cli._common import configure_logging, fail, load_settings
+from exprsn_ipc.errors import ConfigError, IPCError
+from exprsn_ipc.protocol.constants import KNOWN_SERVICES, full_service_name
 
 
 def import_app(spec: str) -> Any:
@@ -70,11 +70,11 @@ def serve(
 
 
 async def _run(app: Any, service: str, port: int, http_port: int | None, host: str, settings: Any) -> None:
-    from ..web.bypass import log_bypass_status
-    from ..web.https import HTTPSServerManager
-    from ..web.integration import migrate_app
-    from ..worker import IPCWorker
-    from .serving import ensure_dev_certificates
+    from exprsn_ipc.cli.serving import ensure_dev_certificates
+    from exprsn_ipc.web.bypass import log_bypass_status
+    from exprsn_ipc.web.https import HTTPSServerManager
+    from exprsn_ipc.web.integration import migrate_app
+    from exprsn_ipc.worker.core import IPCWorker
 
     log_bypass_status(settings)  # step 2
     ipc = IPCWorker(service, settings=settings)

@@ -10,16 +10,16 @@ from typing import Any
 
 import socketio
 
-from ..errors import TransportError
-from ..settings import Settings
-from ..tokens import BrokerTokenManager
+from exprsn_ipc.errors import TransportError
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.settings import Settings
 
 log = logging.getLogger("exprsn_ipc.cli")
 
 
 def ensure_dev_certificates(settings: Settings, service: str = "exprsn-bridge") -> None:
     """In development, create the local CA and certificates when none exist yet."""
-    from ..certs import KNOWN_SERVICES, find_certificate, generate_certificates
+    from exprsn_ipc.certs.authority import KNOWN_SERVICES, find_certificate, generate_certificates
 
     if not settings.tls_enabled or find_certificate(settings.certs_dir, service) is not None:
         return
@@ -37,8 +37,8 @@ def ensure_dev_certificates(settings: Settings, service: str = "exprsn-bridge") 
 
 async def run_bridge(settings: Settings) -> None:
     """Serve the Bridge until SIGINT/SIGTERM: HTTPS on BRIDGE_PORT when certificates exist."""
-    from ..bridge import create_app
-    from ..web.https import HTTPSServerManager
+    from exprsn_ipc.bridge import create_app
+    from exprsn_ipc.web.https import HTTPSServerManager
 
     ensure_dev_certificates(settings)
     app = create_app(settings)

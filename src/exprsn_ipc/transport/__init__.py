@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Transport, TransportPeer
-from .memory import MemoryBus, MemoryTransport, default_bus
+from exprsn_ipc.transport.base import Transport, TransportPeer
+from exprsn_ipc.transport.memory import MemoryBus, MemoryTransport, default_bus
 
 if TYPE_CHECKING:
-    from ..settings import Settings
+    from exprsn_ipc.settings import Settings
 
 __all__ = ["MemoryBus", "MemoryTransport", "Transport", "TransportPeer", "create_transport", "default_bus"]
 
@@ -19,9 +19,9 @@ def create_transport(settings: Settings) -> Transport:
     if kind == "memory":
         return MemoryTransport(default_bus())
     if kind == "redis":
-        from .redis import RedisTransport
+        from exprsn_ipc.transport.redis.transport import RedisTransport
 
         return RedisTransport(settings)
-    from .bridge import BridgeTransport
+    from exprsn_ipc.transport.bridge import BridgeTransport
 
     return BridgeTransport(settings)

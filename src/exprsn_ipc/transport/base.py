@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ..errors import IPCError
-from ..tokens import RevocationStore, StateStore
+from exprsn_ipc.errors import IPCError
+from exprsn_ipc.protocol.tokens import RevocationStore, StateStore
 
 __all__ = ["Ack", "Transport", "TransportPeer"]
 

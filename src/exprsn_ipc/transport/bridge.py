@@ -21,8 +21,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from ..constants import BATCH_MAX_ITEMS, BROADCAST, ENVELOPE_PROTOCOL, STREAM_PREFIX, batch_byte_cap, channel_for
-from ..errors import (
+from exprsn_ipc.errors import (
     AuthError,
     BufferFullError,
     EnvelopeError,
@@ -33,10 +32,18 @@ from ..errors import (
     TokenError,
     TransportError,
 )
-from ..settings import Settings
-from ..tokens import BrokerTokenManager, MemoryRevocationStore
-from .base import Transport, TransportPeer
-from .sio_link import SocketIOLink
+from exprsn_ipc.protocol.constants import (
+    BATCH_MAX_ITEMS,
+    BROADCAST,
+    ENVELOPE_PROTOCOL,
+    STREAM_PREFIX,
+    batch_byte_cap,
+    channel_for,
+)
+from exprsn_ipc.protocol.tokens import BrokerTokenManager, MemoryRevocationStore
+from exprsn_ipc.settings import Settings
+from exprsn_ipc.sio.link import SocketIOLink
+from exprsn_ipc.transport.base import Transport, TransportPeer
 
 __all__ = ["BUFFERED", "BridgeRevocationStore", "BridgeTransport"]
 

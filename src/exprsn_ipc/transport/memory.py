@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..constants import REGISTRY_TTL_S
-from ..errors import NotConnectedError
-from ..tokens import MemoryRevocationStore, MemoryStateStore
-from .base import Transport, TransportPeer
+from exprsn_ipc.errors import NotConnectedError
+from exprsn_ipc.protocol.constants import REGISTRY_TTL_S
+from exprsn_ipc.protocol.tokens import MemoryRevocationStore, MemoryStateStore
+from exprsn_ipc.transport.base import Transport, TransportPeer
 
 __all__ = ["MemoryBus", "MemoryTransport", "default_bus"]
 

@@ -15,10 +15,10 @@ See ``docs/https-and-bypass.md``.
 
 from __future__ import annotations
 
-from .auth import AuthUser, CAToken, require_auth, validate_ca_token
-from .bypass import DevBypassMiddleware, bypass_all, log_bypass_status, should_bypass
-from .httplimit import HTTPRateLimitMiddleware
-from .https import HTTPSRedirectApp, HTTPSServerManager, ServerSet, create_servers
+from exprsn_ipc.web.auth import AuthUser, CAToken, require_auth, validate_ca_token
+from exprsn_ipc.web.bypass import DevBypassMiddleware, bypass_all, log_bypass_status, should_bypass
+from exprsn_ipc.web.httplimit import HTTPRateLimitMiddleware
+from exprsn_ipc.web.https import HTTPSRedirectApp, HTTPSServerManager, ServerSet, create_servers
 
 __all__ = [
     "AuthUser",

@@ -8,7 +8,7 @@ from typing import Any
 
 from starlette.types import Scope, Send
 
-from ..net import is_loopback
+from exprsn_ipc.net import is_loopback
 
 __all__ = ["client_host", "header_values", "is_loopback", "scope_state", "send_json"]
 

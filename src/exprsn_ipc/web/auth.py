@@ -26,9 +26,9 @@ from typing import Annotated, Any, NoReturn
 from fastapi import Depends, HTTPException
 from starlette.requests import HTTPConnection
 
-from ..errors import TokenError
-from ..tokens import BrokerTokenManager
-from .bypass import BYPASS_SCOPE_KEY, CLAIMS_SCOPE_KEY, TOKEN_MANAGER_SCOPE_KEY
+from exprsn_ipc.errors import TokenError
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.web.bypass import BYPASS_SCOPE_KEY, CLAIMS_SCOPE_KEY, TOKEN_MANAGER_SCOPE_KEY
 
 __all__ = ["AuthUser", "CAToken", "require_auth", "validate_ca_token"]
 

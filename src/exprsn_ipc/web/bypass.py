@@ -27,10 +27,10 @@ from typing import Any, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..errors import TokenError
-from ..settings import Settings
-from ..tokens import BrokerTokenManager
-from ._asgi import client_host, header_values, is_loopback, scope_state, send_json
+from exprsn_ipc.errors import TokenError
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.settings import Settings
+from exprsn_ipc.web._asgi import client_host, header_values, is_loopback, scope_state, send_json
 
 __all__ = [
     "BYPASS_HEADERS",

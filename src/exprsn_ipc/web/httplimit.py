@@ -25,9 +25,9 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..ratelimit import RateDecision, RateLimiter
-from ._asgi import client_host, send_json
-from .bypass import CLAIMS_SCOPE_KEY
+from exprsn_ipc.protocol.ratelimit import RateDecision, RateLimiter
+from exprsn_ipc.web._asgi import client_host, send_json
+from exprsn_ipc.web.bypass import CLAIMS_SCOPE_KEY
 
 __all__ = ["DEFAULT_MESSAGE", "HTTPRateLimitMiddleware", "client_ip_key"]
 
@@ -60,7 +60,7 @@ class HTTPRateLimitMiddleware:
 
     Args:
         app: the ASGI app to wrap.
-        limiter: any :class:`~exprsn_ipc.ratelimit.RateLimiter` (memory or Redis).
+        limiter: any :class:`~exprsn_ipc.protocol.ratelimit.RateLimiter` (memory or Redis).
         key_func: maps a scope to a bucket key; ``None`` from it means "do not
             limit this request". Defaults to :func:`client_ip_key`.
         message: the ``message`` of the 429 body.

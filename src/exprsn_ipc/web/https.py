@@ -39,10 +39,10 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.lifespan.on import LifespanOn
 
-from ..certs import certificate_info
-from ..errors import CertificateError, ConfigError, ServerStartError
-from ..settings import Settings
-from .servers import (
+from exprsn_ipc.certs.authority import certificate_info
+from exprsn_ipc.errors import CertificateError, ConfigError, ServerStartError
+from exprsn_ipc.settings import Settings
+from exprsn_ipc.web.servers import (
     HTTPSRedirectApp,
     ManagedServer,
     ServerSet,
@@ -51,7 +51,7 @@ from .servers import (
     close_sockets,
     url_host,
 )
-from .tls import find_service_certificate, server_ssl_context
+from exprsn_ipc.web.tls import find_service_certificate, server_ssl_context
 
 __all__ = [
     "HTTPSRedirectApp",

@@ -19,13 +19,13 @@ from typing import Any
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
-from ..errors import NotConnectedError
-from ..metrics import MetricsApp
-from ..settings import Settings
-from ..worker import IPCWorker
-from ._asgi import scope_state, send_json
-from .bypass import DevBypassMiddleware
+from exprsn_ipc import __version__
+from exprsn_ipc.errors import NotConnectedError
+from exprsn_ipc.metrics import MetricsApp
+from exprsn_ipc.settings import Settings
+from exprsn_ipc.web._asgi import scope_state, send_json
+from exprsn_ipc.web.bypass import DevBypassMiddleware
+from exprsn_ipc.worker.core import IPCWorker
 
 __all__ = ["IPCLifespan", "get_ipc", "has_route", "migrate_app"]
 

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from ..errors import ConfigError, ServerStartError
+from exprsn_ipc.errors import ConfigError, ServerStartError
 
 __all__ = [
     "HTTPSRedirectApp",

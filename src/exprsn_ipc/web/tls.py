@@ -5,8 +5,8 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from ..certs import find_certificate
-from ..errors import CertificateError
+from exprsn_ipc.certs.authority import find_certificate
+from exprsn_ipc.errors import CertificateError
 
 __all__ = ["find_service_certificate", "server_ssl_context"]
 

@@ -1,0 +1,53 @@
+"""TLS certificates from a local root CA: generation, inspection and verification."""
+
+from __future__ import annotations
+
+from exprsn_ipc.certs.authority import (
+    CA_NAME,
+    DEFAULT_CA_DAYS,
+    DEFAULT_KEY_SIZE,
+    DEFAULT_LEAF_DAYS,
+    KNOWN_SERVICES,
+    LOCALHOST_NAME,
+    MIN_KEY_SIZE,
+    RENEW_BEFORE_DAYS,
+    Action,
+    CertificateInfo,
+    CertificateRecord,
+    GenerationReport,
+    VerificationResult,
+    cert_paths,
+    certificate_info,
+    find_certificate,
+    format_report,
+    generate_certificates,
+    load_ca,
+    normalize_service_name,
+    verify_all,
+    verify_certificate,
+)
+
+__all__ = [
+    "CA_NAME",
+    "DEFAULT_CA_DAYS",
+    "DEFAULT_KEY_SIZE",
+    "DEFAULT_LEAF_DAYS",
+    "KNOWN_SERVICES",
+    "LOCALHOST_NAME",
+    "MIN_KEY_SIZE",
+    "RENEW_BEFORE_DAYS",
+    "Action",
+    "CertificateInfo",
+    "CertificateRecord",
+    "GenerationReport",
+    "VerificationResult",
+    "cert_paths",
+    "certificate_info",
+    "find_certificate",
+    "format_report",
+    "generate_certificates",
+    "load_ca",
+    "normalize_service_name",
+    "verify_all",
+    "verify_certificate",
+]

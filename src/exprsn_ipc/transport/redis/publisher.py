@@ -1,0 +1,93 @@
+"""PUBLISH on a connection of its own, pipelined without batching.
+
+Each emit writes its PUBLISH at once and waits for its own receiver count; the
+replies come back in order, so many concurrent emits share the connection the
+way a pipeline would, with no task and no batching delay in between. A lost
+connection fails the emits waiting on it (pub/sub is at-most-once) and the next
+emit opens a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from exprsn_ipc.errors import TransportError
+from exprsn_ipc.transport.redis.resp import RedisAddress, RespConnection
+
+__all__ = ["RespPublisher"]
+
+
+class RespPublisher:
+    """Publishes on one lazily (re)opened :class:`RespConnection`.
+
+    Args:
+        address: the server.
+        describe: names it in errors (no password).
+        client_name: ``CLIENT SETNAME`` of the connection.
+        connect_timeout / reply_timeout: seconds.
+    """
+
+    def __init__(
+        self,
+        address: RedisAddress,
+        *,
+        describe: str,
+        client_name: str | None,
+        connect_timeout: float,
+        reply_timeout: float,
+    ) -> None:
+        self.address = address
+        self.describe = describe
+        self.client_name = client_name
+        self.connect_timeout = connect_timeout
+        self.reply_timeout = reply_timeout
+        self._connection: RespConnection | None = None
+        self._connecting = asyncio.Lock()
+        self._closed = False
+
+    async def publish(self, channel: str, raw: bytes) -> int:
+        """PUBLISH ``raw`` on ``channel``; returns Redis' receiver count.
+
+        Raises:
+            TransportError: Redis is unreachable, refused, or the connection was lost
+                before the reply (the message may or may not have been published).
+        """
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connect()
+        if connection.write_paused:
+            await connection.drain()
+        reply = await connection.publish(channel.encode(), raw)
+        return int(reply)
+
+    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[Any] | None:
+        """PUBLISH now if the connection is up and not write-blocked; the future gets the
+        receiver count. None: use :meth:`publish`."""
+        connection = self._connection
+        if connection is None or connection.closed or connection.write_paused:
+            return None
+        return connection.publish(channel.encode(), raw)
+
+    async def _connect(self) -> RespConnection:
+        async with self._connecting:
+            if self._closed:
+                raise TransportError("the Redis publisher is closed")
+            connection = self._connection
+            if connection is None or connection.closed:
+                connection = await RespConnection.open(
+                    self.address,
+                    describe=self.describe,
+                    client_name=self.client_name,
+                    connect_timeout=self.connect_timeout,
+                    reply_timeout=self.reply_timeout,
+                )
+                self._connection = connection
+            return connection
+
+    async def close(self) -> None:
+        """Close the connection; emits still waiting fail with :class:`TransportError`."""
+        self._closed = True
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close(TransportError("the Redis transport closed before publishing"))

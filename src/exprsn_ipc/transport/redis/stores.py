@@ -1,0 +1,288 @@
+"""Redis-backed stores: token revocations, token state and the rate limiter.
+
+They share the command connection pool of a :class:`~exprsn_ipc.transport.redis.transport.RedisTransport`
+(or any ``redis.asyncio.Redis`` with ``decode_responses=False``). Key names are the
+original's full names (see ``docs/redis.md``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable
+from typing import Any, Final
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from exprsn_ipc.errors import TransportError
+from exprsn_ipc.protocol.constants import REVOCATION_TTL_S, STATE_KEY_PREFIX, TOKEN_KEY_PREFIX
+from exprsn_ipc.protocol.envelope import dumps
+from exprsn_ipc.protocol.ratelimit import RateDecision
+from exprsn_ipc.protocol.tokens import MemoryRevocationStore
+
+__all__ = [
+    "RATE_LIMIT_PREFIX",
+    "REVOCATION_CHANNEL",
+    "RedisRateLimiter",
+    "RedisRevocationStore",
+    "RedisStateStore",
+    "glob_escape",
+]
+
+log = logging.getLogger("exprsn_ipc.transport.redis.transport")
+
+#: Python workers announce revocations here so peers update their caches at once.
+REVOCATION_CHANNEL: Final = "ipc:data:revocations"
+#: Default key prefix of the Redis rate limiter (the original IPCRouter's).
+RATE_LIMIT_PREFIX: Final = "ipc:router:ratelimit:"
+#: Token ids longer than this are ignored (ours and the original's are 32 hex digits).
+MAX_TOKEN_ID_LEN: Final = 256
+#: Keys per SCAN step / MGET batch.
+SCAN_COUNT: Final = 500
+
+# INCRBY, and set the expiry only when this INCRBY created the key: later hits never
+# extend the window (the original refreshed PEXPIRE on every hit, DESIGN fix 6).
+_HIT_SCRIPT: Final = """
+local n = redis.call('INCRBY', KEYS[1], ARGV[2])
+if n == tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
+
+
+def _wrap(what: str, exc: BaseException) -> TransportError:
+    return TransportError(f"Redis {what} failed: {exc}")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def glob_escape(text: str) -> str:
+    """``text`` as a literal inside a SCAN/PSUBSCRIBE glob pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def _revoked_record(raw: bytes | str | None) -> bool:
+    """True when ``raw`` is a token record with ``revoked: true`` (the original's test)."""
+    if raw is None:
+        return False
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and record.get("revoked") is True
+
+
+def _ttl_seconds(pttl: Any) -> int:
+    """A PTTL reply as whole seconds for the local cache (no TTL → the revocation default)."""
+    if isinstance(pttl, int) and pttl > 0:
+        return max(1, math.ceil(pttl / 1000))
+    return REVOCATION_TTL_S
+
+
+class RedisRevocationStore:
+    """Revocations in ``ipc:data:token:<id>``, checked against a local cache.
+
+    ``is_revoked`` never does I/O: the cache is filled when this process revokes,
+    when another Python worker announces a revocation on :data:`REVOCATION_CHANNEL`,
+    and by the transport's keyspace-notification listener or periodic SCAN (which
+    catch Node workers rewriting the record with ``revoked: true``). Cache entries
+    expire with the record's TTL.
+    """
+
+    def __init__(self, client: Redis, *, prefix: str = TOKEN_KEY_PREFIX, channel: str = REVOCATION_CHANNEL) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.channel = channel
+        self._cache = MemoryRevocationStore()
+
+    def key(self, token_id: str) -> str:
+        return f"{self.prefix}{token_id}"
+
+    # The RevocationStore protocol -------------------------------------------------
+    def is_revoked(self, token_id: str) -> bool:
+        return self._cache.is_revoked(token_id)
+
+    async def revoke(self, token_id: str, *, ttl: int = REVOCATION_TTL_S) -> bool:
+        """Mark ``token_id`` revoked for ``ttl`` seconds, everywhere.
+
+        Writes the original's record (``{id, …, revoked: true, revokedAt}``, keeping
+        the fields of an existing metadata record) with SETEX ``ttl`` where Node
+        workers' ``isRevoked`` reads it, caches it locally, and announces it to the
+        other Python workers. Unlike the original, a token without a metadata
+        record (Python workers do not write one per message) is revoked too, so
+        this returns True whenever the write succeeded.
+
+        Raises:
+            TransportError: Redis failed; the revocation is still cached locally.
+        """
+        if not token_id or len(token_id) > MAX_TOKEN_ID_LEN:
+            raise ValueError(f"invalid token id {token_id!r}")
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        self._cache.add_local(token_id, ttl=ttl)
+        key = self.key(token_id)
+        try:
+            existing = await self.client.get(key)
+            record: dict[str, Any] = {"id": token_id}
+            if existing is not None:
+                try:
+                    old = orjson.loads(existing)
+                except orjson.JSONDecodeError:
+                    old = None
+                if isinstance(old, dict):
+                    record = {"id": token_id, **old}
+            record["revoked"] = True
+            record["revokedAt"] = time.time_ns() // 1_000_000
+            notice = orjson.dumps({"id": token_id, "ttl": ttl})
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(key, dumps(record), ex=ttl)
+                pipe.publish(self.channel, notice)
+                await pipe.execute()
+        except RedisError as exc:
+            raise _wrap("revocation", exc) from exc
+        return True
+
+    # Cache maintenance (driven by the transport) ------------------------------------
+    def add_local(self, token_id: str, *, ttl: int = REVOCATION_TTL_S) -> None:
+        """Cache a revocation learnt from elsewhere."""
+        if token_id and len(token_id) <= MAX_TOKEN_ID_LEN:
+            self._cache.add_local(token_id, ttl=max(1, ttl))
+
+    def handle_notice(self, raw: bytes) -> None:
+        """Apply one message of :data:`REVOCATION_CHANNEL` (``{"id", "ttl"}`` or a bare id)."""
+        try:
+            notice = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            notice = _text(raw).strip()
+        if isinstance(notice, dict):
+            token_id = notice.get("id")
+            ttl = notice.get("ttl")
+            if isinstance(token_id, str):
+                if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0:
+                    self.add_local(token_id, ttl=ttl)
+                else:
+                    self.add_local(token_id)
+        elif isinstance(notice, str):
+            self.add_local(notice)
+
+    async def check(self, token_ids: Iterable[str]) -> int:
+        """Read the records of ``token_ids`` and cache the revoked ones; return how many."""
+        ids = [t for t in dict.fromkeys(token_ids) if t and len(t) <= MAX_TOKEN_ID_LEN]
+        if not ids:
+            return 0
+        async with self.client.pipeline(transaction=False) as pipe:
+            for token_id in ids:
+                key = self.key(token_id)
+                pipe.get(key)
+                pipe.pttl(key)
+            replies = await pipe.execute()
+        found = 0
+        for index, token_id in enumerate(ids):
+            if _revoked_record(replies[2 * index]):
+                self._cache.add_local(token_id, ttl=_ttl_seconds(replies[2 * index + 1]))
+                found += 1
+        return found
+
+    async def load(self) -> int:
+        """SCAN every token record and cache the revoked ones; return how many were found."""
+        found = 0
+        batch: list[str] = []
+        async for key in self.client.scan_iter(match=f"{glob_escape(self.prefix)}*", count=SCAN_COUNT):
+            batch.append(_text(key)[len(self.prefix) :])
+            if len(batch) >= SCAN_COUNT:
+                found += await self._load_batch(batch)
+                batch = []
+        if batch:
+            found += await self._load_batch(batch)
+        return found
+
+    async def _load_batch(self, ids: list[str]) -> int:
+        values = await self.client.mget([self.key(t) for t in ids])
+        revoked = [t for t, raw in zip(ids, values, strict=True) if _revoked_record(raw)]
+        return await self.check(revoked) if revoked else 0
+
+
+class RedisStateStore:
+    """State of stateful tokens in ``ipc:data:state:<id>``: plain SET (no TTL), GET, DEL."""
+
+    def __init__(self, client: Redis, *, prefix: str = STATE_KEY_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    async def set_state(self, token_id: str, state: Any) -> None:
+        try:
+            await self.client.set(f"{self.prefix}{token_id}", dumps(state))
+        except RedisError as exc:
+            raise _wrap("SET state", exc) from exc
+
+    async def get_state(self, token_id: str) -> Any:
+        try:
+            raw = await self.client.get(f"{self.prefix}{token_id}")
+        except RedisError as exc:
+            raise _wrap("GET state", exc) from exc
+        return None if raw is None else orjson.loads(raw)
+
+    async def delete_state(self, token_id: str) -> bool:
+        try:
+            return int(await self.client.delete(f"{self.prefix}{token_id}")) > 0
+        except RedisError as exc:
+            raise _wrap("DEL state", exc) from exc
+
+
+class RedisRateLimiter:
+    """Atomic fixed-window limiter shared by every process using the same Redis.
+
+    A hit runs one Lua script on ``<prefix><window index>:<key>``: INCRBY (the hit's cost), and
+    PEXPIRE only when the key was just created (the rest of the window plus a
+    second), so later hits never extend it. The window index is
+    ``now_ms // window_ms`` from this host's clock; hosts should be NTP-synced
+    (skew only shifts where windows start). Every hit is counted, allowed or not,
+    like :class:`~exprsn_ipc.protocol.ratelimit.MemoryRateLimiter`.
+    """
+
+    def __init__(self, client: Redis, *, max_requests: int, window_ms: int, prefix: str = RATE_LIMIT_PREFIX) -> None:
+        if max_requests <= 0 or window_ms <= 0:
+            raise ValueError("max_requests and window_ms must be positive")
+        self.client = client
+        self.max_requests = max_requests
+        self.window_ms = window_ms
+        self.prefix = prefix
+        self._script = client.register_script(_HIT_SCRIPT)
+
+    def _now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def window_key(self, key: str, index: int) -> str:
+        return f"{self.prefix}{index}:{key}"
+
+    async def hit(self, key: str, *, cost: int = 1) -> RateDecision:
+        now = self._now_ms()
+        index = now // self.window_ms
+        reset = (index + 1) * self.window_ms - now
+        try:
+            count = int(await self._script(keys=[self.window_key(key, index)], args=[reset + 1000, cost]))
+        except RedisError as exc:
+            raise _wrap("rate-limit hit", exc) from exc
+        return RateDecision(count <= self.max_requests, count, self.max_requests, reset)
+
+    async def snapshot(self) -> dict[str, int]:
+        index = self._now_ms() // self.window_ms
+        head = f"{self.prefix}{index}:"
+        try:
+            keys = [k async for k in self.client.scan_iter(match=f"{glob_escape(head)}*", count=SCAN_COUNT)]
+            result: dict[str, int] = {}
+            for start in range(0, len(keys), SCAN_COUNT):
+                chunk = keys[start : start + SCAN_COUNT]
+                for k, v in zip(chunk, await self.client.mget(chunk), strict=True):
+                    if v is not None:
+                        result[_text(k)[len(head) :]] = int(v)
+        except RedisError as exc:
+            raise _wrap("rate-limit snapshot", exc) from exc
+        return result

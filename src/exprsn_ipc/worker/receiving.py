@@ -1,0 +1,392 @@
+"""The receiving half of :class:`~exprsn_ipc.worker.core.IPCWorker`: accept, verify, dispatch, answer.
+
+Every message is checked in this order: envelope shape and size, target (a
+message for someone else is dropped before anything is spent on it, DESIGN
+fix 2), signature, then the binding of the token to the envelope. Accepted
+messages are handled at once by the inbox when nothing in them waits (a reply,
+plain-function handlers), otherwise in a task, with bounded concurrency.
+Requests are answered with an ``ipc:reply``; durable entries are settled with
+their ``ack`` once handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Final
+
+from exprsn_ipc import jsonlex
+from exprsn_ipc.errors import EnvelopeError, IPCError, TokenError
+from exprsn_ipc.protocol.constants import ACK_EVENT, BROADCAST, LOCAL_EVENTS, REPLY_EVENT
+from exprsn_ipc.protocol.envelope import Envelope
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.transport import Transport
+from exprsn_ipc.transport.base import Ack
+from exprsn_ipc.worker.dispatch import Inbox
+from exprsn_ipc.worker.handlers import EventHandlers, Handler, LocalEmitter, MessageMeta
+from exprsn_ipc.worker.replies import PendingRequests, failure_body, reply_body
+from exprsn_ipc.worker.resources import ResourceTable
+from exprsn_ipc.worker.stats import WorkerStats
+
+if TYPE_CHECKING:
+    from exprsn_ipc.worker.core import EmitResult
+
+__all__ = ["JSONLEX_EVENT", "MessageHandling"]
+
+log = logging.getLogger("exprsn_ipc.worker.core")
+
+#: Durable message ids remembered for de-duplication.
+DEDUPE_WINDOW: Final = 10_000
+
+#: Request-style operations: the receiver answers with an ``ipc:reply``.
+CRUD_EVENTS: Final = {"crud:create": "create", "crud:read": "read", "crud:update": "update", "crud:delete": "delete"}
+JSONLEX_EVENT: Final = "jsonlex:execute"
+
+
+class MessageHandling:
+    """Mixed into :class:`~exprsn_ipc.worker.core.IPCWorker`, which sets these attributes up."""
+
+    service_name: str
+    aliases: frozenset[str]
+    max_bytes: int
+    transport: Transport
+    tokens: BrokerTokenManager
+    stats: WorkerStats
+    resources: ResourceTable
+    serves_jsonlex: bool
+    _handlers: EventHandlers
+    _local: LocalEmitter
+    _inbox: Inbox[tuple[Envelope, MessageMeta]]
+    _pending: PendingRequests
+    _seen_durable: collections.OrderedDict[str, None]
+    _warned: set[str]
+    _started: bool
+
+    if TYPE_CHECKING:
+        # The sending half, in worker.py.
+        def build_envelope(
+            self,
+            event: str,
+            data: Any = ...,
+            *,
+            target: str,
+            operation: str = ...,
+            require_ack: bool = ...,
+            ttl: int | None = ...,
+            metadata: dict[str, Any] | None = ...,
+        ) -> Envelope: ...
+
+        def _channel(self, target: str) -> str: ...
+
+        def _encode(self, envelope: Envelope) -> bytes: ...
+
+        def _sent(self, envelope: Envelope, channel: str, receivers: int | None) -> None: ...
+
+        async def _publish(
+            self, envelope: Envelope, *, durable: bool = False, raw: bytes | None = None
+        ) -> EmitResult: ...
+
+    def deliver_nowait(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
+        self._inbox.put_nowait(channel, raw, ack)
+
+    async def deliver(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
+        await self._inbox.put(channel, raw, ack)
+
+    @property
+    def is_idle(self) -> bool:
+        """True when every delivered message has been fully handled."""
+        return self._inbox.is_idle
+
+    async def idle(self) -> None:
+        """Wait until every message delivered so far has been fully handled."""
+        await self._inbox.wait_idle()
+
+    def transport_event(self, name: str, detail: Any = None) -> None:
+        if name == "error":
+            # A connection problem, not a rejected message: counted apart, reported once.
+            self.stats.transport_errors += 1
+            log.warning("%s: %s", self.service_name, detail)
+            self._local.emit("error", detail)
+        elif name in LOCAL_EVENTS:
+            if detail is None:
+                self._local.emit(name)
+            else:
+                self._local.emit(name, detail)
+
+    def _accept_message(self, channel: str, raw: bytes, ack: Ack | None) -> tuple[Envelope, MessageMeta] | None:
+        accepted = self._accept(channel, raw)
+        return accepted if ack is None else self._accept_durable(accepted, ack)
+
+    def _accept(self, channel: str, raw: bytes) -> tuple[Envelope, MessageMeta] | None:
+        """Validate one message; return it with its meta, or None when dropped."""
+        try:
+            envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
+        except EnvelopeError as exc:
+            self._reject(exc, channel)
+            return None
+        target = envelope.target
+        if target != self.service_name and target != BROADCAST and target not in self.aliases:
+            # Not ours: drop before spending anything on verification (DESIGN fix 2).
+            self.stats.dropped += 1
+            return None
+        if envelope.event in LOCAL_EVENTS:
+            self.stats.rejected["LOCAL_EVENT"] += 1
+            self._warn_once(
+                f"local:{envelope.source}:{envelope.event}",
+                "%s: dropped local event %r published by %s (local events never travel)",
+                self.service_name,
+                envelope.event,
+                envelope.source,
+            )
+            return None
+        try:
+            claims = self.tokens.verify_envelope(envelope)
+        except TokenError as exc:
+            self._reject(exc, channel, envelope)
+            return None
+        self.stats.count_received(envelope.event)
+        request_id = envelope.metadata.get("requestId")
+        meta = MessageMeta(
+            source=envelope.source,
+            token=claims,
+            channel=channel,
+            message=envelope,
+            target=target,
+            event=envelope.event,
+            request_id=request_id if isinstance(request_id, str) else None,
+        )
+        return envelope, meta
+
+    def _reject(self, exc: IPCError, channel: str, envelope: Envelope | None = None) -> None:
+        self.stats.rejected[exc.code] += 1
+        origin = f" from {envelope.source} ({envelope.event})" if envelope is not None else ""
+        log.warning("%s: rejected a message on %s%s: %s [%s]", self.service_name, channel, origin, exc, exc.code)
+        self._local.emit("error", exc)
+
+    def _warn_once(self, key: str, msg: str, *args: Any) -> None:
+        if key not in self._warned and len(self._warned) < 1000:
+            self._warned.add(key)
+            log.warning(msg, *args)
+
+    def _accept_durable(
+        self, accepted: tuple[Envelope, MessageMeta] | None, ack: Ack
+    ) -> tuple[Envelope, MessageMeta] | None:
+        """Durable entries: settle the rejected and the duplicates at once (at-least-once + dedupe)."""
+        if accepted is None:
+            self._spawn_ack(ack, "rejected")
+            return None
+        token_id = accepted[1].token.get("id")
+        if isinstance(token_id, str) and token_id in self._seen_durable:
+            self.stats.rejected["DUPLICATE"] += 1
+            self._spawn_ack(ack, "duplicate")
+            return None
+        return accepted
+
+    def _spawn_ack(self, ack: Ack, outcome: str) -> None:
+        self._inbox.spawn(self._settle(ack, outcome))
+
+    async def _settle(self, ack: Ack, outcome: str) -> None:
+        try:
+            await ack(outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The entry stays pending and is redelivered: nothing is lost.
+            log.warning("%s: could not acknowledge a durable message (%s): %s", self.service_name, outcome, exc)
+
+    def _remember_durable(self, meta: MessageMeta) -> None:
+        token_id = meta.token.get("id")
+        if isinstance(token_id, str):
+            self._seen_durable[token_id] = None
+            if len(self._seen_durable) > DEDUPE_WINDOW:
+                self._seen_durable.popitem(last=False)
+
+    def _handle_now(self, item: tuple[Envelope, MessageMeta], ack: Ack | None) -> bool:
+        """Handle a message that needs no waiting at once; False: it needs :meth:`_handle` in a task.
+
+        That is a reply, or an event whose handlers are all plain functions and
+        need no acknowledgement (a request among them, if the transport can
+        publish the answer at once).
+        """
+        envelope, meta = item
+        if ack is not None or envelope.require_ack:
+            return False
+        event = envelope.event
+        if event == REPLY_EVENT:
+            self._resolve_reply(envelope, meta)
+        elif not self._handlers.is_sync(event):
+            return False
+        elif meta.request_id is None:
+            self._handlers.run_now(event, envelope.payload, meta, self._inbox.adopt)
+        elif not self._answer_now(envelope, meta):
+            return False
+        if self._local.has("received"):
+            self._local.emit("received", {"event": event, "source": envelope.source, "channel": meta.channel})
+        return True
+
+    async def _handle(self, item: tuple[Envelope, MessageMeta], ack: Ack | None = None) -> None:
+        envelope, meta = item
+        event = envelope.event
+        data = envelope.payload
+        error: BaseException | None = None
+        try:
+            if event == REPLY_EVENT:
+                self._resolve_reply(envelope, meta)
+                return
+            if meta.request_id is not None:
+                await self._answer(envelope, meta)
+            else:
+                _, error = await self._run_handlers(event, data, meta)
+            if envelope.require_ack and event != ACK_EVENT and error is None:
+                await self._send_ack(envelope)
+        except asyncio.CancelledError as exc:
+            # Cancelled at shutdown: the durable entry stays pending for another replica.
+            error = exc
+            raise
+        except Exception as exc:
+            error = exc
+            log.exception("%s: failed while handling %r", self.service_name, event)
+        finally:
+            if ack is not None:
+                if error is None:
+                    self._remember_durable(meta)
+                await self._settle(ack, "done" if error is None else "failed")
+            if self._local.has("received"):
+                self._local.emit("received", {"event": event, "source": envelope.source, "channel": meta.channel})
+
+    async def _run_handlers(self, event: str, data: Any, meta: MessageMeta) -> tuple[Any, Exception | None]:
+        """Run every handler of ``event`` in order; return the first one's result or error."""
+        handlers = self._handlers.get(event)
+        if not handlers:
+            builtin = self._builtin(event)
+            if builtin is None:
+                return None, None
+            handlers = [builtin]
+        return await self._handlers.run(event, handlers, data, meta)
+
+    def _handler_failed(self, event: str, handler: Handler, exc: Exception) -> None:
+        self.stats.handler_errors += 1
+        name = getattr(handler, "__qualname__", repr(handler))
+        log.error("%s: handler %s for %r raised", self.service_name, name, event, exc_info=exc)
+        self._local.emit("handler-error", {"event": event, "error": exc, "handler": name})
+
+    def _builtin(self, event: str) -> Handler | None:
+        op = CRUD_EVENTS.get(event)
+        if op is not None and (self.resources.serves_anything()):
+            return self.resources.handler(op)
+        if event == JSONLEX_EVENT and self.serves_jsonlex:
+            return _evaluate_jsonlex
+        return None
+
+    async def _answer(self, envelope: Envelope, meta: MessageMeta) -> None:
+        event = envelope.event
+        if not self._handlers.get(event) and self._builtin(event) is None:
+            reply: dict[str, Any] = {
+                "success": False,
+                "error": "NO_HANDLER",
+                "message": f"{self.service_name} has no handler for {event!r}",
+            }
+        else:
+            value, error = await self._run_handlers(event, envelope.payload, meta)
+            reply = reply_body(value, error)
+        answer, raw = self._reply_envelope(envelope, meta, reply)
+        await self._send_reply(answer, raw)
+
+    def _answer_now(self, envelope: Envelope, meta: MessageMeta) -> bool:
+        """Answer a request whose handlers are plain functions without a task, when the
+        transport can publish at once (the reply leaves a loop pass sooner); else False."""
+        if not self._started:
+            return False
+        value, error = self._handlers.run_now(
+            envelope.event, envelope.payload, meta, self._inbox.adopt, keep_first=True
+        )
+        if inspect.isawaitable(value):  # a plain function that returned a coroutine after all
+            self._inbox.adopt(self._answer_later(envelope, meta, value, self._handlers.get(envelope.event)[0]))
+            return True
+        answer, raw = self._reply_envelope(envelope, meta, reply_body(value, error))
+        channel = self._channel(answer.target)
+        sent = self.transport.publish_nowait(channel, raw)
+        if sent is None:
+            self._inbox.adopt(self._send_reply(answer, raw))
+            return True
+        if sent.done():
+            self._reply_published(answer, channel, sent)
+        else:
+            sent.add_done_callback(lambda future: self._reply_published(answer, channel, future))
+        return True
+
+    async def _answer_later(
+        self, envelope: Envelope, meta: MessageMeta, pending: Awaitable[Any], handler: Handler
+    ) -> None:
+        try:
+            value, error = await pending, None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._handler_failed(envelope.event, handler, exc)
+            value, error = None, exc
+        answer, raw = self._reply_envelope(envelope, meta, reply_body(value, error))
+        await self._send_reply(answer, raw)
+
+    async def _send_reply(self, answer: Envelope, raw: bytes) -> None:
+        # A reply needs no receiver count: the transport may skip waiting for one.
+        channel = self._channel(answer.target)
+        try:
+            receivers = await self.transport.send(channel, raw)
+        except IPCError as exc:
+            self._reply_failed(answer, exc)
+            return
+        self._sent(answer, channel, receivers)
+
+    def _reply_published(self, answer: Envelope, channel: str, sent: asyncio.Future[int]) -> None:
+        """The outcome of a reply published with ``publish_nowait``."""
+        if sent.cancelled():
+            return
+        exc = sent.exception()
+        if exc is not None:
+            self._reply_failed(answer, exc)
+        else:
+            self._sent(answer, channel, sent.result())
+
+    def _reply_failed(self, answer: Envelope, exc: BaseException) -> None:
+        self.stats.transport_errors += 1
+        log.warning("%s: could not send a reply to %s: %s", self.service_name, answer.target, exc)
+
+    def _reply_envelope(self, request: Envelope, meta: MessageMeta, body: dict[str, Any]) -> tuple[Envelope, bytes]:
+        """The signed, encoded ``ipc:reply``; a result that cannot travel (not JSON,
+        too large) becomes an error reply saying so."""
+        metadata = {"requestId": meta.request_id}
+        try:
+            answer = self.build_envelope(REPLY_EVENT, body, target=request.source, operation="reply", metadata=metadata)
+            return answer, self._encode(answer)
+        except IPCError as exc:
+            if not body.get("success"):
+                raise
+            failure = failure_body(exc)
+        answer = self.build_envelope(REPLY_EVENT, failure, target=request.source, operation="reply", metadata=metadata)
+        return answer, self._encode(answer)
+
+    def _resolve_reply(self, envelope: Envelope, meta: MessageMeta) -> None:
+        if not self._pending.resolve(meta.request_id, envelope.source, envelope.payload):
+            self._warn_once(
+                f"reply:{envelope.source}", "%s: ignored a reply from %s", self.service_name, envelope.source
+            )
+
+    async def _send_ack(self, envelope: Envelope) -> None:
+        ack = {"originalEvent": envelope.event, "originalId": envelope.token}
+        try:
+            await self._publish(self.build_envelope(ACK_EVENT, ack, target=envelope.source, operation="ack"))
+        except IPCError as exc:
+            log.warning("%s: could not ack %r to %s: %s", self.service_name, envelope.event, envelope.source, exc)
+
+
+def _evaluate_jsonlex(data: Any, meta: MessageMeta) -> Any:
+    if not isinstance(data, dict):
+        raise EnvelopeError("jsonlex:execute needs {expression, context}")
+    context = data.get("context") or {}
+    if not isinstance(context, dict):
+        raise EnvelopeError("jsonlex:execute context must be an object")
+    return jsonlex.evaluate(data.get("expression"), context)
