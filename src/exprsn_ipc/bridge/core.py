@@ -38,6 +38,7 @@ from exprsn_ipc.protocol.constants import (
     full_service_name,
 )
 from exprsn_ipc.protocol.envelope import Envelope, dumps, validate_event_name, validate_service_name
+from exprsn_ipc.protocol.events import BusEvent, SioEvent
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.worker.core import IPCWorker
@@ -195,7 +196,7 @@ class Bridge:
         log.info("%s revoked broker token %s", by, token_id)
         for conn in list(self.connections.values()):
             if conn.mode == "envelope":
-                await conn.link.emit("ipc:revoked", {"id": token_id, "ttl": ttl})
+                await conn.link.emit(SioEvent.REVOKED, {"id": token_id, "ttl": ttl})
 
     # Publishing -----------------------------------------------------------------
     async def publish_as(
@@ -302,7 +303,7 @@ class Bridge:
             return
 
         async def send(channel: str, raw: bytes) -> str:
-            reply = await conn.link.call("ipc:message", channel, raw.decode("utf-8"), timeout=600)
+            reply = await conn.link.call(SioEvent.MESSAGE, channel, raw.decode("utf-8"), timeout=600)
             self.delivery.delivered(conn)
             return reply if isinstance(reply, str) else "failed"
 
@@ -372,7 +373,7 @@ class Bridge:
 
     async def serve_locally(self, event: str, data: Any) -> Any:
         """CRUD on the built-in store and JSONLex, without a bus round trip."""
-        if event == "jsonlex:execute":
+        if event == BusEvent.JSONLEX_EXECUTE:
             if not isinstance(data, dict):
                 raise TypeError("jsonlex:execute needs {expression, context}")
             context = data.get("context") or {}

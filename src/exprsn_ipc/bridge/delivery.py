@@ -16,8 +16,9 @@ import logging
 from typing import TYPE_CHECKING, Final
 
 from exprsn_ipc.errors import IPCError, TokenError
-from exprsn_ipc.protocol.constants import BATCH_MAX_ITEMS, BROADCAST, REPLY_EVENT, batch_byte_cap
+from exprsn_ipc.protocol.constants import BATCH_MAX_ITEMS, BROADCAST, batch_byte_cap
 from exprsn_ipc.protocol.envelope import MISSING, Envelope
+from exprsn_ipc.protocol.events import BusEvent, SioEvent
 
 if TYPE_CHECKING:
     from exprsn_ipc.bridge.connection import Connection
@@ -75,9 +76,9 @@ class Delivery:
     async def _send_envelopes(self, conn: Connection, batch: list[tuple[str, bytes]]) -> None:
         if len(batch) == 1:
             channel, raw = batch[0]
-            await conn.link.emit("ipc:message", channel, raw.decode("utf-8"))
+            await conn.link.emit(SioEvent.MESSAGE, channel, raw.decode("utf-8"))
         else:
-            await conn.link.emit("ipc:messages", [[channel, raw.decode("utf-8")] for channel, raw in batch])
+            await conn.link.emit(SioEvent.MESSAGES, [[channel, raw.decode("utf-8")] for channel, raw in batch])
         self.delivered(conn, len(batch))
 
     async def _send_event(self, conn: Connection, channel: str, raw: bytes) -> None:
@@ -95,7 +96,7 @@ class Delivery:
             bridge.stats.reject(conn.service, exc.code)
             log.warning("not forwarding %r from %s to %s: %s", envelope.event, envelope.source, conn.service, exc)
             return
-        if envelope.event == REPLY_EVENT:
+        if envelope.event == BusEvent.REPLY:
             bridge.resolve_reply(envelope)
             return
         meta = {

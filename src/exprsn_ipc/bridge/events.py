@@ -28,6 +28,7 @@ from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError, PayloadTooLarg
 from exprsn_ipc.jsonlex.evaluator import evaluate as evaluate_jsonlex
 from exprsn_ipc.protocol.constants import BATCH_MAX_ITEMS, BRIDGE_ALIAS, BRIDGE_SERVICE, BROADCAST, ENVELOPE_PROTOCOL
 from exprsn_ipc.protocol.envelope import MISSING, validate_service_name
+from exprsn_ipc.protocol.events import SioEvent
 
 __all__ = ["ENVELOPE_PROTOCOL", "Handler", "SioLink", "admit", "attach", "event_handlers", "release"]
 
@@ -135,7 +136,7 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
 
         return register
 
-    @on("ipc:emit")
+    @on(SioEvent.EMIT)
     async def on_emit(conn: Connection, payload: Any = None, *_: Any) -> Reply:
         try:
             if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
@@ -152,13 +153,13 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
             bridge.stats.refused(conn.service, exc)
             # `error` keeps the original's four values; `code` is the specific reason.
             body = {"error": _emit_code(exc), "message": str(exc), "code": exc.code}
-            await conn.link.emit("ipc:error", body)
+            await conn.link.emit(SioEvent.ERROR, body)
             return {"success": False, **body}
         ack = {"event": envelope.event, "target": envelope.target, "receivers": receivers}
-        await conn.link.emit("ipc:ack", ack)
+        await conn.link.emit(SioEvent.ACK, ack)
         return {"success": True, **ack}
 
-    @on("ipc:publish")
+    @on(SioEvent.PUBLISH)
     async def on_publish(conn: Connection, raw: Any = None, *_: Any) -> Reply:
         try:
             if isinstance(raw, str):
@@ -175,7 +176,7 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
             await asyncio.sleep(0)
         return {"success": True, "receivers": receivers}
 
-    @on("ipc:send")
+    @on(SioEvent.SEND)
     async def on_send(conn: Connection, raw: Any = None, *_: Any) -> None:
         # ipc:publish without an answer (workers' replies); a refusal comes back as ipc:error.
         try:
@@ -184,9 +185,9 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
             await bridge.publish_raw(conn, raw.encode("utf-8"))
         except IPCError as exc:
             bridge.stats.refused(conn.service, exc)
-            await conn.link.emit("ipc:error", _failure(exc))
+            await conn.link.emit(SioEvent.ERROR, _failure(exc))
 
-    @on("ipc:publish_batch")
+    @on(SioEvent.PUBLISH_BATCH)
     async def on_publish_batch(conn: Connection, raws: Any = None, *_: Any) -> Reply | list[Reply]:
         # Envelopes emitted together by one worker: one packet and one answer for all,
         # one rate-limit count; each envelope is still checked on its own.
@@ -203,7 +204,7 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
                 replies.append({"success": True, "receivers": outcome})
         return replies
 
-    @on("ipc:publish_durable")
+    @on(SioEvent.PUBLISH_DURABLE)
     async def on_publish_durable(conn: Connection, raw: Any = None, *_: Any) -> Reply:
         try:
             if isinstance(raw, str):
@@ -216,11 +217,11 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
             return _failure(exc)
         return {"success": True, "receivers": receivers}
 
-    @on("ipc:subscribe")
+    @on(SioEvent.SUBSCRIBE)
     async def on_subscribe(conn: Connection, channel: Any = None, *_: Any) -> Reply:
         return await _channel_op(conn, channel, subscribe=True)
 
-    @on("ipc:unsubscribe")
+    @on(SioEvent.UNSUBSCRIBE)
     async def on_unsubscribe(conn: Connection, channel: Any = None, *_: Any) -> Reply:
         return await _channel_op(conn, channel, subscribe=False)
 
@@ -241,7 +242,7 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
             await bridge.unsubscribe(conn, channel)
         return {"success": True, "channel": channel}
 
-    @on("ipc:revoke")
+    @on(SioEvent.REVOKE)
     async def on_revoke(conn: Connection, body: Any = None, *_: Any) -> Reply:
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
             return _failure(EnvelopeError("ipc:revoke needs {id, ttl}"))
@@ -254,7 +255,7 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
         await bridge.revoke(body["id"], ttl=ttl, by=conn.service)
         return {"success": True, "id": body["id"]}
 
-    @on("ipc:services")
+    @on(SioEvent.SERVICES)
     async def on_services(conn: Connection, *_: Any) -> Reply:
         return {"success": True, "data": await bridge.backend.services()}
 
@@ -270,7 +271,7 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
             return {"success": False, "error": "INVALID_MESSAGE", "message": str(exc)}
         return {"success": True, key: result}
 
-    @on("ipc:request")
+    @on(SioEvent.REQUEST)
     async def on_request(conn: Connection, payload: Any = None, *_: Any) -> Reply:
         async def act(conn: Connection) -> Any:
             if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
@@ -307,7 +308,7 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
     for op in _CRUD:
         handlers[f"ipc:{op}"] = crud_handler(op)
 
-    @on("ipc:jsonlex")
+    @on(SioEvent.JSONLEX)
     async def on_jsonlex(conn: Connection, payload: Any = None, *_: Any) -> Reply:
         async def act(conn: Connection) -> Any:
             if not isinstance(payload, dict) or "expression" not in payload:
@@ -323,7 +324,7 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
     async def on_other(conn: Connection, event: str, *_: Any) -> Reply:
         bridge.stats.reject(conn.service, "UNKNOWN_EVENT")
         body = {"error": "INVALID_MESSAGE", "message": f"unknown event {event!r}"}
-        await conn.link.emit("ipc:error", body)
+        await conn.link.emit(SioEvent.ERROR, body)
         return {"success": False, **body}
 
     return handlers

@@ -35,6 +35,7 @@ from exprsn_ipc.bridge.credentials import token_from_environ
 from exprsn_ipc.bridge.events import Handler, admit, release
 from exprsn_ipc.errors import AuthError, TransportError
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
+from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.sio import packets as sp
 
 __all__ = ["LANE_EVENTS", "WorkerLane", "wants_lane"]
@@ -42,7 +43,7 @@ __all__ = ["LANE_EVENTS", "WorkerLane", "wants_lane"]
 log = logging.getLogger("exprsn_ipc.bridge")
 
 #: Events handled in the socket's reading task (the rest get a task each).
-LANE_EVENTS: Final = frozenset({"ipc:publish", "ipc:send", "ipc:publish_batch"})
+LANE_EVENTS: Final = frozenset({SioEvent.PUBLISH, SioEvent.SEND, SioEvent.PUBLISH_BATCH})
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

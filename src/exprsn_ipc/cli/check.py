@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import socketio
 
+from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 
@@ -187,7 +188,7 @@ async def run_checks(
 
             client.on("test:ping", on_ping, namespace=namespace)
             await client.emit(
-                "ipc:emit",
+                SioEvent.EMIT,
                 {"event": "test:ping", "payload": {"message": "Echo test", "timestamp": _now()}, "target": SERVICE},
                 namespace=namespace,
             )
@@ -201,7 +202,7 @@ async def run_checks(
             created = await _call(
                 client,
                 namespace,
-                "ipc:create",
+                SioEvent.CREATE,
                 {
                     "resource": "test_items",
                     "data": {"name": "Test Item", "value": 42, "timestamp": _now()},
@@ -211,7 +212,7 @@ async def run_checks(
             )
             done(5, bool(created.get("success")), str(created.get("data") or created.get("error")))
             read = await _call(
-                client, namespace, "ipc:read", {"resource": "test_items", "query": {}, "options": {}}, timeout
+                client, namespace, SioEvent.READ, {"resource": "test_items", "query": {}, "options": {}}, timeout
             )
             items = read.get("data")
             done(6, bool(read.get("success")), f"{len(items)} items" if isinstance(items, list) else "unknown")
@@ -221,7 +222,7 @@ async def run_checks(
             answer = await _call(
                 client,
                 namespace,
-                "ipc:jsonlex",
+                SioEvent.JSONLEX,
                 {"expression": JSONLEX_EXPRESSION, "context": context, "options": {}},
                 timeout,
             )
@@ -267,10 +268,10 @@ async def _emit_and_wait(
     async def on_error(data: Any = None) -> None:
         settle((False, str(data)))
 
-    handlers = [("ipc:ack", on_ack), ("ipc:error", on_error)]
+    handlers = [(SioEvent.ACK, on_ack), (SioEvent.ERROR, on_error)]
     for event, handler in handlers:
         client.on(event, handler, namespace=namespace)
-    await client.emit("ipc:emit", payload, namespace=namespace)
+    await client.emit(SioEvent.EMIT, payload, namespace=namespace)
     try:
         return await asyncio.wait_for(outcome, timeout)
     except TimeoutError:

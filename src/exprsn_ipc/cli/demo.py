@@ -40,6 +40,7 @@ from exprsn_ipc.cli._common import configure_logging, console
 from exprsn_ipc.cli.demo_stack import DEFAULT_DIR, STEP_TIMEOUT_S, DemoError, DemoStack, Hop, HopRecorder, demo_settings
 from exprsn_ipc.errors import IPCError
 from exprsn_ipc.protocol.constants import BRIDGE_SERVICE
+from exprsn_ipc.protocol.events import BusEvent
 
 if TYPE_CHECKING:  # the heavy parts are imported when the demo runs, not with every CLI command
     import httpx
@@ -190,7 +191,7 @@ class _Journey:
         since = self.since_post = self.hops.mark()
         post_id = self.post_id = await self.post("Hello Exprsn! My first post on the migrated timeline.", self.alice)
         await self.expect("user:validate", TIMELINE, AUTH, since, _has(userId=self.alice.user_id))
-        await self.expect("ipc:reply", AUTH, TIMELINE, since, _has(userId=self.alice.user_id, valid=True))
+        await self.expect(BusEvent.REPLY, AUTH, TIMELINE, since, _has(userId=self.alice.user_id, valid=True))
         await self.expect("post:created", TIMELINE, "broadcast", since, _has(id=post_id))
         await self.expect("content:moderate", TIMELINE, MODERATOR, since, _has(contentId=post_id, type="post"))
         await self.expect("notification:trigger", TIMELINE, HERALD, since, _has(type="new_post", postId=post_id))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from exprsn_ipc.protocol.constants import BRIDGE_SERVICE
+from exprsn_ipc.protocol.events import BusEvent
 from exprsn_ipc.settings import Settings, load_or_create_key_file
 
 if TYPE_CHECKING:  # the heavy parts are imported when the demo runs, not with every CLI command
@@ -122,7 +123,7 @@ class Hop:
     def line(self) -> str:
         from exprsn_ipc.bridge.dashboard.feed import preview
 
-        kind = " (request)" if self.request and self.event != "ipc:reply" else ""
+        kind = " (request)" if self.request and self.event != BusEvent.REPLY else ""
         return f"{self.source:>16} → {self.target:<17} {self.event}{kind}  {preview(self.data, 100)}"
 
 

@@ -62,33 +62,6 @@ STATE_KEY_PREFIX: Final = "ipc:data:state:"
 #: How long a revocation record is kept (the original's SETEX 86400).
 REVOCATION_TTL_S: Final = 86_400
 
-#: Events that are only ever delivered inside the process (DESIGN fix 1).
-LOCAL_EVENTS: Final = frozenset(
-    {
-        "ready",
-        "error",
-        "sent",
-        "received",
-        "handler-error",
-        "subscribed",
-        "unsubscribed",
-        "disconnected",
-        "reconnected",
-    }
-)
-#: Names Socket.IO reserves; they cannot travel as IPC events.
-RESERVED_EVENTS: Final = frozenset(
-    {
-        "connect",
-        "connect_error",
-        "disconnect",
-        "disconnecting",
-        "newListener",
-        "removeListener",
-        "message",
-    }
-)
-
 #: The 19 services the original knows, with the ports its certificate script prints.
 KNOWN_SERVICES: Final[dict[str, int]] = {
     "exprsn-ca": 3000,
@@ -111,10 +84,6 @@ KNOWN_SERVICES: Final[dict[str, int]] = {
     "exprsn-atlas": 3019,
     "exprsn-svr": 5001,
 }
-
-#: Request/reply: the reply event and the metadata keys that correlate it.
-REPLY_EVENT: Final = "ipc:reply"
-ACK_EVENT: Final = "ack"
 
 #: Stream of the durable messages for one service: ``ipc:stream:<service>`` (also the
 #: channel name under which the Bridge hands a stream entry to a socket).

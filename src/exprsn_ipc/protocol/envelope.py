@@ -16,7 +16,8 @@ from typing import Any, Final
 import orjson
 
 from exprsn_ipc.errors import EnvelopeError, PayloadTooLargeError
-from exprsn_ipc.protocol.constants import BROADCAST, LOCAL_EVENTS, RESERVED_EVENTS
+from exprsn_ipc.protocol.constants import BROADCAST
+from exprsn_ipc.protocol.events import LOCAL_EVENTS, RESERVED_EVENTS
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

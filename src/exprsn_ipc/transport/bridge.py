@@ -40,6 +40,7 @@ from exprsn_ipc.protocol.constants import (
     batch_byte_cap,
     channel_for,
 )
+from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.protocol.tokens import BrokerTokenManager, MemoryRevocationStore
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.sio.link import SocketIOLink
@@ -92,7 +93,7 @@ class BridgeRevocationStore(MemoryRevocationStore):
     async def revoke(self, token_id: str, *, ttl: int) -> bool:
         self.add_local(token_id, ttl=ttl)
         if self.transport is not None and self.transport.connected:
-            await self.transport.call("ipc:revoke", {"id": token_id, "ttl": ttl})
+            await self.transport.call(SioEvent.REVOKE, {"id": token_id, "ttl": ttl})
         return True
 
 
@@ -195,10 +196,10 @@ class BridgeTransport(Transport):
             on_connect=self._on_connect,
             on_disconnect=self._on_disconnect,
         )
-        link.on("ipc:message", self._on_message)
-        link.on("ipc:messages", self._on_messages)
-        link.on("ipc:error", self._on_error)
-        link.on("ipc:revoked", self._on_revoked)
+        link.on(SioEvent.MESSAGE, self._on_message)
+        link.on(SioEvent.MESSAGES, self._on_messages)
+        link.on(SioEvent.ERROR, self._on_error)
+        link.on(SioEvent.REVOKED, self._on_revoked)
         self._link = link
         try:
             await link.connect()
@@ -214,7 +215,7 @@ class BridgeTransport(Transport):
         link, peer = self._link, self._peer
         assert link is not None and peer is not None
         for channel in sorted(self._extra_channels):
-            await link.emit("ipc:subscribe", channel)
+            await link.emit(SioEvent.SUBSCRIBE, channel)
         if self._was_connected:
             log.info("%s reconnected to the Bridge at %s", peer.service_name, self.url)
             peer.transport_event("reconnected")
@@ -288,7 +289,7 @@ class BridgeTransport(Transport):
         Raises:
             IPCError: refused (the Bridge has no Redis, rate limit, bad envelope).
         """
-        reply = await self.call("ipc:publish_durable", raw.decode("utf-8"))
+        reply = await self.call(SioEvent.PUBLISH_DURABLE, raw.decode("utf-8"))
         if isinstance(reply, dict) and reply.get("success") is True:
             return int(reply.get("receivers", 1))
         raise _remote_error(reply)
@@ -324,7 +325,7 @@ class BridgeTransport(Transport):
             return await future
         self._in_flight += 1
         try:
-            reply = await self.call("ipc:publish", raw.decode("utf-8"))
+            reply = await self.call(SioEvent.PUBLISH, raw.decode("utf-8"))
         except NotConnectedError:
             return self._enqueue(raw)
         finally:
@@ -342,7 +343,7 @@ class BridgeTransport(Transport):
         if not self._connected.is_set() or self._buffer or self._batch:
             return await self.publish(channel, raw)
         try:
-            await link.emit("ipc:send", raw.decode("utf-8"))
+            await link.emit(SioEvent.SEND, raw.decode("utf-8"))
         except NotConnectedError:
             return self._enqueue(raw)
         return None
@@ -361,7 +362,7 @@ class BridgeTransport(Transport):
     async def _publish_batch(self, batch: list[tuple[bytes, asyncio.Future[int]]]) -> None:
         self._in_flight += 1
         try:
-            replies = await self.call("ipc:publish_batch", [raw.decode("utf-8") for raw, _ in batch])
+            replies = await self.call(SioEvent.PUBLISH_BATCH, [raw.decode("utf-8") for raw, _ in batch])
         except NotConnectedError:
             for raw, future in batch:
                 try:
@@ -402,7 +403,7 @@ class BridgeTransport(Transport):
         while self._buffer and self._connected.is_set():
             raw = self._buffer[0]
             try:
-                reply = await self.call("ipc:publish", raw.decode("utf-8"))
+                reply = await self.call(SioEvent.PUBLISH, raw.decode("utf-8"))
             except NotConnectedError:
                 return  # flushed again on the next connect
             except IPCError as exc:
@@ -415,14 +416,14 @@ class BridgeTransport(Transport):
     async def subscribe(self, channel: str) -> None:
         self._extra_channels.add(channel)
         if self.connected:
-            reply = await self.call("ipc:subscribe", channel)
+            reply = await self.call(SioEvent.SUBSCRIBE, channel)
             if not (isinstance(reply, dict) and reply.get("success")):
                 raise _remote_error(reply)
 
     async def unsubscribe(self, channel: str) -> None:
         self._extra_channels.discard(channel)
         if self.connected:
-            await self.call("ipc:unsubscribe", channel)
+            await self.call(SioEvent.UNSUBSCRIBE, channel)
 
     async def stop_receiving(self) -> None:
         self._receiving = False
@@ -454,7 +455,7 @@ class BridgeTransport(Transport):
             await link.close()
 
     async def active_services(self) -> list[dict[str, Any]]:
-        reply = await self.call("ipc:services", None)
+        reply = await self.call(SioEvent.SERVICES, None)
         if isinstance(reply, dict) and reply.get("success") and isinstance(reply.get("data"), list):
             return [entry for entry in reply["data"] if isinstance(entry, dict)]
         raise _remote_error(reply)

@@ -29,23 +29,23 @@ from exprsn_ipc.protocol.constants import (
     BRIDGE_SERVICE,
     BROADCAST,
     DEFAULT_NAMESPACE,
-    LOCAL_EVENTS,
     channel_for,
 )
 from exprsn_ipc.protocol.envelope import MISSING, Envelope, validate_event_name, validate_service_name
+from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport import Transport, create_transport
 from exprsn_ipc.worker.dispatch import Inbox
 from exprsn_ipc.worker.handlers import EventHandlers, Handler, LocalEmitter, MessageMeta
-from exprsn_ipc.worker.receiving import JSONLEX_EVENT, MessageHandling
+from exprsn_ipc.worker.receiving import MessageHandling
 from exprsn_ipc.worker.replies import PendingRequests, expire
 from exprsn_ipc.worker.resources import ResourceTable
 from exprsn_ipc.worker.stats import HANDLER_BUCKETS, DurationHistogram, WorkerStats
 
 __all__ = ["HANDLER_BUCKETS", "DurationHistogram", "EmitResult", "IPCWorker", "WorkerStats"]
 
-log = logging.getLogger("exprsn_ipc.worker.core")
+log = logging.getLogger("exprsn_ipc.worker")
 
 H = TypeVar("H", bound=Handler)
 
@@ -375,35 +375,35 @@ class IPCWorker(MessageHandling):
     ) -> Any:
         """Create an item of ``resource`` on ``target``; returns the serving side's result."""
         payload = {"resource": resource, "data": data, "operation": "create"}
-        return await self.request(target, "crud:create", payload, timeout=timeout, operation="crud")
+        return await self.request(target, BusEvent.CRUD_CREATE, payload, timeout=timeout, operation="crud")
 
     async def read(
         self, resource: str, query: Any = None, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
     ) -> Any:
         """Read items of ``resource`` (``query`` is an id or a filter object)."""
         payload = {"resource": resource, "query": {} if query is None else query, "operation": "read"}
-        return await self.request(target, "crud:read", payload, timeout=timeout, operation="crud")
+        return await self.request(target, BusEvent.CRUD_READ, payload, timeout=timeout, operation="crud")
 
     async def update(
         self, resource: str, id: Any, data: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
     ) -> Any:
         """Update item ``id`` of ``resource``."""
         payload = {"resource": resource, "id": id, "data": data, "operation": "update"}
-        return await self.request(target, "crud:update", payload, timeout=timeout, operation="crud")
+        return await self.request(target, BusEvent.CRUD_UPDATE, payload, timeout=timeout, operation="crud")
 
     async def delete(
         self, resource: str, id: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
     ) -> Any:
         """Delete item ``id`` of ``resource``."""
         payload = {"resource": resource, "id": id, "operation": "delete"}
-        return await self.request(target, "crud:delete", payload, timeout=timeout, operation="crud")
+        return await self.request(target, BusEvent.CRUD_DELETE, payload, timeout=timeout, operation="crud")
 
     async def execute_jsonlex(
         self, expression: Any, context: Any = None, *, target: str = BRIDGE_SERVICE, timeout: float | None = None
     ) -> Any:
         """Evaluate a JSONLex expression on ``target`` (the Bridge by default)."""
         payload = {"expression": expression, "context": {} if context is None else context, "operation": "jsonlex"}
-        return await self.request(target, JSONLEX_EVENT, payload, timeout=timeout, operation="jsonlex")
+        return await self.request(target, BusEvent.JSONLEX_EXECUTE, payload, timeout=timeout, operation="jsonlex")
 
     async def subscribe(self, channel: str) -> None:
         """Also receive ``channel`` (messages must still be addressed to this worker)."""

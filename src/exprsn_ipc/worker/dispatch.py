@@ -11,7 +11,7 @@ from exprsn_ipc.transport.base import Ack
 
 __all__ = ["Inbox"]
 
-log = logging.getLogger("exprsn_ipc.worker.core")
+log = logging.getLogger("exprsn_ipc.worker")
 
 T = TypeVar("T")
 

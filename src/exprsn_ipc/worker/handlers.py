@@ -15,7 +15,7 @@ from exprsn_ipc.worker.stats import WorkerStats
 
 __all__ = ["EventHandlers", "Handler", "LocalEmitter", "MessageMeta", "call_handler"]
 
-log = logging.getLogger("exprsn_ipc.worker.core")
+log = logging.getLogger("exprsn_ipc.worker")
 
 Handler = Callable[..., Any]
 """``handler(data, meta)``, sync or async; a request's reply is its return value."""

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from exprsn_ipc import jsonlex
 from exprsn_ipc.errors import EnvelopeError, IPCError, TokenError
-from exprsn_ipc.protocol.constants import ACK_EVENT, BROADCAST, LOCAL_EVENTS, REPLY_EVENT
+from exprsn_ipc.protocol.constants import BROADCAST
 from exprsn_ipc.protocol.envelope import Envelope
+from exprsn_ipc.protocol.events import CRUD_OPERATIONS, LOCAL_EVENTS, BusEvent, crud_event
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.transport import Transport
 from exprsn_ipc.transport.base import Ack
@@ -34,16 +35,15 @@ from exprsn_ipc.worker.stats import WorkerStats
 if TYPE_CHECKING:
     from exprsn_ipc.worker.core import EmitResult
 
-__all__ = ["JSONLEX_EVENT", "MessageHandling"]
+__all__ = ["MessageHandling"]
 
-log = logging.getLogger("exprsn_ipc.worker.core")
+log = logging.getLogger("exprsn_ipc.worker")
 
 #: Durable message ids remembered for de-duplication.
 DEDUPE_WINDOW: Final = 10_000
 
 #: Request-style operations: the receiver answers with an ``ipc:reply``.
-CRUD_EVENTS: Final = {"crud:create": "create", "crud:read": "read", "crud:update": "update", "crud:delete": "delete"}
-JSONLEX_EVENT: Final = "jsonlex:execute"
+CRUD_EVENTS: Final[dict[str, str]] = {crud_event(operation): operation for operation in CRUD_OPERATIONS}
 
 
 class MessageHandling:
@@ -215,7 +215,7 @@ class MessageHandling:
         if ack is not None or envelope.require_ack:
             return False
         event = envelope.event
-        if event == REPLY_EVENT:
+        if event == BusEvent.REPLY:
             self._resolve_reply(envelope, meta)
         elif not self._handlers.is_sync(event):
             return False
@@ -233,14 +233,14 @@ class MessageHandling:
         data = envelope.payload
         error: BaseException | None = None
         try:
-            if event == REPLY_EVENT:
+            if event == BusEvent.REPLY:
                 self._resolve_reply(envelope, meta)
                 return
             if meta.request_id is not None:
                 await self._answer(envelope, meta)
             else:
                 _, error = await self._run_handlers(event, data, meta)
-            if envelope.require_ack and event != ACK_EVENT and error is None:
+            if envelope.require_ack and event != BusEvent.ACK and error is None:
                 await self._send_ack(envelope)
         except asyncio.CancelledError as exc:
             # Cancelled at shutdown: the durable entry stays pending for another replica.
@@ -277,7 +277,7 @@ class MessageHandling:
         op = CRUD_EVENTS.get(event)
         if op is not None and (self.resources.serves_anything()):
             return self.resources.handler(op)
-        if event == JSONLEX_EVENT and self.serves_jsonlex:
+        if event == BusEvent.JSONLEX_EXECUTE and self.serves_jsonlex:
             return _evaluate_jsonlex
         return None
 
@@ -360,13 +360,17 @@ class MessageHandling:
         too large) becomes an error reply saying so."""
         metadata = {"requestId": meta.request_id}
         try:
-            answer = self.build_envelope(REPLY_EVENT, body, target=request.source, operation="reply", metadata=metadata)
+            answer = self.build_envelope(
+                BusEvent.REPLY, body, target=request.source, operation="reply", metadata=metadata
+            )
             return answer, self._encode(answer)
         except IPCError as exc:
             if not body.get("success"):
                 raise
             failure = failure_body(exc)
-        answer = self.build_envelope(REPLY_EVENT, failure, target=request.source, operation="reply", metadata=metadata)
+        answer = self.build_envelope(
+            BusEvent.REPLY, failure, target=request.source, operation="reply", metadata=metadata
+        )
         return answer, self._encode(answer)
 
     def _resolve_reply(self, envelope: Envelope, meta: MessageMeta) -> None:
@@ -378,7 +382,7 @@ class MessageHandling:
     async def _send_ack(self, envelope: Envelope) -> None:
         ack = {"originalEvent": envelope.event, "originalId": envelope.token}
         try:
-            await self._publish(self.build_envelope(ACK_EVENT, ack, target=envelope.source, operation="ack"))
+            await self._publish(self.build_envelope(BusEvent.ACK, ack, target=envelope.source, operation="ack"))
         except IPCError as exc:
             log.warning("%s: could not ack %r to %s: %s", self.service_name, envelope.event, envelope.source, exc)
 

@@ -23,6 +23,7 @@ import socketio
 from exprsn_ipc.bridge.credentials import token_from_environ
 from exprsn_ipc.errors import TokenError
 from exprsn_ipc.net import is_loopback
+from exprsn_ipc.protocol.events import BusEvent
 
 if TYPE_CHECKING:
     from exprsn_ipc.bridge.core import Bridge
@@ -102,7 +103,7 @@ def describe_message(
         return None
     data = message.get("data")
     metadata = message.get("metadata")
-    if message["event"] == "ipc:reply" and isinstance(data, dict):
+    if message["event"] == BusEvent.REPLY and isinstance(data, dict):
         data = data.get("data") if data.get("success") else {"error": data.get("error")}
     item: dict[str, Any] = {
         "time": int(time.time() * 1000),

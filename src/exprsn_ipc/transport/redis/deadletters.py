@@ -18,7 +18,7 @@ from exprsn_ipc.transport.redis.durable import ENVELOPE_FIELD, as_text, dlq_key,
 
 __all__ = ["durable_status", "list_dead_letters", "replay_dead_letters"]
 
-log = logging.getLogger("exprsn_ipc.transport.redis.transport.durable")
+log = logging.getLogger("exprsn_ipc.transport.redis.durable")
 
 # Move one dead letter back to its service's stream, atomically: only the caller
 # whose XDEL removed it appends it, so concurrent replays never double it.

@@ -61,7 +61,7 @@ __all__ = [
     "stream_key",
 ]
 
-log = logging.getLogger("exprsn_ipc.transport.redis.transport.durable")
+log = logging.getLogger("exprsn_ipc.transport.redis.durable")
 
 #: Dead letters of one service: ``ipc:dlq:<service>``.
 DLQ_PREFIX: Final = "ipc:dlq:"

@@ -33,7 +33,7 @@ __all__ = [
     "glob_escape",
 ]
 
-log = logging.getLogger("exprsn_ipc.transport.redis.transport")
+log = logging.getLogger("exprsn_ipc.transport.redis")
 
 #: Python workers announce revocations here so peers update their caches at once.
 REVOCATION_CHANNEL: Final = "ipc:data:revocations"

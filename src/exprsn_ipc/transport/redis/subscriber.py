@@ -46,7 +46,7 @@ __all__ = [
     "redact_url",
 ]
 
-log = logging.getLogger("exprsn_ipc.transport.redis.transport.subscriber")
+log = logging.getLogger("exprsn_ipc.transport.redis.subscriber")
 
 #: TCP connect timeout, so a command during an outage fails fast.
 CONNECT_TIMEOUT_S: Final = 2.0

@@ -66,7 +66,7 @@ __all__ = [
     "start_durable_consumer",
 ]
 
-log = logging.getLogger("exprsn_ipc.transport.redis.transport")
+log = logging.getLogger("exprsn_ipc.transport.redis")
 
 #: Pooled command connections per transport; further commands wait for one.
 MAX_CONNECTIONS: Final = 32
