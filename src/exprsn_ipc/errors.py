@@ -9,27 +9,36 @@ payloads and ack callbacks).
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
     "AuthError",
     "BufferFullError",
     "CertificateError",
     "ConfigError",
+    "DemoError",
     "EnvelopeError",
     "HandlerError",
     "IPCError",
+    "ItemNotFoundError",
     "JSONLexError",
     "NoReceiversError",
     "NotConnectedError",
+    "PacketError",
     "PayloadTooLargeError",
     "RateLimitError",
     "RemoteError",
     "RequestTimeoutError",
+    "ResourceNotFoundError",
     "ServerStartError",
+    "StoreFullError",
     "TokenBindingError",
     "TokenError",
     "TokenExpiredError",
     "TokenRevokedError",
     "TransportError",
+    "error_class",
+    "error_from_code",
 ]
 
 
@@ -165,3 +174,65 @@ class ServerStartError(IPCError, OSError):
     """A server could not start, for example because its port is in use."""
 
     code = "SERVER_START_FAILED"
+
+
+class PacketError(EnvelopeError):
+    """A websocket frame that is not a Socket.IO packet this side understands."""
+
+
+class ResourceNotFoundError(IPCError, LookupError):
+    """No resource of that name is served here, or it lacks the operation."""
+
+    code = "RESOURCE_NOT_FOUND"
+
+
+class ItemNotFoundError(IPCError, LookupError):
+    """The built-in store has no item with that id."""
+
+    code = "NOT_FOUND"
+
+
+class StoreFullError(IPCError):
+    """The built-in store reached its bounds."""
+
+    code = "STORE_FULL"
+
+
+class DemoError(IPCError, RuntimeError):
+    """The demo cannot start (a port is taken, a step failed, ...)."""
+
+    code = "DEMO_ERROR"
+
+
+def _leaf_classes(cls: type[IPCError]) -> list[type[IPCError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_leaf_classes(sub))
+    return found
+
+
+#: Every code this package raises, mapped to its class (the first class declaring it).
+_BY_CODE: Final[dict[str, type[IPCError]]] = {}
+for _cls in _leaf_classes(IPCError):
+    _BY_CODE.setdefault(_cls.code, _cls)
+del _cls
+
+
+def error_class(code: str) -> type[IPCError]:
+    """The class that raises ``code`` (``TokenError`` for unknown ``TOKEN_*`` codes, else ``IPCError``)."""
+    cls = _BY_CODE.get(code)
+    if cls is not None:
+        return cls
+    return TokenError if code.startswith("TOKEN") else IPCError
+
+
+def error_from_code(code: str, message: str, *, default: type[IPCError] = IPCError) -> IPCError:
+    """Rebuild the error a peer reported as ``{"error": code, "message": message}``.
+
+    Unknown codes become ``default`` (the caller's idea of where the error came
+    from) and keep the peer's code.
+    """
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        cls = TokenError if code.startswith("TOKEN") else default
+    return cls(message, code=code)

@@ -11,20 +11,10 @@ import itertools
 import time
 from typing import Any
 
-from exprsn_ipc.errors import IPCError
+from exprsn_ipc.errors import ItemNotFoundError, StoreFullError
 from exprsn_ipc.worker.handlers import MessageMeta
 
 __all__ = ["BuiltinStore", "StoreFullError"]
-
-
-class StoreFullError(IPCError):
-    """The built-in store reached its bounds."""
-
-    code = "STORE_FULL"
-
-
-class ItemNotFoundError(IPCError, LookupError):
-    code = "NOT_FOUND"
 
 
 class _Resource:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from exprsn_ipc.errors import DemoError
 from exprsn_ipc.protocol.constants import BRIDGE_SERVICE
 from exprsn_ipc.protocol.events import BusEvent
 from exprsn_ipc.settings import Settings, load_or_create_key_file
@@ -57,10 +58,6 @@ DEFAULT_DIR = Path(".exprsn-demo")
 BRIDGE_PORT = 3010
 #: Seconds each journey step may wait for the events it expects.
 STEP_TIMEOUT_S = 10.0
-
-
-class DemoError(Exception):
-    """The demo cannot start (a port is taken, the services are missing, ...)."""
 
 
 # --------------------------------------------------------------------------- #

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import orjson
 
-from exprsn_ipc.errors import EnvelopeError
+from exprsn_ipc.errors import PacketError
 
 __all__ = [
     "ACK",
@@ -59,10 +59,6 @@ EVENT: Final = 2
 ACK: Final = 3
 CONNECT_ERROR: Final = 4
 _BINARY_TYPES: Final = (5, 6)
-
-
-class PacketError(EnvelopeError):
-    """A websocket frame that is not a Socket.IO packet this side understands."""
 
 
 @dataclass(frozen=True, slots=True)

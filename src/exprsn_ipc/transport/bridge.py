@@ -24,13 +24,10 @@ from typing import Any
 from exprsn_ipc.errors import (
     AuthError,
     BufferFullError,
-    EnvelopeError,
     IPCError,
     NotConnectedError,
-    PayloadTooLargeError,
-    RateLimitError,
-    TokenError,
     TransportError,
+    error_from_code,
 )
 from exprsn_ipc.protocol.constants import (
     BATCH_MAX_ITEMS,
@@ -53,25 +50,13 @@ log = logging.getLogger("exprsn_ipc.transport.bridge")
 #: ``publish`` returns this for an emit buffered while the Bridge is unreachable.
 BUFFERED = -1
 
-_ERRORS: dict[str, type[IPCError]] = {
-    "RATE_LIMIT_EXCEEDED": RateLimitError,
-    "UNAUTHORIZED": AuthError,
-    "PAYLOAD_TOO_LARGE": PayloadTooLargeError,
-    "INVALID_MESSAGE": EnvelopeError,
-}
-
 
 def _remote_error(reply: Any) -> IPCError:
     if not isinstance(reply, dict):
         return TransportError("the Bridge gave a malformed answer")
     code = str(reply.get("error") or "TRANSPORT_ERROR")
     message = str(reply.get("message") or code)
-    cls = _ERRORS.get(code)
-    if cls is None:
-        cls = TokenError if code.startswith("TOKEN") or code == "INVALID_TOKEN" else TransportError
-    error = cls(message)
-    error.code = code
-    return error
+    return error_from_code(code, message, default=TransportError)
 
 
 def _settle(future: asyncio.Future[int], outcome: int | BaseException) -> None:

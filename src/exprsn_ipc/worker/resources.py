@@ -6,18 +6,12 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from exprsn_ipc.errors import EnvelopeError, IPCError
+from exprsn_ipc.errors import EnvelopeError, ResourceNotFoundError
 from exprsn_ipc.worker.handlers import MessageMeta, call_handler
 
 __all__ = ["ResourceNotFoundError", "ResourceTable"]
 
 OPERATIONS = ("create", "read", "update", "delete")
-
-
-class ResourceNotFoundError(IPCError, LookupError):
-    """No resource of that name is served here, or it lacks the operation."""
-
-    code = "RESOURCE_NOT_FOUND"
 
 
 class ResourceTable:
