@@ -20,6 +20,7 @@ import orjson
 from exprsn_ipc.errors import TokenBindingError, TokenError, TokenExpiredError, TokenRevokedError
 from exprsn_ipc.protocol.constants import REVOCATION_TTL_S, TOKEN_TYPE, TOKEN_VERSION
 from exprsn_ipc.protocol.envelope import MISSING, Envelope, dumps
+from exprsn_ipc.protocol.jsonvalues import json_equal
 from exprsn_ipc.settings import Settings
 
 __all__ = [
@@ -304,7 +305,9 @@ class BrokerTokenManager:
         if signed_event != envelope.event:
             raise TokenBindingError("envelope event does not match the signed event")
         data = {} if envelope.data is MISSING else envelope.data
-        if claims.get("data") != data and not (envelope.data is None and claims.get("data") == {}):
+        signed = claims.get("data")
+        # A missing or null data signs as {} (the original's `data || {}`).
+        if not json_equal(signed, data) and not (envelope.data is None and signed == {}):
             raise TokenBindingError("envelope data does not match the signed data")
         return claims
 
