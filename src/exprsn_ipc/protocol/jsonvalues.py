@@ -45,10 +45,7 @@ def _walk_equal(a: Any, b: Any) -> bool:
         if isinstance(x, bool) or isinstance(y, bool) or x is None or y is None:
             if not (x is y or (type(x) is bool and type(y) is bool and x == y)):
                 return False
-        elif isinstance(x, int | float) and isinstance(y, int | float):
-            if x != y:
-                return False
-        elif isinstance(x, str) and isinstance(y, str):
+        elif (isinstance(x, int | float) and isinstance(y, int | float)) or (isinstance(x, str) and isinstance(y, str)):
             if x != y:
                 return False
         elif isinstance(x, list) and isinstance(y, list):
