@@ -2,8 +2,8 @@
 
 Each app gets its own :class:`MetricsExporter`: a private ``CollectorRegistry``
 holding one :class:`IPCCollector` that reads the live counters of an
-:class:`~exprsn_ipc.worker.core.IPCWorker` (and of the :class:`~exprsn_ipc.bridge.Bridge`
-when given one) at scrape time. Nothing is registered in prometheus-client's
+:class:`~exprsn_ipc.worker.core.IPCWorker`, plus any further :class:`MetricSource` (the
+Bridge adds its own, ``bridge/metrics.py``) at scrape time. Nothing is registered in prometheus-client's
 global default registry, and nothing is counted twice: the numbers are the
 ones ``worker.stats`` and ``/api/ipc/stats`` already keep.
 
@@ -23,7 +23,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -35,14 +35,15 @@ from exprsn_ipc.worker.core import HANDLER_BUCKETS, IPCWorker
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from exprsn_ipc.bridge.core import Bridge
-
 __all__ = [
     "Backlog",
     "IPCCollector",
+    "MetricSource",
     "MetricsApp",
     "MetricsExporter",
     "add_metrics_route",
+    "counter",
+    "gauge",
     "read_backlog",
 ]
 
@@ -68,34 +69,37 @@ class Backlog:
 
 
 async def read_backlog(worker: IPCWorker) -> Backlog:
-    """XLEN/XPENDING of ``ipc:stream:<service>`` when the worker's transport is Redis."""
-    transport = worker.transport
-    client = getattr(transport, "client", None)
-    if transport.name != "redis" or client is None:
-        return Backlog()
+    """The worker's durable backlog, as its transport reports it (not available: zeros)."""
     try:
-        from exprsn_ipc.transport.redis.deadletters import durable_status
-
-        status = await asyncio.wait_for(durable_status(client, worker.service_name), REFRESH_TIMEOUT_S)
+        backlog = await asyncio.wait_for(worker.transport.backlog(worker.service_name), REFRESH_TIMEOUT_S)
     except Exception as exc:  # Redis down: report "not available", never fail the scrape
         log.debug("cannot read the durable backlog of %s: %s", worker.service_name, exc)
         return Backlog()
-    return Backlog(
-        available=True,
-        length=int(status.get("length", 0)),
-        pending=int(status.get("pending", 0)),
-        dead_letters=int(status.get("deadLetters", 0)),
-    )
+    if backlog is None:
+        return Backlog()
+    return Backlog(available=True, length=backlog.length, pending=backlog.pending, dead_letters=backlog.dead_letters)
 
 
-def _counter(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
+class MetricSource(Protocol):
+    """Further metrics for an exporter, read at scrape time."""
+
+    async def refresh(self) -> None:
+        """Read what needs I/O, before :meth:`collect` (bounded by the caller)."""
+        ...
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics, from what is in memory."""
+        ...
+
+
+def counter(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
     family = CounterMetricFamily(name, doc, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)
     return family
 
 
-def _gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
+def gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
     family = GaugeMetricFamily(name, doc, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)
@@ -103,78 +107,86 @@ def _gauge(name: str, doc: str, labels: list[str], samples: Iterable[tuple[list[
 
 
 class IPCCollector:
-    """A prometheus-client collector over one worker (and optionally the Bridge).
+    """A prometheus-client collector over one worker and any further sources.
 
     Synchronous reads happen in :meth:`collect`; what needs I/O (the durable
-    backlog on Redis, the rate limiter's current window) is read by
-    :meth:`refresh`, which :class:`MetricsExporter` awaits before each scrape.
+    backlog on Redis, a source's own reads) is read by :meth:`refresh`, which
+    :class:`MetricsExporter` awaits before each scrape. ``own_rate_denials``: count
+    the worker's own rate-limit refusals (off where a source reports them per service).
     """
 
-    def __init__(self, worker: IPCWorker, *, bridge: Bridge | None = None) -> None:
+    def __init__(
+        self, worker: IPCWorker, *, sources: tuple[MetricSource, ...] = (), own_rate_denials: bool = True
+    ) -> None:
         self.worker = worker
-        self.bridge = bridge
+        self.sources = sources
+        self.own_rate_denials = own_rate_denials
         self.backlog = Backlog()
-        self.rate_usage: dict[str, int] = {}
 
     async def refresh(self) -> None:
         self.backlog = await read_backlog(self.worker)
-        limiter = self.bridge.limiter if self.bridge is not None else None
-        if limiter is None:
-            self.rate_usage = {}
-            return
-        try:
-            self.rate_usage = dict(await asyncio.wait_for(limiter.snapshot(), REFRESH_TIMEOUT_S))
-        except Exception as exc:
-            log.debug("cannot read the rate limiter: %s", exc)
-            self.rate_usage = {}
+        for source in self.sources:
+            await source.refresh()
 
     def describe(self) -> list[Metric]:
         # Nothing to describe up front: the label sets are only known at scrape time.
         return []
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._worker_metrics()
-        if self.bridge is not None:
-            yield from self._bridge_metrics(self.bridge)
+        yield from self._message_metrics()
+        yield self._handler_histogram()
+        yield from self._connection_metrics()
+        for source in self.sources:
+            yield from source.collect()
 
     # The worker ---------------------------------------------------------------
-    def _worker_metrics(self) -> Iterator[Metric]:
-        worker = self.worker
-        stats = worker.stats
-        name = worker.service_name
-        yield _counter(
+    def _message_metrics(self) -> Iterator[Metric]:
+        stats = self.worker.stats
+        name = self.worker.service_name
+        yield counter(
             "exprsn_ipc_messages_sent",
             "IPC messages this service published, by event.",
             ["service", "event"],
             (([name, event], n) for event, n in sorted(stats.sent_by_event.items())),
         )
-        yield _counter(
+        yield counter(
             "exprsn_ipc_messages_received",
             "IPC messages this service accepted (addressed to it, verified), by event.",
             ["service", "event"],
             (([name, event], n) for event, n in sorted(stats.received_by_event.items())),
         )
-        yield _counter(
+        yield counter(
             "exprsn_ipc_messages_rejected",
             "IPC messages this service refused, by reason (error code).",
             ["service", "reason"],
             (([name, reason], n) for reason, n in sorted(stats.rejected.items())),
         )
-        yield _counter(
+        yield counter(
             "exprsn_ipc_messages_dropped",
             "Messages seen on a shared channel but addressed to another service.",
             ["service"],
             [([name], stats.dropped)],
         )
-        yield _counter(
+        yield counter(
             "exprsn_ipc_handler_errors", "Handler calls that raised.", ["service"], [([name], stats.handler_errors)]
         )
-        yield _counter(
+        yield counter(
             "exprsn_ipc_transport_errors",
             "Transport problems (lost connections and the like).",
             ["service"],
             [([name], stats.transport_errors)],
         )
+        if self.own_rate_denials:
+            yield counter(
+                "exprsn_ipc_rate_limit_denials",
+                "Rate-limit denials (on the Bridge: per service; elsewhere: seen by this worker).",
+                ["service"],
+                [([name], stats.rejected.get(RATE_LIMIT_CODE, 0))],
+            )
+
+    def _handler_histogram(self) -> Metric:
+        stats = self.worker.stats
+        name = self.worker.service_name
         histogram = HistogramMetricFamily(
             "exprsn_ipc_handler_duration_seconds",
             "Time spent in this service's IPC handlers, by event.",
@@ -188,121 +200,42 @@ class IPCCollector:
                 buckets.append((_bound(bound), cumulative))
             buckets.append(("+Inf", observed.count))
             histogram.add_metric([name, event], buckets, observed.total)
-        yield histogram
-        own_denials = stats.rejected.get(RATE_LIMIT_CODE, 0)
-        if self.bridge is None:
-            yield _counter(
-                "exprsn_ipc_rate_limit_denials",
-                "Rate-limit denials (on the Bridge: per service; elsewhere: seen by this worker).",
-                ["service"],
-                [([name], own_denials)],
-            )
-        yield _gauge(
+        return histogram
+
+    def _connection_metrics(self) -> Iterator[Metric]:
+        worker = self.worker
+        name = worker.service_name
+        yield gauge(
             "exprsn_ipc_connected",
             "1 while the worker's transport is connected.",
             ["service", "transport"],
             [([name, worker.transport.name], 1.0 if worker.transport.connected else 0.0)],
         )
         backlog = self.backlog
-        yield _gauge(
+        yield gauge(
             "exprsn_ipc_durable_available",
             "1 when the durable backlog below was read from Redis; 0 when durable delivery "
             "is not available here (not on Redis) and the backlog is reported as 0.",
             ["service"],
             [([name], 1.0 if backlog.available else 0.0)],
         )
-        yield _gauge(
+        yield gauge(
             "exprsn_ipc_durable_backlog",
             "Entries in the service's durable stream (XLEN).",
             ["service"],
             [([name], backlog.length)],
         )
-        yield _gauge(
+        yield gauge(
             "exprsn_ipc_durable_pending",
             "Entries delivered but not yet acknowledged (XPENDING of the service's group).",
             ["service"],
             [([name], backlog.pending)],
         )
-        yield _gauge(
+        yield gauge(
             "exprsn_ipc_durable_dead_letters",
             "Entries in the service's dead-letter stream.",
             ["service"],
             [([name], backlog.dead_letters)],
-        )
-
-    # The Bridge ---------------------------------------------------------------
-    def _bridge_metrics(self, bridge: Bridge) -> Iterator[Metric]:
-        stats = bridge.stats
-        yield _counter(
-            "exprsn_bridge_messages_routed", "Messages the Bridge published for its clients.", [], [([], stats.routed)]
-        )
-        yield _counter(
-            "exprsn_bridge_messages_delivered",
-            "Messages the Bridge delivered to Socket.IO clients.",
-            [],
-            [([], stats.delivered)],
-        )
-        yield _counter(
-            "exprsn_bridge_messages_rejected",
-            "Requests and messages the Bridge refused, by reason.",
-            ["reason"],
-            (([reason], n) for reason, n in sorted(stats.rejected.items())),
-        )
-        per_service = sorted(stats.per_service.items())
-        yield _counter(
-            "exprsn_bridge_service_messages",
-            "Messages per service: sent through the Bridge, or delivered to it.",
-            ["service", "direction"],
-            (
-                ([service, direction], counts[direction])
-                for service, counts in per_service
-                for direction in ("sent", "delivered")
-            ),
-        )
-        yield _counter(
-            "exprsn_bridge_service_rejected",
-            "Refusals per service and reason.",
-            ["service", "reason"],
-            (
-                ([service, key.split(":", 1)[1]], n)
-                for service, counts in per_service
-                for key, n in sorted(counts.items())
-                if key.startswith("rejected:")
-            ),
-        )
-        yield _counter(
-            "exprsn_ipc_rate_limit_denials",
-            "Rate-limit denials (on the Bridge: per service; elsewhere: seen by this worker).",
-            ["service"],
-            (([service], counts[f"rejected:{RATE_LIMIT_CODE}"]) for service, counts in per_service),
-        )
-        yield _gauge(
-            "exprsn_bridge_rate_limit_enabled",
-            "1 when the Bridge limits the rate of each service.",
-            [],
-            [([], 1.0 if bridge.limiter is not None else 0.0)],
-        )
-        yield _gauge(
-            "exprsn_bridge_rate_limit_max",
-            "Requests a service may make per window (IPC_RATE_MAX).",
-            [],
-            [([], bridge.settings.ipc_rate_max)],
-        )
-        yield _gauge(
-            "exprsn_bridge_rate_limit_usage",
-            "Requests counted in the current window, per service.",
-            ["service"],
-            (([service], n) for service, n in sorted(self.rate_usage.items())),
-        )
-        connections: dict[tuple[str, str], int] = {}
-        for conn in list(bridge.connections.values()):
-            key = (conn.service, conn.mode)
-            connections[key] = connections.get(key, 0) + 1
-        yield _gauge(
-            "exprsn_bridge_connections",
-            "Socket.IO connections on /ipc/<service>, by service and mode (envelope = IPC worker).",
-            ["service", "mode"],
-            (([service, mode], n) for (service, mode), n in sorted(connections.items())),
         )
 
 
@@ -313,9 +246,11 @@ def _bound(value: float) -> str:
 class MetricsExporter:
     """One app's registry and collector, rendered in the Prometheus text format."""
 
-    def __init__(self, worker: IPCWorker, *, bridge: Bridge | None = None) -> None:
+    def __init__(
+        self, worker: IPCWorker, *, sources: tuple[MetricSource, ...] = (), own_rate_denials: bool = True
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.collector = IPCCollector(worker, bridge=bridge)
+        self.collector = IPCCollector(worker, sources=sources, own_rate_denials=own_rate_denials)
         self.registry.register(self.collector)
 
     async def render(self) -> bytes:

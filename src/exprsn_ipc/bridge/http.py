@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from exprsn_ipc import __version__
 from exprsn_ipc.bridge.core import Bridge, Identity
 from exprsn_ipc.bridge.credentials import token_from_connection
+from exprsn_ipc.bridge.metrics import BridgeMetrics
 from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError
 from exprsn_ipc.jsonlex.evaluator import evaluate as evaluate_jsonlex
 from exprsn_ipc.metrics import MetricsExporter
@@ -81,7 +82,7 @@ def build_router(bridge: Bridge) -> APIRouter:
             body["reason"] = reason
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    exporter = MetricsExporter(bridge.worker, bridge=bridge)
+    exporter = MetricsExporter(bridge.worker, sources=(BridgeMetrics(bridge),), own_rate_denials=False)
 
     @router.get("/metrics", tags=["metrics"], response_model=None)
     async def metrics() -> Response:

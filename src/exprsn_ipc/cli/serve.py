@@ -70,10 +70,10 @@ def serve(
 
 
 async def _run(app: Any, service: str, port: int, http_port: int | None, host: str, settings: Any) -> None:
-    from exprsn_ipc.cli.serving import ensure_dev_certificates
     from exprsn_ipc.web.bypass import log_bypass_status
     from exprsn_ipc.web.https import HTTPSServerManager
     from exprsn_ipc.web.integration import migrate_app
+    from exprsn_ipc.web.tls import ensure_dev_certificates
     from exprsn_ipc.worker.core import IPCWorker
 
     log_bypass_status(settings)  # step 2

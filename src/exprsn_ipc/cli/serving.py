@@ -13,26 +13,9 @@ import socketio
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
+from exprsn_ipc.web.tls import ensure_dev_certificates
 
 log = logging.getLogger("exprsn_ipc.cli")
-
-
-def ensure_dev_certificates(settings: Settings, service: str = "exprsn-bridge") -> None:
-    """In development, create the local CA and certificates when none exist yet."""
-    from exprsn_ipc.certs.authority import KNOWN_SERVICES, find_certificate, generate_certificates
-
-    if not settings.tls_enabled or find_certificate(settings.certs_dir, service) is not None:
-        return
-    if not settings.is_development:
-        log.warning(
-            "TLS not enabled - certificates not found in %s (run `exprsn-ipc certs generate`)", settings.certs_dir
-        )
-        return
-    extra = () if service in KNOWN_SERVICES else (service,)
-    generate_certificates(settings.certs_dir, extra_services=extra)
-    log.warning(
-        "generated development certificates in %s (trust %s/ca-cert.pem)", settings.certs_dir, settings.certs_dir
-    )
 
 
 async def run_bridge(settings: Settings) -> None:

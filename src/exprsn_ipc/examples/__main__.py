@@ -13,9 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from exprsn_ipc.cli.serving import ensure_dev_certificates
 from exprsn_ipc.errors import IPCError
 from exprsn_ipc.settings import Settings
+from exprsn_ipc.web.tls import ensure_dev_certificates
 
 from . import SERVICES, load, spec_for
 

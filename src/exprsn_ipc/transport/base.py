@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from exprsn_ipc.errors import IPCError
 from exprsn_ipc.protocol.tokens import RevocationStore, StateStore
 
-__all__ = ["Ack", "Transport", "TransportPeer"]
+__all__ = ["Ack", "DurableBacklog", "Transport", "TransportPeer"]
 
 Ack = Callable[[str], Awaitable[None]]
 
@@ -46,6 +47,15 @@ class TransportPeer(Protocol):
     def transport_event(self, name: str, detail: Any = None) -> None:
         """Report a transport-level happening (``error``, ``disconnected`` …) to the worker."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class DurableBacklog:
+    """One service's durable stream: entries in it, delivered but unacknowledged, dead-lettered."""
+
+    length: int
+    pending: int
+    dead_letters: int
 
 
 class Transport(ABC):
@@ -83,6 +93,10 @@ class Transport(ABC):
     async def publish_durable(self, target: str, raw: bytes) -> int:
         """Append one encoded envelope to ``target``'s durable stream."""
         raise IPCError(f"durable delivery is not available on the {self.name} transport (use IPC_TRANSPORT=redis)")
+
+    async def backlog(self, service: str) -> DurableBacklog | None:
+        """``service``'s durable backlog, or None where this transport has no durable delivery."""
+        return None
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:

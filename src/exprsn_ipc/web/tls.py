@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 
-from exprsn_ipc.certs.authority import find_certificate
+from exprsn_ipc.certs.authority import KNOWN_SERVICES, find_certificate, generate_certificates
 from exprsn_ipc.errors import CertificateError
+from exprsn_ipc.settings import Settings
 
-__all__ = ["find_service_certificate", "server_ssl_context"]
+__all__ = ["ensure_dev_certificates", "find_service_certificate", "server_ssl_context"]
+
+log = logging.getLogger("exprsn_ipc.web.tls")
 
 
 def find_service_certificate(certs_dir: Path, service_name: str) -> tuple[Path, Path] | None:
@@ -40,3 +44,19 @@ def server_ssl_context(cert_path: Path, key_path: Path, *, mtls: bool, ca_path: 
             raise CertificateError(f"mTLS needs the CA certificate {ca_path}: {exc}") from exc
         context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def ensure_dev_certificates(settings: Settings, service: str = "exprsn-bridge") -> None:
+    """In development, create the local CA and certificates when none exist yet."""
+    if not settings.tls_enabled or find_certificate(settings.certs_dir, service) is not None:
+        return
+    if not settings.is_development:
+        log.warning(
+            "TLS not enabled - certificates not found in %s (run `exprsn-ipc certs generate`)", settings.certs_dir
+        )
+        return
+    extra = () if service in KNOWN_SERVICES else (service,)
+    generate_certificates(settings.certs_dir, extra_services=extra)
+    log.warning(
+        "generated development certificates in %s (trust %s/ca-cert.pem)", settings.certs_dir, settings.certs_dir
+    )

@@ -31,7 +31,8 @@ from exprsn_ipc.errors import NotConnectedError, TransportError
 from exprsn_ipc.protocol.constants import REGISTRY_PREFIX, REGISTRY_REFRESH_S, REGISTRY_TTL_S, TOKEN_KEY_PREFIX
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.settings import Settings
-from exprsn_ipc.transport.base import Transport, TransportPeer
+from exprsn_ipc.transport.base import DurableBacklog, Transport, TransportPeer
+from exprsn_ipc.transport.redis.deadletters import durable_status
 from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions, append_durable, open_reader
 from exprsn_ipc.transport.redis.publisher import RespPublisher
 from exprsn_ipc.transport.redis.resp import RedisAddress
@@ -380,6 +381,12 @@ class RedisTransport(Transport):
         self._peer = None
         with contextlib.suppress(RedisError, OSError):
             await self.client.aclose()
+
+    async def backlog(self, service: str) -> DurableBacklog:
+        status = await durable_status(self.client, service)
+        return DurableBacklog(
+            length=int(status["length"]), pending=int(status["pending"]), dead_letters=int(status["deadLetters"])
+        )
 
     async def active_services(self) -> list[dict[str, Any]]:
         """Registry records from ``ipc:data:services:*`` (SCAN + MGET, never KEYS).
