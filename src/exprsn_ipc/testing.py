@@ -1,4 +1,4 @@
-"""A pytest plugin for services built on exprsn-ipc.
+"""A pytest plugin for services built on exprsn-ipc (importable without pytest for its helpers).
 
 Enable it with ``pytest_plugins = ["exprsn_ipc.testing"]`` (or ``-p
 exprsn_ipc.testing``). It gives each test a fresh in-memory bus and a factory
@@ -21,9 +21,6 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-
-import pytest
-import pytest_asyncio
 
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.memory import MemoryBus, MemoryTransport
@@ -59,30 +56,40 @@ async def wait_for_messages(*workers: IPCWorker, timeout: float = 5.0) -> None:
     await asyncio.wait_for(settle(), timeout)
 
 
-@pytest.fixture
-def ipc_settings() -> Settings:
-    """Test settings shared by the workers of one test."""
-    return make_test_settings()
+# The fixtures need pytest, which is not a dependency of exprsn-ipc: without it the
+# helpers above still work, and only the fixtures are missing.
+try:
+    import pytest
+    import pytest_asyncio
+except ModuleNotFoundError:
+    HAS_PYTEST = False
+else:
+    HAS_PYTEST = True
 
+if HAS_PYTEST:
 
-@pytest.fixture
-def ipc_bus() -> MemoryBus:
-    """A fresh in-memory bus for one test."""
-    return MemoryBus()
+    @pytest.fixture
+    def ipc_settings() -> Settings:
+        """Test settings shared by the workers of one test."""
+        return make_test_settings()
 
+    @pytest.fixture
+    def ipc_bus() -> MemoryBus:
+        """A fresh in-memory bus for one test."""
+        return MemoryBus()
 
-@pytest_asyncio.fixture
-async def ipc_worker(ipc_bus: MemoryBus, ipc_settings: Settings) -> AsyncIterator[WorkerFactory]:
-    """A factory: ``await ipc_worker("exprsn-auth")`` returns a started worker on the test bus."""
-    created: list[IPCWorker] = []
+    @pytest_asyncio.fixture
+    async def ipc_worker(ipc_bus: MemoryBus, ipc_settings: Settings) -> AsyncIterator[WorkerFactory]:
+        """A factory: ``await ipc_worker("exprsn-auth")`` returns a started worker on the test bus."""
+        created: list[IPCWorker] = []
 
-    async def factory(service_name: str, **kwargs: Any) -> IPCWorker:
-        kwargs.setdefault("settings", ipc_settings)
-        kwargs.setdefault("transport", MemoryTransport(ipc_bus))
-        worker = IPCWorker(service_name, **kwargs)
-        created.append(worker)
-        return await worker.start()
+        async def factory(service_name: str, **kwargs: Any) -> IPCWorker:
+            kwargs.setdefault("settings", ipc_settings)
+            kwargs.setdefault("transport", MemoryTransport(ipc_bus))
+            worker = IPCWorker(service_name, **kwargs)
+            created.append(worker)
+            return await worker.start()
 
-    yield factory
-    for worker in reversed(created):
-        await worker.disconnect()
+        yield factory
+        for worker in reversed(created):
+            await worker.disconnect()
