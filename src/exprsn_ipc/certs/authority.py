@@ -23,23 +23,22 @@ in ``exprsn_ipc.certs.files``. Everything is re-exported here, so
 from __future__ import annotations
 
 import datetime as _dt
-import ipaddress
 import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, cast
+from typing import Final, Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
-    CertificateIssuerPublicKeyTypes,
 )
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
+from exprsn_ipc.certs.builder import build_ca, build_leaf, new_key
 from exprsn_ipc.certs.check import CertificateInfo, VerificationResult, certificate_info, verify_all, verify_certificate
 from exprsn_ipc.certs.files import (
     CA_NAME,
@@ -94,23 +93,6 @@ DEFAULT_LEAF_DAYS: Final = 730
 DEFAULT_KEY_SIZE: Final = 2048
 #: Smallest RSA key size accepted (``cryptography`` refuses anything smaller).
 MIN_KEY_SIZE: Final = 1024
-#: ``not_valid_before`` is set this far in the past to tolerate clock skew.
-BACKDATE: Final = _dt.timedelta(minutes=5)
-
-#: The subject attributes every certificate shares with the CA (the original's).
-_COUNTRY: Final = "US"
-_STATE: Final = "California"
-_LOCALITY: Final = "San Francisco"
-_ORGANIZATION: Final = "Exprsn IO"
-_CA_COMMON_NAME: Final = "Exprsn Root CA"
-_CA_UNIT: Final = "Certificate Authority"
-#: The original gave the shared certificate ``OU=shared``; kept for continuity.
-_LOCALHOST_UNIT: Final = "shared"
-
-#: SANs every leaf carries (the original's four), in this order.
-_COMMON_DNS: Final = ("localhost", "*.localhost")
-_COMMON_IPS: Final = ("127.0.0.1", "::1")
-
 _CERT_MODE: Final = 0o644
 _KEY_MODE: Final = 0o600
 _DIR_MODE: Final = 0o755
@@ -201,122 +183,6 @@ def _write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate, key: rs
 
 
 # --------------------------------------------------------------------------- #
-# Building certificates
-# --------------------------------------------------------------------------- #
-
-
-def _name(common_name: str, unit: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-            x509.NameAttribute(NameOID.COUNTRY_NAME, _COUNTRY),
-            x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, _STATE),
-            x509.NameAttribute(NameOID.LOCALITY_NAME, _LOCALITY),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORGANIZATION),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
-        ]
-    )
-
-
-def _new_key(key_size: int) -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=key_size)
-
-
-def _signing_hash(key: object) -> hashes.SHA256 | None:
-    """SHA-256 for RSA/EC/DSA keys; ``None`` for keys that hash internally (Ed25519...)."""
-    if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | dsa.DSAPrivateKey):
-        return hashes.SHA256()
-    return None
-
-
-def _build_ca(key: rsa.RSAPrivateKey, days: int, now: _dt.datetime) -> x509.Certificate:
-    name = _name(_CA_COMMON_NAME, _CA_UNIT)
-    public = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(now + _dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-    )
-    return builder.sign(key, hashes.SHA256())
-
-
-def _build_leaf(
-    name: str,
-    key: rsa.RSAPrivateKey,
-    ca_cert: x509.Certificate,
-    ca_key: CertificateIssuerPrivateKeyTypes,
-    days: int,
-    now: _dt.datetime,
-) -> x509.Certificate:
-    unit = _LOCALHOST_UNIT if name == LOCALHOST_NAME else name
-    dns = list(dict.fromkeys((*_COMMON_DNS, name)))
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns[: len(_COMMON_DNS)]]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in _COMMON_IPS]
-    sans += [x509.DNSName(d) for d in dns[len(_COMMON_DNS) :]]
-    try:
-        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    except x509.ExtensionNotFound:
-        issuer_public = cast(CertificateIssuerPublicKeyTypes, ca_cert.public_key())
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public)
-    # A leaf must not outlive its issuer.
-    not_after = min(now + _dt.timedelta(days=days), ca_cert.not_valid_after_utc)
-    public = key.public_key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(name, unit))
-        .issuer_name(ca_cert.subject)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(aki, critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-    )
-    return builder.sign(ca_key, _signing_hash(ca_key))
-
-
-# --------------------------------------------------------------------------- #
 # Generation
 # --------------------------------------------------------------------------- #
 
@@ -391,12 +257,12 @@ def _prepare_ca(
             )
         record = CertificateRecord(CA_NAME, cert_path, key_path, None, "kept", ca_cert.not_valid_after_utc)
         return ca_cert, ca_key, record
-    new_key = _new_key(key_size)
-    ca_cert = _build_ca(new_key, ca_days, now)
-    _write_pair(cert_path, key_path, ca_cert, new_key)
+    fresh_key = new_key(key_size)
+    ca_cert = build_ca(fresh_key, ca_days, now)
+    _write_pair(cert_path, key_path, ca_cert, fresh_key)
     action: Action = "renewed" if existed else "created"
     record = CertificateRecord(CA_NAME, cert_path, key_path, None, action, ca_cert.not_valid_after_utc)
-    return ca_cert, new_key, record
+    return ca_cert, fresh_key, record
 
 
 def _issue_leaf(
@@ -417,8 +283,8 @@ def _issue_leaf(
         if kept is not None:
             return CertificateRecord(name, cert_path, key_path, port, "kept", kept.not_valid_after_utc)
     existed = cert_path.exists() or key_path.exists()
-    key = _new_key(key_size)
-    cert = _build_leaf(name, key, ca_cert, ca_key, leaf_days, now)
+    key = new_key(key_size)
+    cert = build_leaf(name, key, ca_cert, ca_key, leaf_days, now)
     _write_pair(cert_path, key_path, cert, key)
     action: Action = "renewed" if existed else "created"
     return CertificateRecord(name, cert_path, key_path, port, action, cert.not_valid_after_utc)
