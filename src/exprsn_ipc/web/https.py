@@ -22,7 +22,6 @@ listed in ``docs/https-and-bypass.md``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import math
@@ -32,7 +31,6 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final, Literal
 
 import uvicorn
@@ -51,6 +49,7 @@ from exprsn_ipc.web.servers import (
     close_sockets,
     url_host,
 )
+from exprsn_ipc.web.signals import ShutdownSignals
 from exprsn_ipc.web.tls import find_service_certificate, server_ssl_context
 
 __all__ = [
@@ -68,7 +67,6 @@ log = logging.getLogger(__name__)
 ShutdownHook = Callable[[], Awaitable[Any] | Any]
 LifespanMode = Literal["auto", "on", "off"]
 
-_HANDLED_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 #: Extra time, beyond ``shutdown_timeout``, before server tasks are cancelled.
 _STOP_GRACE_S: Final = 5.0
 
@@ -181,8 +179,7 @@ class HTTPSServerManager:
         self._stop_requested = asyncio.Event()
         #: Set once :meth:`start` has returned (every server is listening).
         self.ready = asyncio.Event()
-        self._signal_loop: asyncio.AbstractEventLoop | None = None
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals = ShutdownSignals(self.service_name, self._on_signal)
 
     # Certificates -----------------------------------------------------------------
     def _find_certificate(self) -> tuple[Path, Path] | None:
@@ -446,42 +443,15 @@ class HTTPSServerManager:
     def install_signal_handlers(self) -> None:
         """Make SIGTERM and SIGINT call :meth:`stop` (a second one forces the exit).
 
-        Uses ``loop.add_signal_handler`` on the running loop; the previous
-        handlers come back when the manager stops (or on
+        The previous handlers come back when the manager stops (or on
         :meth:`remove_signal_handlers`). Outside the main thread, nothing is
         installed (a warning is logged).
         """
-        loop = asyncio.get_running_loop()
-        for sig in _HANDLED_SIGNALS:
-            if sig in self._previous_handlers:
-                continue
-            try:
-                previous = signal.getsignal(sig)
-                loop.add_signal_handler(sig, self._on_signal, sig)
-            except (ValueError, RuntimeError) as exc:
-                log.warning("%s: cannot install a %s handler here: %s", self.service_name, sig.name, exc)
-                continue
-            except NotImplementedError:  # Windows event loops
-                previous = signal.signal(sig, self._make_threadsafe_handler(loop))
-            self._previous_handlers[sig] = previous
-        self._signal_loop = loop
-
-    def _make_threadsafe_handler(self, loop: asyncio.AbstractEventLoop) -> Callable[[int, FrameType | None], None]:
-        def handler(sig: int, frame: FrameType | None) -> None:
-            loop.call_soon_threadsafe(self._on_signal, sig)
-
-        return handler
+        self._signals.install()
 
     def remove_signal_handlers(self) -> None:
         """Undo :meth:`install_signal_handlers`."""
-        loop, self._signal_loop = self._signal_loop, None
-        previous, self._previous_handlers = self._previous_handlers, {}
-        for sig, handler in previous.items():
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                if loop is not None and not loop.is_closed():
-                    loop.remove_signal_handler(sig)
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._signals.remove()
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
