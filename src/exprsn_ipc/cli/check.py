@@ -71,6 +71,155 @@ class CheckReport:
         return f"Total: {len(self.results)} | Passed: {passed} | Failed: {failed} | Skipped: {skipped}"
 
 
+#: A check: it returns whether it passed and what to show after the result.
+Check = Callable[["_Checker"], Awaitable[tuple[bool, str]]]
+
+
+class _Checker:
+    """The state the eight checks share: the HTTP client and the Socket.IO connection."""
+
+    def __init__(self, settings: Settings, base: str, verify: ssl.SSLContext | bool, timeout: float) -> None:
+        self.settings = settings
+        self.base = base
+        self.verify = verify
+        self.timeout = timeout
+        self.namespace = f"/ipc/{SERVICE}"
+        self.http = httpx.AsyncClient(verify=verify, timeout=timeout)
+        self.client: socketio.AsyncClient | None = None
+        self._session: Any = None
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.disconnect()
+        if self._session is not None:
+            await self._session.close()
+        await self.http.aclose()
+
+    async def health(self) -> tuple[bool, str]:
+        try:
+            body = (await self.http.get(f"{self.base}/health")).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return False, str(exc)
+        return body.get("status") == "healthy", f"{body.get('service')} {body.get('version')}"
+
+    async def connect(self) -> tuple[bool, str]:
+        """A Socket.IO connection to /ipc/exprsn-timeline, authenticated with a broker token."""
+        tokens = BrokerTokenManager(service_name=SERVICE, settings=self.settings)
+        if isinstance(self.verify, ssl.SSLContext):
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.verify))
+        client = self.client = socketio.AsyncClient(
+            reconnection=False, ssl_verify=self.verify is not False, http_session=self._session, logger=False
+        )
+        refusals: list[str] = []
+
+        async def on_connect_error(data: Any = None) -> None:
+            # The Bridge says why it refused (e.g. "UNAUTHORIZED: invalid broker token: ...").
+            refusals.append(str(data.get("message") if isinstance(data, dict) else data))
+
+        client.on("connect_error", on_connect_error, namespace=self.namespace)
+        try:
+            await client.connect(
+                self.base,
+                namespaces=[self.namespace],
+                auth={"token": tokens.generate_token(operation="connect")},
+                transports=["websocket", "polling"],
+                wait_timeout=10,
+            )
+        except socketio.exceptions.ConnectionError as exc:
+            return False, refusals[-1] if refusals else str(exc)
+        return self.namespace in client.namespaces, f"connected to {self.namespace}"
+
+    @property
+    def sio(self) -> socketio.AsyncClient:
+        assert self.client is not None, "the connection check runs first"
+        return self.client
+
+    async def stats(self) -> tuple[bool, str]:
+        try:
+            body = (await self.http.get(f"{self.base}/api/ipc/stats")).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            return False, str(exc)
+        data = body.get("data") or {}
+        return bool(body.get("success")), (
+            f"activeServices={data.get('activeServices')} activeConnections={data.get('activeConnections')} "
+            f"rateLimits.enabled={(data.get('rateLimits') or {}).get('enabled')}"
+        )
+
+    async def emit(self) -> tuple[bool, str]:
+        """An ``ipc:emit`` answered by ``ipc:ack``."""
+        payload = {
+            "event": "test:ping",
+            "payload": {"message": "Hello from IPC test", "timestamp": _now()},
+            "target": "broadcast",
+            "options": {"requireAck": True},
+        }
+        return await _emit_and_wait(self.sio, self.namespace, payload, self.timeout)
+
+    async def reception(self) -> tuple[bool, str]:
+        """An event addressed to this namespace's service comes back to it."""
+        received: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def on_ping(data: Any = None, meta: Any = None) -> None:
+            if isinstance(data, dict) and data.get("message") == "Echo test" and not received.done():
+                received.set_result(meta)
+
+        self.sio.on("test:ping", on_ping, namespace=self.namespace)
+        await self.sio.emit(
+            SioEvent.EMIT,
+            {"event": "test:ping", "payload": {"message": "Echo test", "timestamp": _now()}, "target": SERVICE},
+            namespace=self.namespace,
+        )
+        try:
+            meta = await asyncio.wait_for(received, self.timeout)
+        except TimeoutError:
+            return False, "no event within the timeout"
+        return True, f"from {meta.get('source') if isinstance(meta, dict) else '?'}"
+
+    async def crud_create(self) -> tuple[bool, str]:
+        item = {"name": "Test Item", "value": 42, "timestamp": _now()}
+        created = await self._call(SioEvent.CREATE, {"resource": "test_items", "data": item, "options": {}})
+        return bool(created.get("success")), str(created.get("data") or created.get("error"))
+
+    async def crud_read(self) -> tuple[bool, str]:
+        read = await self._call(SioEvent.READ, {"resource": "test_items", "query": {}, "options": {}})
+        items = read.get("data")
+        return bool(read.get("success")), f"{len(items)} items" if isinstance(items, list) else "unknown"
+
+    async def jsonlex(self) -> tuple[bool, str]:
+        context = {"firstName": "John", "lastName": "Doe", "age": 25}
+        answer = await self._call(
+            SioEvent.JSONLEX, {"expression": JSONLEX_EXPRESSION, "context": context, "options": {}}
+        )
+        raw_result = answer.get("result")
+        result: dict[str, Any] = raw_result if isinstance(raw_result, dict) else {}
+        ok = (
+            bool(answer.get("success"))
+            and result.get("fullName") == "John Doe"
+            and result.get("age") == 25
+            and result.get("isAdult") is True
+        )
+        return ok, str(answer.get("result") if ok else answer)
+
+    async def _call(self, event: str, data: Any) -> dict[str, Any]:
+        return await _call(self.sio, self.namespace, event, data, self.timeout)
+
+
+#: The eight checks in the original script's order: (name, critical, check, why the rest is
+#: skipped when it fails, or None when the rest can still run).
+CHECKS: list[tuple[str, bool, Check, str | None]] = [
+    ("Bridge Health Check", True, _Checker.health, "skipped: the Bridge is not healthy"),
+    ("Socket.IO Connection", True, _Checker.connect, "skipped: no Socket.IO connection"),
+    ("IPC Statistics Endpoint", True, _Checker.stats, None),
+    ("Event Emit", True, _Checker.emit, None),
+    ("Event Reception", False, _Checker.reception, None),
+    ("CRUD Create", False, _Checker.crud_create, None),
+    ("CRUD Read", False, _Checker.crud_read, None),
+    ("JSONLex Execute", True, _Checker.jsonlex, None),
+]
+
+
 async def run_checks(
     settings: Settings,
     *,
@@ -80,165 +229,23 @@ async def run_checks(
     timeout: float = 5.0,
 ) -> CheckReport:
     """Run the eight checks; ``report`` is called as each one finishes."""
-    base = (url or settings.bridge_url).rstrip("/")
+    checker = _Checker(settings, (url or settings.bridge_url).rstrip("/"), verify, timeout)
     results = CheckReport()
-    names = [
-        ("Bridge Health Check", True),
-        ("Socket.IO Connection", True),
-        ("IPC Statistics Endpoint", True),
-        ("Event Emit", True),
-        ("Event Reception", False),
-        ("CRUD Create", False),
-        ("CRUD Read", False),
-        ("JSONLex Execute", True),
-    ]
-    checks = [CheckResult(name, critical) for name, critical in names]
-
-    def done(index: int, passed: bool, detail: str = "") -> None:
-        checks[index].passed = passed
-        checks[index].detail = detail
-        results.results.append(checks[index])
-        if report is not None:
-            report(checks[index])
-
-    def skip_rest(start: int, why: str) -> None:
-        for index in range(start, len(checks)):
-            done(index, False, why)
-
-    async with httpx.AsyncClient(verify=verify, timeout=timeout) as http:
-        # 1. health
-        try:
-            response = await http.get(f"{base}/health")
-            body = response.json()
-            done(0, body.get("status") == "healthy", f"{body.get('service')} {body.get('version')}")
-        except (httpx.HTTPError, ValueError) as exc:
-            done(0, False, str(exc))
-        if not checks[0].passed:
-            skip_rest(1, "skipped: the Bridge is not healthy")
-            return results
-
-        # 2. Socket.IO connection with a broker token
-        tokens = BrokerTokenManager(service_name=SERVICE, settings=settings)
-        http_session = None
-        if isinstance(verify, ssl.SSLContext):
-            import aiohttp
-
-            http_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=verify))
-        client = socketio.AsyncClient(
-            reconnection=False, ssl_verify=verify is not False, http_session=http_session, logger=False
-        )
-        namespace = f"/ipc/{SERVICE}"
-        refusals: list[str] = []
-
-        async def on_connect_error(data: Any = None) -> None:
-            # The Bridge says why it refused (e.g. "UNAUTHORIZED: invalid broker token: ...").
-            refusals.append(str(data.get("message") if isinstance(data, dict) else data))
-
-        client.on("connect_error", on_connect_error, namespace=namespace)
-        try:
-            try:
-                await client.connect(
-                    base,
-                    namespaces=[namespace],
-                    auth={"token": tokens.generate_token(operation="connect")},
-                    transports=["websocket", "polling"],
-                    wait_timeout=10,
-                )
-                done(1, namespace in client.namespaces, f"connected to {namespace}")
-            except socketio.exceptions.ConnectionError as exc:
-                done(1, False, refusals[-1] if refusals else str(exc))
-            if not checks[1].passed:
-                skip_rest(2, "skipped: no Socket.IO connection")
-                return results
-
-            # 3. stats
-            try:
-                response = await http.get(f"{base}/api/ipc/stats")
-                body = response.json()
-                data = body.get("data") or {}
-                done(
-                    2,
-                    bool(body.get("success")),
-                    f"activeServices={data.get('activeServices')} activeConnections={data.get('activeConnections')} "
-                    f"rateLimits.enabled={(data.get('rateLimits') or {}).get('enabled')}",
-                )
-            except (httpx.HTTPError, ValueError) as exc:
-                done(2, False, str(exc))
-
-            # 4. emit → ipc:ack
-            outcome = await _emit_and_wait(
-                client,
-                namespace,
-                {
-                    "event": "test:ping",
-                    "payload": {"message": "Hello from IPC test", "timestamp": _now()},
-                    "target": "broadcast",
-                    "options": {"requireAck": True},
-                },
-                timeout,
-            )
-            done(3, outcome[0], outcome[1])
-
-            # 5. reception of an event forwarded to this namespace
-            received: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-            async def on_ping(data: Any = None, meta: Any = None) -> None:
-                if isinstance(data, dict) and data.get("message") == "Echo test" and not received.done():
-                    received.set_result(meta)
-
-            client.on("test:ping", on_ping, namespace=namespace)
-            await client.emit(
-                SioEvent.EMIT,
-                {"event": "test:ping", "payload": {"message": "Echo test", "timestamp": _now()}, "target": SERVICE},
-                namespace=namespace,
-            )
-            try:
-                meta = await asyncio.wait_for(received, timeout)
-                done(4, True, f"from {meta.get('source') if isinstance(meta, dict) else '?'}")
-            except TimeoutError:
-                done(4, False, "no event within the timeout")
-
-            # 6./7. CRUD on test_items
-            created = await _call(
-                client,
-                namespace,
-                SioEvent.CREATE,
-                {
-                    "resource": "test_items",
-                    "data": {"name": "Test Item", "value": 42, "timestamp": _now()},
-                    "options": {},
-                },
-                timeout,
-            )
-            done(5, bool(created.get("success")), str(created.get("data") or created.get("error")))
-            read = await _call(
-                client, namespace, SioEvent.READ, {"resource": "test_items", "query": {}, "options": {}}, timeout
-            )
-            items = read.get("data")
-            done(6, bool(read.get("success")), f"{len(items)} items" if isinstance(items, list) else "unknown")
-
-            # 8. JSONLex
-            context = {"firstName": "John", "lastName": "Doe", "age": 25}
-            answer = await _call(
-                client,
-                namespace,
-                SioEvent.JSONLEX,
-                {"expression": JSONLEX_EXPRESSION, "context": context, "options": {}},
-                timeout,
-            )
-            raw_result = answer.get("result")
-            result: dict[str, Any] = raw_result if isinstance(raw_result, dict) else {}
-            ok = (
-                bool(answer.get("success"))
-                and result.get("fullName") == "John Doe"
-                and result.get("age") == 25
-                and result.get("isAdult") is True
-            )
-            done(7, ok, str(answer.get("result") if ok else answer))
-        finally:
-            await client.disconnect()
-            if http_session is not None:
-                await http_session.close()
+    skipped_because: str | None = None
+    try:
+        for name, critical, check, gate in CHECKS:
+            result = CheckResult(name, critical)
+            if skipped_because is not None:
+                result.detail = skipped_because
+            else:
+                result.passed, result.detail = await check(checker)
+                if not result.passed and gate is not None:
+                    skipped_because = gate
+            results.results.append(result)
+            if report is not None:
+                report(result)
+    finally:
+        await checker.close()
     return results
 
 
