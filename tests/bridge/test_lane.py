@@ -16,8 +16,8 @@ import aiohttp
 import orjson
 import pytest
 
-from exprsn_ipc.bridge.events import SioLink
 from exprsn_ipc.bridge.lane import LaneLink
+from exprsn_ipc.bridge.sio_server import SioLink
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
 from exprsn_ipc.sio.packets import ACK, CONNECT, CONNECT_ERROR, EVENT, Packet, decode, encode, encode_event
 

@@ -11,8 +11,8 @@ import pytest
 
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.bridge import MemoryBackend, create_app
-from exprsn_ipc.bridge.events import SioLink
 from exprsn_ipc.bridge.lane import LaneLink
+from exprsn_ipc.bridge.sio_server import SioLink
 from exprsn_ipc.certs.authority import cert_paths, generate_certificates
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.testing import make_test_settings

@@ -14,9 +14,10 @@ from exprsn_ipc import __version__
 from exprsn_ipc.bridge.backend.base import BridgeBackend, MemoryBackend, create_backend
 from exprsn_ipc.bridge.core import Bridge, BridgeStats, Connection, Identity
 from exprsn_ipc.bridge.dashboard import DashboardFeed, mount_dashboard
-from exprsn_ipc.bridge.events import attach, event_handlers
+from exprsn_ipc.bridge.events import BridgeEvents
 from exprsn_ipc.bridge.http import add_error_handlers, build_router
 from exprsn_ipc.bridge.lane import WorkerLane, wants_lane
+from exprsn_ipc.bridge.sio_server import attach
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
 from exprsn_ipc.settings import Settings
 
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None, *, backend: BridgeBackend | Non
         )
     api.include_router(build_router(bridge))
     add_error_handlers(api)
-    handlers = event_handlers(bridge)
+    handlers = BridgeEvents(bridge).table()
     sio = attach(bridge, handlers)
     dashboard = mount_dashboard(api, bridge)
     app = BridgeApp(sio, other_asgi_app=api, socketio_path="socket.io")

@@ -86,7 +86,7 @@ class Bridge:
         self._service_refs: Counter[str] = Counter()
         self._running = False
         self._heartbeat: asyncio.Task[None] | None = None
-        self.sio: Any = None  # set by bridge.sockets.attach()
+        self.sio: Any = None  # set by bridge.sio_server.attach()
         self.delivery = Delivery(self)
         #: See :data:`RouteListener`.
         self.route_listeners: list[RouteListener] = []

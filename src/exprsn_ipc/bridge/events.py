@@ -1,149 +1,84 @@
-"""Socket.IO side of the Bridge: namespaces ``/ipc/<service>`` and their events.
+"""The Bridge's Socket.IO events: one method per event of ``/ipc/<service>``.
 
 Clients authenticate with a broker token in the connect ``auth`` payload
-(``{"token": …}``); only the development bypass admits one without. IPC workers
-using the bridge transport add ``"protocol": "exprsn-ipc/1"`` and exchange raw
-signed envelopes (``ipc:publish`` / ``ipc:message``); every other client uses
-the original's events and receives bus traffic as ``<event>(data, meta)``.
+(``{"token": …}``, see ``admission.py``); only the development bypass admits one
+without. IPC workers using the bridge transport add ``"protocol": "exprsn-ipc/1"``
+and exchange raw signed envelopes (``ipc:publish`` / ``ipc:message``); every other
+client uses the original's events and receives bus traffic as ``<event>(data, meta)``.
 
-The events are one table (:func:`event_handlers`) of ``handler(conn, *args)``
-served twice: by python-socketio (:func:`attach`) and by the worker lane
-(``lane.py``), which serves the workers that ask for it.
+:meth:`BridgeEvents.table` is served twice: by python-socketio (``sio_server.py``)
+and by the worker lane (``lane.py``). Adding an event is one method here marked
+``@handles(SioEvent.X)``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final, TypeVar
 
-import socketio
-
-from exprsn_ipc.bridge.connection import Connection, Identity, SocketLink
-from exprsn_ipc.bridge.core import Bridge, encoded_size, normalise_namespace
-from exprsn_ipc.bridge.credentials import token_from_environ
+from exprsn_ipc.bridge.connection import Connection, Identity
+from exprsn_ipc.bridge.core import Bridge, encoded_size
 from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError, TokenError
 from exprsn_ipc.jsonlex.evaluator import evaluate as evaluate_jsonlex
-from exprsn_ipc.protocol.constants import BATCH_MAX_ITEMS, BRIDGE_ALIAS, BRIDGE_SERVICE, BROADCAST, ENVELOPE_PROTOCOL
+from exprsn_ipc.protocol.constants import (
+    BATCH_MAX_ITEMS,
+    BRIDGE_ALIAS,
+    BRIDGE_SERVICE,
+    BROADCAST,
+    DEFAULT_NAMESPACE,
+    ENVELOPE_PROTOCOL,
+)
 from exprsn_ipc.protocol.envelope import MISSING, validate_service_name
-from exprsn_ipc.protocol.events import SioEvent
+from exprsn_ipc.protocol.events import SioEvent, crud_event
 
-__all__ = ["ENVELOPE_PROTOCOL", "Handler", "SioLink", "admit", "attach", "event_handlers", "release"]
-
-log = logging.getLogger("exprsn_ipc.bridge")
-
-_CRUD = ("create", "read", "update", "delete")
+__all__ = ["ENVELOPE_PROTOCOL", "OTHER_EVENT", "BridgeEvents", "Handler", "handles"]
 
 Reply = dict[str, Any]
 #: An event's handler: ``handler(conn, *args)`` returns what the client's acknowledgement gets.
 Handler = Callable[..., Awaitable[Any]]
+M = TypeVar("M", bound=Callable[..., Awaitable[Any]])
+
+#: The table key of the handler of any event without a method, called as ``handler(conn, event, *args)``.
+OTHER_EVENT: Final = "*"
+_CHANNEL_PREFIX: Final = f"{DEFAULT_NAMESPACE}:"
+
+#: Method name -> the event it handles, filled in as the class body runs.
+_HANDLED: dict[str, str] = {}
 
 
-def _peer(environ: dict[str, Any]) -> str | None:
-    scope = environ.get("asgi.scope")
-    if isinstance(scope, dict) and scope.get("client"):
-        return str(scope["client"][0])
-    addr = environ.get("REMOTE_ADDR")
-    return str(addr) if addr else None
+def handles(event: str) -> Callable[[M], M]:
+    """Mark a :class:`BridgeEvents` method as the handler of ``event``."""
+
+    def mark(method: M) -> M:
+        _HANDLED[method.__name__] = event
+        return method
+
+    return mark
 
 
-def _failure(exc: IPCError) -> Reply:
-    return {"success": False, "error": exc.code, "message": str(exc)}
+class BridgeEvents:
+    """Every event a client may send on ``/ipc/<service>``; each returns the acknowledgement."""
 
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
 
-class SioLink:
-    """python-socketio's server as the :class:`SocketLink` of one client."""
+    def table(self) -> dict[str, Handler]:
+        """``{event: handler(conn, *args)}``, with :data:`OTHER_EVENT` for anything else."""
+        table: dict[str, Handler] = {event: getattr(self, name) for name, event in _HANDLED.items()}
+        table[OTHER_EVENT] = self.on_other
+        return table
 
-    __slots__ = ("namespace", "sid", "sio")
-
-    def __init__(self, sio: socketio.AsyncServer, sid: str, namespace: str) -> None:
-        self.sio = sio
-        self.sid = sid
-        self.namespace = namespace
-
-    async def emit(self, event: str, *args: Any) -> None:
-        await self.sio.emit(event, _data(args), to=self.sid, namespace=self.namespace)
-
-    async def call(self, event: str, *args: Any, timeout: float) -> Any:
-        return await self.sio.call(event, _data(args), to=self.sid, namespace=self.namespace, timeout=timeout)
-
-
-def _data(args: tuple[Any, ...]) -> Any:
-    # python-socketio sends a tuple as several arguments, anything else as one.
-    return args[0] if len(args) == 1 else args
-
-
-async def admit(
-    bridge: Bridge, namespace: str, sid: str, *, peer: str | None, token: str | None, auth: Any, link: SocketLink
-) -> Connection:
-    """Authenticate a client joining ``namespace`` and add its connection to the Bridge.
-
-    Raises:
-        AuthError: refused; ``str(exc)`` is the ``connect_error`` message and
-            ``exc.code`` its reason (``INVALID_NAMESPACE``, ``UNAUTHORIZED``, ``TOKEN_EXPIRED``…).
-    """
-    service = normalise_namespace(namespace, bridge.settings.allowed_services)
-    if service is None:
-        bridge.stats.reject(None, "INVALID_NAMESPACE")
-        log.warning("refused a connection to unknown namespace %s", namespace)
-        raise AuthError(
-            f"INVALID_NAMESPACE: {namespace} is not an IPC namespace (use /ipc/<service>)", code="INVALID_NAMESPACE"
-        )
-    try:
-        identity = bridge.authenticate(token, peer, service=service)
-    except AuthError as exc:
-        bridge.stats.reject(service, exc.code)
-        log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)
-        raise AuthError(f"UNAUTHORIZED: {exc}", code=exc.code) from None
-    options = auth if isinstance(auth, dict) else {}
-    mode = "envelope" if options.get("protocol") == ENVELOPE_PROTOCOL else "socket"
-    entry = options.get("entry") if isinstance(options.get("entry"), dict) else None
-    conn = Connection(
-        sid=sid,
-        namespace=namespace,
-        service=service,
-        mode=mode,
-        peer=peer,
-        bypass=identity.bypass,
-        link=link,
-        durable=mode == "envelope" and options.get("durable") is True,
-    )
-    await bridge.add_connection(conn, entry)
-    log.info("%s connected to %s (%s%s)", service, namespace, mode, ", dev bypass" if identity.bypass else "")
-    return conn
-
-
-async def release(bridge: Bridge, conn: Connection) -> None:
-    """Remove a client's connection from the Bridge."""
-    if conn.key in bridge.connections:
-        await bridge.drop_connection(conn)
-        log.info("%s disconnected from %s", conn.service, conn.namespace)
-
-
-def event_handlers(bridge: Bridge) -> dict[str, Handler]:
-    """The Bridge's ``ipc:*`` events: ``handler(conn, *args)`` returns the acknowledgement.
-
-    The key ``"*"`` is the handler of any other event, called as ``handler(conn, event, *args)``.
-    """
-    handlers: dict[str, Handler] = {}
-
-    def on(event: str) -> Callable[[Handler], Handler]:
-        def register(handler: Handler) -> Handler:
-            handlers[event] = handler
-            return handler
-
-        return register
-
-    @on(SioEvent.EMIT)
-    async def on_emit(conn: Connection, payload: Any = None, *_: Any) -> Reply:
+    # The original's events ----------------------------------------------------------
+    @handles(SioEvent.EMIT)
+    async def on_emit(self, conn: Connection, payload: Any = None, *_: Any) -> Reply:
+        bridge = self.bridge
         try:
             if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
-                raise EnvelopeError("ipc:emit needs {event, payload, target, options}")
+                raise EnvelopeError(f"{SioEvent.EMIT} needs {{event, payload, target, options}}")
             options = payload.get("options") or {}
             if not isinstance(options, dict):
-                raise EnvelopeError("ipc:emit options must be an object")
+                raise EnvelopeError(f"{SioEvent.EMIT} options must be an object")
             data = payload.get("payload", MISSING)
             if data is not MISSING and encoded_size(data) > bridge.max_bytes:
                 raise PayloadTooLargeError(f"payload exceeds the limit of {bridge.max_bytes} bytes")
@@ -159,16 +94,77 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
         await conn.link.emit(SioEvent.ACK, ack)
         return {"success": True, **ack}
 
-    @on(SioEvent.PUBLISH)
-    async def on_publish(conn: Connection, raw: Any = None, *_: Any) -> Reply:
+    @handles(SioEvent.CREATE)
+    async def on_create(self, conn: Connection, payload: Any = None, *_: Any) -> Reply:
+        return await self._crud(conn, "create", payload)
+
+    @handles(SioEvent.READ)
+    async def on_read(self, conn: Connection, payload: Any = None, *_: Any) -> Reply:
+        return await self._crud(conn, "read", payload)
+
+    @handles(SioEvent.UPDATE)
+    async def on_update(self, conn: Connection, payload: Any = None, *_: Any) -> Reply:
+        return await self._crud(conn, "update", payload)
+
+    @handles(SioEvent.DELETE)
+    async def on_delete(self, conn: Connection, payload: Any = None, *_: Any) -> Reply:
+        return await self._crud(conn, "delete", payload)
+
+    @handles(SioEvent.JSONLEX)
+    async def on_jsonlex(self, conn: Connection, payload: Any = None, *_: Any) -> Reply:
+        async def act() -> Any:
+            if not isinstance(payload, dict) or "expression" not in payload:
+                raise EnvelopeError(f"{SioEvent.JSONLEX} needs {{expression, context}}")
+            context = payload.get("context") or {}
+            if not isinstance(context, dict):
+                raise EnvelopeError(f"{SioEvent.JSONLEX} context must be an object")
+            return evaluate_jsonlex(payload["expression"], context)
+
+        return await self._guarded(conn, act, "result")
+
+    # Ours: requests, discovery, revocation ------------------------------------------
+    @handles(SioEvent.REQUEST)
+    async def on_request(self, conn: Connection, payload: Any = None, *_: Any) -> Reply:
+        async def act() -> Any:
+            if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
+                raise EnvelopeError(f"{SioEvent.REQUEST} needs {{event, payload, target, timeout}}")
+            target = payload.get("target")
+            if not isinstance(target, str):
+                raise EnvelopeError(f"{SioEvent.REQUEST} needs a target service")
+            timeout = payload.get("timeout")
+            wait: float | None = None
+            if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+                wait = float(timeout) / 1000
+            return await self.bridge.request_as(
+                _identity(conn), target, payload["event"], payload.get("payload", MISSING), timeout=wait
+            )
+
+        return await self._guarded(conn, act, "data")
+
+    @handles(SioEvent.SERVICES)
+    async def on_services(self, conn: Connection, *_: Any) -> Reply:
+        return {"success": True, "data": await self.bridge.backend.services()}
+
+    @handles(SioEvent.REVOKE)
+    async def on_revoke(self, conn: Connection, body: Any = None, *_: Any) -> Reply:
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
+            return _failure(EnvelopeError(f"{SioEvent.REVOKE} needs {{id, ttl}}"))
+        ttl = body.get("ttl")
+        ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= 86_400 else 86_400
         try:
-            if isinstance(raw, str):
-                raw = raw.encode("utf-8")
-            if not isinstance(raw, bytes):
-                raise EnvelopeError("ipc:publish needs one encoded envelope")
-            receivers = await bridge.publish_raw(conn, raw)
+            await self.bridge.check_rate(conn.service)
         except IPCError as exc:
-            bridge.stats.refused(conn.service, exc)
+            return _failure(exc)
+        await self.bridge.revoke(body["id"], ttl=ttl, by=conn.service)
+        return {"success": True, "id": body["id"]}
+
+    # The IPC workers' raw envelopes --------------------------------------------------
+    @handles(SioEvent.PUBLISH)
+    async def on_publish(self, conn: Connection, raw: Any = None, *_: Any) -> Reply:
+        try:
+            receivers = await self.bridge.publish_raw(conn, _envelope_bytes(SioEvent.PUBLISH, raw))
+        except IPCError as exc:
+            self.bridge.stats.refused(conn.service, exc)
             return _failure(exc)
         if receivers:
             # Let the receivers' sender tasks take the message first: the answer
@@ -176,24 +172,23 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
             await asyncio.sleep(0)
         return {"success": True, "receivers": receivers}
 
-    @on(SioEvent.SEND)
-    async def on_send(conn: Connection, raw: Any = None, *_: Any) -> None:
+    @handles(SioEvent.SEND)
+    async def on_send(self, conn: Connection, raw: Any = None, *_: Any) -> None:
         # ipc:publish without an answer (workers' replies); a refusal comes back as ipc:error.
         try:
-            if not isinstance(raw, str):
-                raise EnvelopeError("ipc:send needs one encoded envelope")
-            await bridge.publish_raw(conn, raw.encode("utf-8"))
+            await self.bridge.publish_raw(conn, _envelope_bytes(SioEvent.SEND, raw, allow_bytes=False))
         except IPCError as exc:
-            bridge.stats.refused(conn.service, exc)
+            self.bridge.stats.refused(conn.service, exc)
             await conn.link.emit(SioEvent.ERROR, _failure(exc))
 
-    @on(SioEvent.PUBLISH_BATCH)
-    async def on_publish_batch(conn: Connection, raws: Any = None, *_: Any) -> Reply | list[Reply]:
+    @handles(SioEvent.PUBLISH_BATCH)
+    async def on_publish_batch(self, conn: Connection, raws: Any = None, *_: Any) -> Reply | list[Reply]:
         # Envelopes emitted together by one worker: one packet and one answer for all,
         # one rate-limit count; each envelope is still checked on its own.
+        bridge = self.bridge
         if not isinstance(raws, list) or not raws or len(raws) > BATCH_MAX_ITEMS:
             bridge.stats.reject(conn.service, EnvelopeError.code)
-            error = EnvelopeError(f"ipc:publish_batch needs a list of 1 to {BATCH_MAX_ITEMS} encoded envelopes")
+            error = EnvelopeError(f"{SioEvent.PUBLISH_BATCH} needs a list of 1 to {BATCH_MAX_ITEMS} encoded envelopes")
             return _failure(error)
         replies: list[Reply] = []
         for outcome in await bridge.publish_batch(conn, raws):
@@ -204,187 +199,95 @@ def event_handlers(bridge: Bridge) -> dict[str, Handler]:
                 replies.append({"success": True, "receivers": outcome})
         return replies
 
-    @on(SioEvent.PUBLISH_DURABLE)
-    async def on_publish_durable(conn: Connection, raw: Any = None, *_: Any) -> Reply:
+    @handles(SioEvent.PUBLISH_DURABLE)
+    async def on_publish_durable(self, conn: Connection, raw: Any = None, *_: Any) -> Reply:
         try:
-            if isinstance(raw, str):
-                raw = raw.encode("utf-8")
-            if not isinstance(raw, bytes):
-                raise EnvelopeError("ipc:publish_durable needs one encoded envelope")
-            receivers = await bridge.publish_raw(conn, raw, durable=True)
+            raw_bytes = _envelope_bytes(SioEvent.PUBLISH_DURABLE, raw)
+            receivers = await self.bridge.publish_raw(conn, raw_bytes, durable=True)
         except IPCError as exc:
-            bridge.stats.refused(conn.service, exc)
+            self.bridge.stats.refused(conn.service, exc)
             return _failure(exc)
         return {"success": True, "receivers": receivers}
 
-    @on(SioEvent.SUBSCRIBE)
-    async def on_subscribe(conn: Connection, channel: Any = None, *_: Any) -> Reply:
-        return await _channel_op(conn, channel, subscribe=True)
+    @handles(SioEvent.SUBSCRIBE)
+    async def on_subscribe(self, conn: Connection, channel: Any = None, *_: Any) -> Reply:
+        return await self._channel_op(conn, channel, subscribe=True)
 
-    @on(SioEvent.UNSUBSCRIBE)
-    async def on_unsubscribe(conn: Connection, channel: Any = None, *_: Any) -> Reply:
-        return await _channel_op(conn, channel, subscribe=False)
+    @handles(SioEvent.UNSUBSCRIBE)
+    async def on_unsubscribe(self, conn: Connection, channel: Any = None, *_: Any) -> Reply:
+        return await self._channel_op(conn, channel, subscribe=False)
 
-    async def _channel_op(conn: Connection, channel: Any, *, subscribe: bool) -> Reply:
-        if not isinstance(channel, str) or not channel.startswith("ipc:"):
-            return _failure(EnvelopeError("channel must be a string like ipc:<name>"))
-        try:
-            validate_service_name(channel[4:], allow_broadcast=True)
-        except IPCError as exc:
-            return _failure(exc)
-        if subscribe and channel[4:] not in (conn.service, BROADCAST):
-            # Reading another service's traffic would need its identity.
-            bridge.stats.reject(conn.service, AuthError.code)
-            return _failure(AuthError(f"{conn.service} may not subscribe to {channel}"))
-        if subscribe:
-            await bridge.subscribe(conn, channel)
-        else:
-            await bridge.unsubscribe(conn, channel)
-        return {"success": True, "channel": channel}
-
-    @on(SioEvent.REVOKE)
-    async def on_revoke(conn: Connection, body: Any = None, *_: Any) -> Reply:
-        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
-            return _failure(EnvelopeError("ipc:revoke needs {id, ttl}"))
-        ttl = body.get("ttl")
-        ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= 86_400 else 86_400
-        try:
-            await bridge.check_rate(conn.service)
-        except IPCError as exc:
-            return _failure(exc)
-        await bridge.revoke(body["id"], ttl=ttl, by=conn.service)
-        return {"success": True, "id": body["id"]}
-
-    @on(SioEvent.SERVICES)
-    async def on_services(conn: Connection, *_: Any) -> Reply:
-        return {"success": True, "data": await bridge.backend.services()}
-
-    async def guarded(conn: Connection, action: Callable[[Connection], Awaitable[Any]], key: str) -> Reply:
-        try:
-            await bridge.check_rate(conn.service)
-            result = await action(conn)
-        except IPCError as exc:
-            bridge.stats.refused(conn.service, exc)
-            return _failure(exc)
-        except (TypeError, ValueError, KeyError) as exc:
-            bridge.stats.reject(conn.service, "INVALID_MESSAGE")
-            return {"success": False, "error": "INVALID_MESSAGE", "message": str(exc)}
-        return {"success": True, key: result}
-
-    @on(SioEvent.REQUEST)
-    async def on_request(conn: Connection, payload: Any = None, *_: Any) -> Reply:
-        async def act(conn: Connection) -> Any:
-            if not isinstance(payload, dict) or not isinstance(payload.get("event"), str):
-                raise EnvelopeError("ipc:request needs {event, payload, target, timeout}")
-            target = payload.get("target")
-            if not isinstance(target, str):
-                raise EnvelopeError("ipc:request needs a target service")
-            timeout = payload.get("timeout")
-            wait: float | None = None
-            if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
-                wait = float(timeout) / 1000
-            return await bridge.request_as(
-                _identity(conn), target, payload["event"], payload.get("payload", MISSING), timeout=wait
-            )
-
-        return await guarded(conn, act, "data")
-
-    def crud_handler(operation: str) -> Handler:
-        async def on_crud(conn: Connection, payload: Any = None, *_: Any) -> Reply:
-            async def act(conn: Connection) -> Any:
-                body = _crud_body(operation, payload, bridge.max_bytes)
-                options = payload.get("options") if isinstance(payload, dict) else None
-                target = options.get("target") if isinstance(options, dict) else None
-                if not isinstance(target, str) or not target:
-                    target = await bridge.crud_target(body["resource"])
-                if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
-                    return await bridge.serve_locally(f"crud:{operation}", body)
-                return await bridge.request_as(_identity(conn), target, f"crud:{operation}", body, operation="crud")
-
-            return await guarded(conn, act, "data")
-
-        return on_crud
-
-    for op in _CRUD:
-        handlers[f"ipc:{op}"] = crud_handler(op)
-
-    @on(SioEvent.JSONLEX)
-    async def on_jsonlex(conn: Connection, payload: Any = None, *_: Any) -> Reply:
-        async def act(conn: Connection) -> Any:
-            if not isinstance(payload, dict) or "expression" not in payload:
-                raise EnvelopeError("ipc:jsonlex needs {expression, context}")
-            context = payload.get("context") or {}
-            if not isinstance(context, dict):
-                raise EnvelopeError("ipc:jsonlex context must be an object")
-            return evaluate_jsonlex(payload["expression"], context)
-
-        return await guarded(conn, act, "result")
-
-    @on("*")
-    async def on_other(conn: Connection, event: str, *_: Any) -> Reply:
-        bridge.stats.reject(conn.service, "UNKNOWN_EVENT")
+    async def on_other(self, conn: Connection, event: str, *_: Any) -> Reply:
+        """Any event without a handler: refused with ``ipc:error`` and counted."""
+        self.bridge.stats.reject(conn.service, "UNKNOWN_EVENT")
         body = {"error": "INVALID_MESSAGE", "message": f"unknown event {event!r}"}
         await conn.link.emit(SioEvent.ERROR, body)
         return {"success": False, **body}
 
-    return handlers
-
-
-def attach(bridge: Bridge, handlers: dict[str, Handler]) -> socketio.AsyncServer:
-    """Create the Socket.IO server for ``bridge`` and serve ``handlers`` on it."""
-    settings = bridge.settings
-    origins: Any = settings.cors_origins or ("*" if settings.is_development else [])
-    sio = socketio.AsyncServer(
-        async_mode="asgi",
-        namespaces="*",
-        cors_allowed_origins=origins,
-        cors_credentials=bool(settings.cors_origins) and "*" not in settings.cors_origins,
-        # engine.io drops the connection above this; our own checks give a specific
-        # PAYLOAD_TOO_LARGE error for anything between the IPC limit and this.
-        max_http_buffer_size=settings.ipc_max_message_bytes * 4,
-        logger=False,
-        engineio_logger=False,
-    )
-    bridge.sio = sio
-
-    def connection(namespace: str, sid: str) -> Connection:
-        conn = bridge.connections.get(f"{namespace}#{sid}")
-        if conn is None:
-            raise AuthError("not connected")
-        conn.last_activity = int(time.time() * 1000)
-        return conn
-
-    @sio.on("connect", namespace="*")
-    async def on_connect(namespace: str, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    # Shared steps --------------------------------------------------------------------
+    async def _channel_op(self, conn: Connection, channel: Any, *, subscribe: bool) -> Reply:
+        if not isinstance(channel, str) or not channel.startswith(_CHANNEL_PREFIX):
+            return _failure(EnvelopeError(f"channel must be a string like {_CHANNEL_PREFIX}<name>"))
+        name = channel[len(_CHANNEL_PREFIX) :]
         try:
-            token = token_from_environ(environ, auth)
-            link = SioLink(sio, sid, namespace)
-            await admit(bridge, namespace, sid, peer=_peer(environ), token=token, auth=auth, link=link)
-        except AuthError as exc:
-            raise socketio.exceptions.ConnectionRefusedError(str(exc), {"error": exc.code}) from None
+            validate_service_name(name, allow_broadcast=True)
+        except IPCError as exc:
+            return _failure(exc)
+        if subscribe and name not in (conn.service, BROADCAST):
+            # Reading another service's traffic would need its identity.
+            self.bridge.stats.reject(conn.service, AuthError.code)
+            return _failure(AuthError(f"{conn.service} may not subscribe to {channel}"))
+        if subscribe:
+            await self.bridge.subscribe(conn, channel)
+        else:
+            await self.bridge.unsubscribe(conn, channel)
+        return {"success": True, "channel": channel}
 
-    @sio.on("disconnect", namespace="*")
-    async def on_disconnect(namespace: str, sid: str, reason: Any = None) -> None:
-        conn = bridge.connections.get(f"{namespace}#{sid}")
-        if conn is not None:
-            await release(bridge, conn)
+    async def _crud(self, conn: Connection, operation: str, payload: Any) -> Reply:
+        bridge = self.bridge
 
-    def serve(handler: Handler) -> Callable[..., Awaitable[Any]]:
-        async def on_event(namespace: str, sid: str, *args: Any) -> Any:
-            return await handler(connection(namespace, sid), *args)
+        async def act() -> Any:
+            body = _crud_body(operation, payload, bridge.max_bytes)
+            options = payload.get("options") if isinstance(payload, dict) else None
+            target = options.get("target") if isinstance(options, dict) else None
+            if not isinstance(target, str) or not target:
+                target = await bridge.crud_target(body["resource"])
+            event = crud_event(operation)
+            if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
+                return await bridge.serve_locally(event, body)
+            return await bridge.request_as(_identity(conn), target, event, body, operation="crud")
 
-        return on_event
+        return await self._guarded(conn, act, "data")
 
-    for event, handler in handlers.items():
-        if event != "*":
-            sio.on(event, namespace="*")(serve(handler))
-    other = handlers["*"]
+    async def _guarded(self, conn: Connection, action: Callable[[], Awaitable[Any]], key: str) -> Reply:
+        """Rate-limit, run ``action`` and answer ``{success, <key>: result}`` or the error."""
+        try:
+            await self.bridge.check_rate(conn.service)
+            result = await action()
+        except IPCError as exc:
+            self.bridge.stats.refused(conn.service, exc)
+            return _failure(exc)
+        except (TypeError, ValueError, KeyError) as exc:
+            self.bridge.stats.reject(conn.service, "INVALID_MESSAGE")
+            return {"success": False, "error": "INVALID_MESSAGE", "message": str(exc)}
+        return {"success": True, key: result}
 
-    @sio.on("*", namespace="*")
-    async def on_other(event: str, namespace: str, sid: str, *args: Any) -> Any:
-        return await other(connection(namespace, sid), event, *args)
 
-    return sio
+def _envelope_bytes(event: str, raw: Any, *, allow_bytes: bool = True) -> bytes:
+    """The one encoded envelope a raw-envelope event carries, as bytes."""
+    if isinstance(raw, str):
+        return raw.encode("utf-8")
+    if allow_bytes and isinstance(raw, bytes):
+        return raw
+    raise EnvelopeError(f"{event} needs one encoded envelope")
+
+
+def _crud_sio_event(operation: str) -> SioEvent:
+    return SioEvent(f"{_CHANNEL_PREFIX}{operation}")
+
+
+def _failure(exc: IPCError) -> Reply:
+    return {"success": False, "error": exc.code, "message": str(exc)}
 
 
 def _identity(conn: Connection) -> Identity:
@@ -401,18 +304,18 @@ def _emit_code(exc: IPCError) -> str:
 
 def _crud_body(operation: str, payload: Any, max_bytes: int) -> dict[str, Any]:
     if not isinstance(payload, dict) or not isinstance(payload.get("resource"), str) or not payload["resource"]:
-        raise EnvelopeError(f"ipc:{operation} needs {{resource, ...}}")
+        raise EnvelopeError(f"{_crud_sio_event(operation)} needs {{resource, ...}}")
     body: dict[str, Any] = {"resource": payload["resource"], "operation": operation}
     if operation == "create":
         if "data" not in payload:
-            raise EnvelopeError("ipc:create needs data")
+            raise EnvelopeError(f"{SioEvent.CREATE} needs data")
         body["data"] = payload["data"]
     elif operation == "read":
         body["query"] = payload.get("query", payload.get("id", {}))
     else:
         item_id = payload.get("id", payload.get("query"))
         if item_id is None:
-            raise EnvelopeError(f"ipc:{operation} needs an id")
+            raise EnvelopeError(f"{_crud_sio_event(operation)} needs an id")
         body["id"] = item_id
         if operation == "update":
             body["data"] = payload.get("data", {})

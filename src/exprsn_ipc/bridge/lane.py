@@ -4,8 +4,8 @@ An IPC worker's bridge transport opens its websocket at
 ``/socket.io/?EIO=4&transport=websocket&protocol=exprsn-ipc/1``. The Bridge's
 app hands such a connection to this lane instead of python-socketio: the same
 protocol (Engine.IO v4 and Socket.IO v5 text packets, ``sio_packets``), the
-same namespaces, authentication (``sockets.admit``) and event handlers
-(``sockets.event_handlers``), but one ASGI task reading the socket and
+same namespaces, authentication (``admission.admit``) and event handlers
+(``events.BridgeEvents``), but one ASGI task reading the socket and
 answering on it directly. python-socketio's engine.io queues, a task per
 event and its generic framing were most of the Bridge's cost per message
 (docs/performance.md). Every other client, and a worker that does not ask for
@@ -29,10 +29,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import parse_qs
 
+from exprsn_ipc.bridge.admission import admit, release
 from exprsn_ipc.bridge.connection import Connection
 from exprsn_ipc.bridge.core import Bridge
 from exprsn_ipc.bridge.credentials import token_from_environ
-from exprsn_ipc.bridge.events import Handler, admit, release
+from exprsn_ipc.bridge.events import Handler
 from exprsn_ipc.errors import AuthError, TransportError
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
 from exprsn_ipc.protocol.events import SioEvent
@@ -73,7 +74,7 @@ class WorkerLane:
         self.handlers = handlers
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        # The same frame limit python-socketio's server gets (sockets.attach).
+        # The same frame limit python-socketio's server gets (sio_server.attach).
         self.max_payload = bridge.settings.ipc_max_message_bytes * 4
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -82,7 +83,7 @@ class WorkerLane:
             return
         origin = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"origin"), None)
         if origin is not None and not self._origin_allowed(origin):
-            # Same rule as python-socketio's side (sockets.attach): a listed origin, or any
+            # Same rule as python-socketio's side (sio_server.attach): a listed origin, or any
             # when no list is configured; workers send no Origin at all.
             self.bridge.stats.reject(None, "UNAUTHORIZED")
             log.warning("refused a worker websocket from origin %s", origin)

@@ -298,7 +298,7 @@ class DashboardFeed:
             bridge.route_listeners.append(self.on_routed)
         sio = bridge.sio
         if sio is None:
-            raise RuntimeError("attach the Bridge's Socket.IO server (bridge.sockets.attach) first")
+            raise RuntimeError("attach the Bridge's Socket.IO server (bridge.sio_server.attach) first")
 
         async def on_connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
             peer = _environ_peer(environ)

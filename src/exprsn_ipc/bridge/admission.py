@@ -1,0 +1,66 @@
+"""Admission to the Bridge: a client joining ``/ipc/<service>`` is authenticated and becomes a connection.
+
+Both Socket.IO servers (python-socketio in ``sio_server.py`` and the worker lane in
+``lane.py``) admit and release their clients here, so the rules are the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from exprsn_ipc.bridge.connection import Connection, SocketLink
+from exprsn_ipc.bridge.core import Bridge, normalise_namespace
+from exprsn_ipc.errors import AuthError
+from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
+
+__all__ = ["admit", "release"]
+
+log = logging.getLogger("exprsn_ipc.bridge")
+
+
+async def admit(
+    bridge: Bridge, namespace: str, sid: str, *, peer: str | None, token: str | None, auth: Any, link: SocketLink
+) -> Connection:
+    """Authenticate a client joining ``namespace`` and add its connection to the Bridge.
+
+    Raises:
+        AuthError: refused; ``str(exc)`` is the ``connect_error`` message and
+            ``exc.code`` its reason (``INVALID_NAMESPACE``, ``UNAUTHORIZED``, ``TOKEN_EXPIRED``…).
+    """
+    service = normalise_namespace(namespace, bridge.settings.allowed_services)
+    if service is None:
+        bridge.stats.reject(None, "INVALID_NAMESPACE")
+        log.warning("refused a connection to unknown namespace %s", namespace)
+        raise AuthError(
+            f"INVALID_NAMESPACE: {namespace} is not an IPC namespace (use /ipc/<service>)", code="INVALID_NAMESPACE"
+        )
+    try:
+        identity = bridge.authenticate(token, peer, service=service)
+    except AuthError as exc:
+        bridge.stats.reject(service, exc.code)
+        log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)
+        raise AuthError(f"UNAUTHORIZED: {exc}", code=exc.code) from None
+    options = auth if isinstance(auth, dict) else {}
+    mode = "envelope" if options.get("protocol") == ENVELOPE_PROTOCOL else "socket"
+    entry = options.get("entry") if isinstance(options.get("entry"), dict) else None
+    conn = Connection(
+        sid=sid,
+        namespace=namespace,
+        service=service,
+        mode=mode,
+        peer=peer,
+        bypass=identity.bypass,
+        link=link,
+        durable=mode == "envelope" and options.get("durable") is True,
+    )
+    await bridge.add_connection(conn, entry)
+    log.info("%s connected to %s (%s%s)", service, namespace, mode, ", dev bypass" if identity.bypass else "")
+    return conn
+
+
+async def release(bridge: Bridge, conn: Connection) -> None:
+    """Remove a client's connection from the Bridge."""
+    if conn.key in bridge.connections:
+        await bridge.drop_connection(conn)
+        log.info("%s disconnected from %s", conn.service, conn.namespace)

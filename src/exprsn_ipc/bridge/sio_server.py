@@ -1,0 +1,111 @@
+"""python-socketio's side of the Bridge: every client that is not on the worker lane.
+
+Node ``socket.io-client``, browsers, the dashboard and any worker that does not
+ask for the lane are served by a ``socketio.AsyncServer`` on ``/socket.io``, with
+the same admission (``admission.py``) and the same event table
+(:class:`~exprsn_ipc.bridge.events.BridgeEvents`) as the lane.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+
+from exprsn_ipc.bridge.admission import admit, release
+from exprsn_ipc.bridge.connection import Connection
+from exprsn_ipc.bridge.core import Bridge
+from exprsn_ipc.bridge.credentials import token_from_environ
+from exprsn_ipc.bridge.events import OTHER_EVENT, Handler
+from exprsn_ipc.errors import AuthError
+
+__all__ = ["SioLink", "attach"]
+
+
+def _peer(environ: dict[str, Any]) -> str | None:
+    scope = environ.get("asgi.scope")
+    if isinstance(scope, dict) and scope.get("client"):
+        return str(scope["client"][0])
+    addr = environ.get("REMOTE_ADDR")
+    return str(addr) if addr else None
+
+
+class SioLink:
+    """python-socketio's server as the :class:`SocketLink` of one client."""
+
+    __slots__ = ("namespace", "sid", "sio")
+
+    def __init__(self, sio: socketio.AsyncServer, sid: str, namespace: str) -> None:
+        self.sio = sio
+        self.sid = sid
+        self.namespace = namespace
+
+    async def emit(self, event: str, *args: Any) -> None:
+        await self.sio.emit(event, _data(args), to=self.sid, namespace=self.namespace)
+
+    async def call(self, event: str, *args: Any, timeout: float) -> Any:
+        return await self.sio.call(event, _data(args), to=self.sid, namespace=self.namespace, timeout=timeout)
+
+
+def _data(args: tuple[Any, ...]) -> Any:
+    # python-socketio sends a tuple as several arguments, anything else as one.
+    return args[0] if len(args) == 1 else args
+
+
+def attach(bridge: Bridge, handlers: dict[str, Handler]) -> socketio.AsyncServer:
+    """Create the Socket.IO server for ``bridge`` and serve ``handlers`` on it."""
+    settings = bridge.settings
+    origins: Any = settings.cors_origins or ("*" if settings.is_development else [])
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        namespaces="*",
+        cors_allowed_origins=origins,
+        cors_credentials=bool(settings.cors_origins) and "*" not in settings.cors_origins,
+        # engine.io drops the connection above this; our own checks give a specific
+        # PAYLOAD_TOO_LARGE error for anything between the IPC limit and this.
+        max_http_buffer_size=settings.ipc_max_message_bytes * 4,
+        logger=False,
+        engineio_logger=False,
+    )
+    bridge.sio = sio
+
+    def connection(namespace: str, sid: str) -> Connection:
+        conn = bridge.connections.get(f"{namespace}#{sid}")
+        if conn is None:
+            raise AuthError("not connected")
+        conn.last_activity = int(time.time() * 1000)
+        return conn
+
+    @sio.on("connect", namespace="*")
+    async def on_connect(namespace: str, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        try:
+            token = token_from_environ(environ, auth)
+            link = SioLink(sio, sid, namespace)
+            await admit(bridge, namespace, sid, peer=_peer(environ), token=token, auth=auth, link=link)
+        except AuthError as exc:
+            raise socketio.exceptions.ConnectionRefusedError(str(exc), {"error": exc.code}) from None
+
+    @sio.on("disconnect", namespace="*")
+    async def on_disconnect(namespace: str, sid: str, reason: Any = None) -> None:
+        conn = bridge.connections.get(f"{namespace}#{sid}")
+        if conn is not None:
+            await release(bridge, conn)
+
+    def serve(handler: Handler) -> Callable[..., Awaitable[Any]]:
+        async def on_event(namespace: str, sid: str, *args: Any) -> Any:
+            return await handler(connection(namespace, sid), *args)
+
+        return on_event
+
+    for event, handler in handlers.items():
+        if event != OTHER_EVENT:
+            sio.on(event, namespace="*")(serve(handler))
+    other = handlers[OTHER_EVENT]
+
+    @sio.on("*", namespace="*")
+    async def on_other(event: str, namespace: str, sid: str, *args: Any) -> Any:
+        return await other(connection(namespace, sid), event, *args)
+
+    return sio
