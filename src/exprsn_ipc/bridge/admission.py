@@ -10,11 +10,12 @@ import logging
 from typing import Any
 
 from exprsn_ipc.bridge.connection import Connection, SocketLink
-from exprsn_ipc.bridge.core import Bridge, normalise_namespace
-from exprsn_ipc.errors import AuthError
-from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
+from exprsn_ipc.bridge.core import Bridge
+from exprsn_ipc.errors import AuthError, IPCError
+from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL, full_service_name
+from exprsn_ipc.protocol.envelope import validate_service_name
 
-__all__ = ["admit", "release"]
+__all__ = ["admit", "normalise_namespace", "release"]
 
 log = logging.getLogger("exprsn_ipc.bridge")
 
@@ -64,3 +65,19 @@ async def release(bridge: Bridge, conn: Connection) -> None:
     if conn.key in bridge.connections:
         await bridge.drop_connection(conn)
         log.info("%s disconnected from %s", conn.service, conn.namespace)
+
+
+def normalise_namespace(namespace: str, allowed: frozenset[str] | None) -> str | None:
+    """``/ipc/timeline`` or ``/ipc/exprsn-timeline`` → ``exprsn-timeline``; None if not an IPC namespace."""
+    prefix = "/ipc/"
+    if not namespace.startswith(prefix):
+        return None
+    name = namespace[len(prefix) :]
+    try:
+        validate_service_name(name)
+    except IPCError:
+        return None
+    service = full_service_name(name)
+    if allowed is not None and service not in allowed and name not in allowed:
+        return None
+    return service

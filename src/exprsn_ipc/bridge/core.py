@@ -35,9 +35,8 @@ from exprsn_ipc.protocol.constants import (
     BROADCAST,
     REGISTRY_TTL_S,
     channel_for,
-    full_service_name,
 )
-from exprsn_ipc.protocol.envelope import Envelope, dumps, validate_event_name, validate_service_name
+from exprsn_ipc.protocol.envelope import Envelope, validate_event_name, validate_service_name
 from exprsn_ipc.protocol.events import BusEvent, SioEvent
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
@@ -487,24 +486,3 @@ class Bridge:
             "backend": self.backend.name,
             "uptime": round(time.time() - self.started_at, 3),
         }
-
-
-def normalise_namespace(namespace: str, allowed: frozenset[str] | None) -> str | None:
-    """``/ipc/timeline`` or ``/ipc/exprsn-timeline`` → ``exprsn-timeline``; None if not an IPC namespace."""
-    prefix = "/ipc/"
-    if not namespace.startswith(prefix):
-        return None
-    name = namespace[len(prefix) :]
-    try:
-        validate_service_name(name)
-    except IPCError:
-        return None
-    service = full_service_name(name)
-    if allowed is not None and service not in allowed and name not in allowed:
-        return None
-    return service
-
-
-def encoded_size(value: Any) -> int:
-    """Bytes ``value`` takes as JSON (used to refuse oversized payloads early)."""
-    return len(dumps(value))

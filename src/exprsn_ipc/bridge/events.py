@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
 from exprsn_ipc.bridge.connection import Connection, Identity
-from exprsn_ipc.bridge.core import Bridge, encoded_size
+from exprsn_ipc.bridge.core import Bridge
 from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError, TokenError
 from exprsn_ipc.jsonlex.evaluator import evaluate as evaluate_jsonlex
 from exprsn_ipc.protocol.constants import (
@@ -29,7 +29,7 @@ from exprsn_ipc.protocol.constants import (
     DEFAULT_NAMESPACE,
     ENVELOPE_PROTOCOL,
 )
-from exprsn_ipc.protocol.envelope import MISSING, validate_service_name
+from exprsn_ipc.protocol.envelope import MISSING, encoded_size, validate_service_name
 from exprsn_ipc.protocol.events import SioEvent, crud_event
 
 __all__ = ["ENVELOPE_PROTOCOL", "OTHER_EVENT", "BridgeEvents", "Handler", "handles"]

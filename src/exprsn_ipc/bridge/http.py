@@ -65,7 +65,15 @@ async def _json_body(bridge: Bridge, request: Request) -> dict[str, Any]:
 
 
 def build_router(bridge: Bridge) -> APIRouter:
+    """The Bridge's HTTP API: status (health, metrics, stats), the IPC calls and discovery."""
     router = APIRouter()
+    _status_routes(router, bridge)
+    _ipc_routes(router, bridge)
+    _discovery_routes(router, bridge)
+    return router
+
+
+def _status_routes(router: APIRouter, bridge: Bridge) -> None:
 
     @router.get("/health", tags=["bridge"])
     async def health() -> JSONResponse:
@@ -94,6 +102,8 @@ def build_router(bridge: Bridge) -> APIRouter:
         """Active services, connections, rate limits and message counters."""
         return {"success": True, "data": await bridge.snapshot()}
 
+
+def _ipc_routes(router: APIRouter, bridge: Bridge) -> None:
     @router.post("/api/ipc/emit", tags=["ipc"], response_model=None)
     async def emit(request: Request) -> JSONResponse | dict[str, Any]:
         """Publish ``{event, payload, target}`` as the calling service (broker token required)."""
@@ -133,6 +143,8 @@ def build_router(bridge: Bridge) -> APIRouter:
             return _error(exc)
         return {"success": True, "result": result}
 
+
+def _discovery_routes(router: APIRouter, bridge: Bridge) -> None:
     @router.get("/api/discovery/services", tags=["discovery"])
     async def discovery() -> dict[str, Any]:
         """Known services with their URLs, and whether each is on the bus now."""
@@ -151,8 +163,6 @@ def build_router(bridge: Bridge) -> APIRouter:
                 status_code=404,
             )
         return {"success": True, "data": _describe(full, KNOWN_SERVICES.get(full), full in active)}
-
-    return router
 
 
 def _describe(name: str, port: int | None, active: bool) -> dict[str, Any]:

@@ -24,6 +24,7 @@ __all__ = [
     "MISSING",
     "Envelope",
     "dumps",
+    "encoded_size",
     "is_local_event",
     "loads",
     "validate_event_name",
@@ -192,3 +193,8 @@ class Envelope:
             timestamp=int(timestamp),
             metadata=metadata,
         )
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes ``value`` takes as JSON (used to refuse oversized payloads early)."""
+    return len(dumps(value))
