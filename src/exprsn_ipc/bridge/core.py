@@ -37,7 +37,7 @@ from exprsn_ipc.protocol.constants import (
     channel_for,
 )
 from exprsn_ipc.protocol.envelope import Envelope, validate_event_name, validate_service_name
-from exprsn_ipc.protocol.events import BusEvent, SioEvent
+from exprsn_ipc.protocol.events import BusEvent, SioEvent, crud_operation
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.worker.core import IPCWorker
@@ -374,11 +374,11 @@ class Bridge:
         """CRUD on the built-in store and JSONLex, without a bus round trip."""
         if event == BusEvent.JSONLEX_EXECUTE:
             if not isinstance(data, dict):
-                raise TypeError("jsonlex:execute needs {expression, context}")
+                raise TypeError(f"{BusEvent.JSONLEX_EXECUTE} needs {{expression, context}}")
             context = data.get("context") or {}
             return jsonlex.evaluate(data.get("expression"), context)
-        operation = event.removeprefix("crud:")
-        if not event.startswith("crud:") or operation not in {"create", "read", "update", "delete"}:
+        operation = crud_operation(event)
+        if operation is None:
             raise ResourceNotFoundError(f"the Bridge does not serve {event!r}")
         return await self.worker.resources.handler(operation)(data, None)
 

@@ -16,7 +16,15 @@ from __future__ import annotations
 from enum import StrEnum, unique
 from typing import Final
 
-__all__ = ["CRUD_OPERATIONS", "LOCAL_EVENTS", "RESERVED_EVENTS", "BusEvent", "SioEvent", "crud_event"]
+__all__ = [
+    "CRUD_OPERATIONS",
+    "LOCAL_EVENTS",
+    "RESERVED_EVENTS",
+    "BusEvent",
+    "SioEvent",
+    "crud_event",
+    "crud_operation",
+]
 
 
 @unique
@@ -69,6 +77,13 @@ def crud_event(operation: str) -> BusEvent:
     """``create`` → ``crud:create``; raises ``ValueError`` for anything else."""
     return BusEvent(f"crud:{operation}")
 
+
+def crud_operation(event: str) -> str | None:
+    """``crud:create`` → ``create``; None for any other event."""
+    return _CRUD_BY_EVENT.get(event)
+
+
+_CRUD_BY_EVENT: Final[dict[str, str]] = {crud_event(operation): operation for operation in CRUD_OPERATIONS}
 
 #: Events that are only ever delivered inside the process (DESIGN fix 1).
 LOCAL_EVENTS: Final = frozenset(

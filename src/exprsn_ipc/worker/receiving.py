@@ -22,7 +22,7 @@ from exprsn_ipc import jsonlex
 from exprsn_ipc.errors import EnvelopeError, IPCError, TokenError
 from exprsn_ipc.protocol.constants import BROADCAST
 from exprsn_ipc.protocol.envelope import Envelope
-from exprsn_ipc.protocol.events import CRUD_OPERATIONS, LOCAL_EVENTS, BusEvent, crud_event
+from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent, crud_operation
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.transport import Transport
 from exprsn_ipc.transport.base import Ack
@@ -43,7 +43,6 @@ log = logging.getLogger("exprsn_ipc.worker")
 DEDUPE_WINDOW: Final = 10_000
 
 #: Request-style operations: the receiver answers with an ``ipc:reply``.
-CRUD_EVENTS: Final[dict[str, str]] = {crud_event(operation): operation for operation in CRUD_OPERATIONS}
 
 
 class MessageHandling:
@@ -274,7 +273,7 @@ class MessageHandling:
         self._local.emit("handler-error", {"event": event, "error": exc, "handler": name})
 
     def _builtin(self, event: str) -> Handler | None:
-        op = CRUD_EVENTS.get(event)
+        op = crud_operation(event)
         if op is not None and (self.resources.serves_anything()):
             return self.resources.handler(op)
         if event == BusEvent.JSONLEX_EXECUTE and self.serves_jsonlex:
@@ -389,8 +388,8 @@ class MessageHandling:
 
 def _evaluate_jsonlex(data: Any, meta: MessageMeta) -> Any:
     if not isinstance(data, dict):
-        raise EnvelopeError("jsonlex:execute needs {expression, context}")
+        raise EnvelopeError(f"{BusEvent.JSONLEX_EXECUTE} needs {{expression, context}}")
     context = data.get("context") or {}
     if not isinstance(context, dict):
-        raise EnvelopeError("jsonlex:execute context must be an object")
+        raise EnvelopeError(f"{BusEvent.JSONLEX_EXECUTE} context must be an object")
     return jsonlex.evaluate(data.get("expression"), context)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from exprsn_ipc.errors import EnvelopeError, ResourceNotFoundError
+from exprsn_ipc.protocol.events import crud_event
 from exprsn_ipc.worker.handlers import MessageMeta, call_handler
 
 __all__ = ["ResourceNotFoundError", "ResourceTable"]
@@ -52,7 +53,7 @@ class ResourceTable:
     def handler(self, op: str) -> Callable[[Any, MessageMeta | None], Any]:
         async def serve(data: Any, meta: MessageMeta | None) -> Any:
             if not isinstance(data, dict) or not isinstance(data.get("resource"), str):
-                raise EnvelopeError(f"crud:{op} needs an object with a 'resource' name")
+                raise EnvelopeError(f"{crud_event(op)} needs an object with a 'resource' name")
             instance = self.lookup(data["resource"])
             method = getattr(instance, op, None)
             if not callable(method):
