@@ -17,7 +17,8 @@ from exprsn_ipc import IPCError, IPCWorker, Settings
 from exprsn_ipc.bridge.backend.redis import RedisBackend
 from exprsn_ipc.testing import make_test_settings, wait_for_messages
 from exprsn_ipc.transport.bridge import BridgeTransport
-from exprsn_ipc.transport.redis.durable import DurableOptions, stream_key
+from exprsn_ipc.transport.redis.durable import DurableOptions
+from exprsn_ipc.transport.redis.keys import stream_key
 from exprsn_ipc.transport.redis.transport import RedisTransport
 from exprsn_ipc.worker.handlers import MessageMeta
 

@@ -12,7 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from exprsn_ipc import IPCWorker, Settings
-from exprsn_ipc.transport.redis.durable import DurableOptions, dlq_key, stream_key
+from exprsn_ipc.transport.redis.durable import DurableOptions
+from exprsn_ipc.transport.redis.keys import dlq_key, stream_key
 
 from ..conftest import RedisWorkerFactory
 

@@ -17,7 +17,8 @@ from exprsn_ipc import EnvelopeError, IPCWorker, Settings
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.testing import make_test_settings, wait_for_messages
 from exprsn_ipc.transport.redis.deadletters import list_dead_letters, replay_dead_letters
-from exprsn_ipc.transport.redis.durable import DurableConsumer, dlq_key, stream_key
+from exprsn_ipc.transport.redis.durable import DurableConsumer
+from exprsn_ipc.transport.redis.keys import dlq_key, stream_key
 from exprsn_ipc.transport.redis.transport import RedisTransport
 from exprsn_ipc.worker.handlers import MessageMeta
 

@@ -22,7 +22,7 @@ from exprsn_ipc.protocol.envelope import Envelope, validate_service_name
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.redis.deadletters import durable_status, list_dead_letters, replay_dead_letters
-from exprsn_ipc.transport.redis.durable import dlq_key, stream_key
+from exprsn_ipc.transport.redis.keys import dlq_key, stream_key
 from exprsn_ipc.transport.redis.transport import redact_url
 
 __all__ = ["dlq_app"]

@@ -49,16 +49,10 @@ TOKEN_CLAIMS: Final = (
 TOKEN_TYPE: Final = "broker"
 TOKEN_VERSION: Final = "1.0"
 
-#: Registry key prefix (full name as stored, i.e. after ioredis' ``ipc:data:`` prefix).
-REGISTRY_PREFIX: Final = "ipc:data:services:"
 #: Registry entries live this long (seconds) ...
 REGISTRY_TTL_S: Final = 60
 #: ... and are refreshed this often (seconds).
 REGISTRY_REFRESH_S: Final = 30
-#: Token metadata / revocation records, where the original's ``isRevoked`` reads them.
-TOKEN_KEY_PREFIX: Final = "ipc:data:token:"
-#: State of stateful tokens.
-STATE_KEY_PREFIX: Final = "ipc:data:state:"
 #: How long a revocation record is kept (the original's SETEX 86400).
 REVOCATION_TTL_S: Final = 86_400
 

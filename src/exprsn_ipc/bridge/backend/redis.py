@@ -36,12 +36,13 @@ from redis.exceptions import RedisError
 
 from exprsn_ipc.bridge.backend.base import Deliver
 from exprsn_ipc.errors import TransportError
-from exprsn_ipc.protocol.constants import REGISTRY_PREFIX, REGISTRY_REFRESH_S, REGISTRY_TTL_S
+from exprsn_ipc.protocol.constants import REGISTRY_REFRESH_S, REGISTRY_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.protocol.ratelimit import RateLimiter
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.base import Ack, Transport
 from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions
+from exprsn_ipc.transport.redis.keys import UNREGISTER_SCRIPT, registry_key
 from exprsn_ipc.transport.redis.publisher import RespPublisher
 from exprsn_ipc.transport.redis.resp import RedisAddress
 from exprsn_ipc.transport.redis.stores import (
@@ -80,15 +81,6 @@ MAX_IN_FLIGHT_PER_SOCKET: Final = 64
 
 #: Sends one durable entry to a socket and returns its outcome.
 DurableSend = Callable[[str, bytes], Awaitable[str]]
-
-# Delete a registry entry only if it is still the one this Bridge wrote: another
-# Bridge (or a Redis worker) serving the same service may have replaced it.
-_UNREGISTER_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 class RedisBackend:
@@ -151,7 +143,7 @@ class RedisBackend:
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
-        self._unregister = self.client.register_script(_UNREGISTER_SCRIPT)
+        self._unregister = self.client.register_script(UNREGISTER_SCRIPT)
         #: Durable delivery tuning for the streams consumed on sockets' behalf.
         self.durable_options = DurableOptions()
         self._durable: dict[str, tuple[DurableConsumer, _SocketReplica]] = {}
@@ -288,7 +280,7 @@ class RedisBackend:
         async with self._registry_lock:
             self._registered[name] = raw
             try:
-                await self.client.set(f"{REGISTRY_PREFIX}{name}", raw, ex=REGISTRY_TTL_S)
+                await self.client.set(registry_key(name), raw, ex=REGISTRY_TTL_S)
             except (RedisError, OSError) as exc:
                 # Rewritten by the heartbeat once Redis is back.
                 log.warning("could not register %s in Redis: %s", name, exc)
@@ -300,7 +292,7 @@ class RedisBackend:
             if raw is None:
                 return
             try:
-                await self._unregister(keys=[f"{REGISTRY_PREFIX}{name}"], args=[raw])
+                await self._unregister(keys=[registry_key(name)], args=[raw])
             except (RedisError, OSError) as exc:
                 log.warning("could not unregister %s from Redis (it expires by itself): %s", name, exc)
 
@@ -379,7 +371,7 @@ class RedisBackend:
                 fresh[name] = raw
             async with self.client.pipeline(transaction=False) as pipe:
                 for name, raw in fresh.items():
-                    pipe.set(f"{REGISTRY_PREFIX}{name}", raw, ex=REGISTRY_TTL_S)
+                    pipe.set(registry_key(name), raw, ex=REGISTRY_TTL_S)
                 await pipe.execute()
             self._registered.update(fresh)
 

@@ -8,27 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from exprsn_ipc.transport.redis.durable import ENVELOPE_FIELD, as_text, dlq_key, stream_key
+from exprsn_ipc.transport.redis.keys import REPLAY_SCRIPT
 
 __all__ = ["durable_status", "list_dead_letters", "replay_dead_letters"]
 
 log = logging.getLogger("exprsn_ipc.transport.redis.durable")
-
-# Move one dead letter back to its service's stream, atomically: only the caller
-# whose XDEL removed it appends it, so concurrent replays never double it.
-_REPLAY_SCRIPT: Final = """
-if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then
-  return 0
-end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'envelope', ARGV[2])
-return 1
-"""
 
 
 async def _xrange(client: Redis, key: str, start: str, end: str, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
@@ -100,7 +91,7 @@ async def replay_dead_letters(
     """
     dlq = dlq_key(service)
     stream = stream_key(service)
-    script = client.register_script(_REPLAY_SCRIPT)
+    script = client.register_script(REPLAY_SCRIPT)
 
     async def move(entry_id: str, fields: dict[bytes, bytes]) -> int:
         raw = fields.get(ENVELOPE_FIELD)

@@ -44,6 +44,7 @@ from exprsn_ipc.errors import TransportError
 from exprsn_ipc.protocol.constants import STREAM_PREFIX
 from exprsn_ipc.protocol.tokens import decode_unverified
 from exprsn_ipc.transport.base import Ack, TransportPeer
+from exprsn_ipc.transport.redis.keys import DLQ_PREFIX, PRUNE_SCRIPT, REFRESH_SCRIPT, dlq_key, stream_key
 
 __all__ = [
     "DLQ_PREFIX",
@@ -63,8 +64,6 @@ __all__ = [
 
 log = logging.getLogger("exprsn_ipc.transport.redis.durable")
 
-#: Dead letters of one service: ``ipc:dlq:<service>``.
-DLQ_PREFIX: Final = "ipc:dlq:"
 #: The field holding the encoded envelope in both streams.
 ENVELOPE_FIELD: Final = b"envelope"
 
@@ -82,41 +81,6 @@ PRUNE_EVERY_S: Final = 60.0
 MAX_RETRY_SETTLEMENTS: Final = 100_000
 
 _ERRORS: Final = (RedisError, OSError)
-
-# Reset the idle time of the entries this consumer is still working on, and only
-# of those it still owns (another consumer may have claimed one meanwhile).
-# JUSTID: the delivery counter is not incremented. Returns the ids still owned.
-_REFRESH_SCRIPT: Final = """
-local owned = {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    owned[#owned + 1] = ARGV[i]
-  end
-end
-return owned
-"""
-
-# Remove a consumer only if nothing is pending for it (DELCONSUMER drops its pending
-# entries, so checking and deleting must be one atomic step). -1: it has some.
-_PRUNE_SCRIPT: Final = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if #p > 0 then
-  return -1
-end
-return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-"""
-
-
-def stream_key(service: str) -> str:
-    """``ipc:stream:<service>``: where durable messages for ``service`` wait."""
-    return f"{STREAM_PREFIX}{service}"
-
-
-def dlq_key(service: str) -> str:
-    """``ipc:dlq:<service>``: the dead letters of ``service``."""
-    return f"{DLQ_PREFIX}{service}"
 
 
 def consumer_name() -> str:
@@ -305,8 +269,8 @@ class DurableConsumer:
         self.channel = self.stream
         self.consumer = consumer_name()
         self.stats = DurableStats()
-        self._refresh = client.register_script(_REFRESH_SCRIPT)
-        self._prune = client.register_script(_PRUNE_SCRIPT)
+        self._refresh = client.register_script(REFRESH_SCRIPT)
+        self._prune = client.register_script(PRUNE_SCRIPT)
         # Entries handed to the worker and not settled yet, refreshed while they run.
         self._in_flight: dict[str, None] = {}
         self._retry: collections.deque[_Settlement] = collections.deque(maxlen=MAX_RETRY_SETTLEMENTS)

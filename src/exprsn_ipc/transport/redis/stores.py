@@ -19,10 +19,17 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from exprsn_ipc.errors import TransportError
-from exprsn_ipc.protocol.constants import REVOCATION_TTL_S, STATE_KEY_PREFIX, TOKEN_KEY_PREFIX
+from exprsn_ipc.protocol.constants import REVOCATION_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.protocol.ratelimit import RateDecision
 from exprsn_ipc.protocol.tokens import MemoryRevocationStore
+from exprsn_ipc.transport.redis.keys import (
+    RATE_LIMIT_PREFIX,
+    RATE_LIMIT_SCRIPT,
+    REVOCATION_CHANNEL,
+    STATE_KEY_PREFIX,
+    TOKEN_KEY_PREFIX,
+)
 
 __all__ = [
     "RATE_LIMIT_PREFIX",
@@ -35,24 +42,10 @@ __all__ = [
 
 log = logging.getLogger("exprsn_ipc.transport.redis")
 
-#: Python workers announce revocations here so peers update their caches at once.
-REVOCATION_CHANNEL: Final = "ipc:data:revocations"
-#: Default key prefix of the Redis rate limiter (the original IPCRouter's).
-RATE_LIMIT_PREFIX: Final = "ipc:router:ratelimit:"
 #: Token ids longer than this are ignored (ours and the original's are 32 hex digits).
 MAX_TOKEN_ID_LEN: Final = 256
 #: Keys per SCAN step / MGET batch.
 SCAN_COUNT: Final = 500
-
-# INCRBY, and set the expiry only when this INCRBY created the key: later hits never
-# extend the window (the original refreshed PEXPIRE on every hit, DESIGN fix 6).
-_HIT_SCRIPT: Final = """
-local n = redis.call('INCRBY', KEYS[1], ARGV[2])
-if n == tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-end
-return n
-"""
 
 
 def _wrap(what: str, exc: BaseException) -> TransportError:
@@ -254,7 +247,7 @@ class RedisRateLimiter:
         self.max_requests = max_requests
         self.window_ms = window_ms
         self.prefix = prefix
-        self._script = client.register_script(_HIT_SCRIPT)
+        self._script = client.register_script(RATE_LIMIT_SCRIPT)
 
     def _now_ms(self) -> int:
         return time.time_ns() // 1_000_000

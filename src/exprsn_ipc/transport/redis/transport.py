@@ -28,12 +28,13 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from exprsn_ipc.errors import NotConnectedError, TransportError
-from exprsn_ipc.protocol.constants import REGISTRY_PREFIX, REGISTRY_REFRESH_S, REGISTRY_TTL_S, TOKEN_KEY_PREFIX
+from exprsn_ipc.protocol.constants import REGISTRY_REFRESH_S, REGISTRY_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.base import DurableBacklog, Transport, TransportPeer
 from exprsn_ipc.transport.redis.deadletters import durable_status
 from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions, append_durable, open_reader
+from exprsn_ipc.transport.redis.keys import REGISTRY_PREFIX, TOKEN_KEY_PREFIX, UNREGISTER_SCRIPT, registry_key
 from exprsn_ipc.transport.redis.publisher import RespPublisher
 from exprsn_ipc.transport.redis.resp import RedisAddress
 from exprsn_ipc.transport.redis.stores import (
@@ -75,18 +76,6 @@ MAX_CONNECTIONS: Final = 32
 REVOCATION_SCAN_S: Final = 5.0
 #: Keyspace events waiting for a revocation check; beyond this a full SCAN replaces them.
 MAX_PENDING_CHECKS: Final = 10_000
-
-# Delete the registry entry only if it still describes this process (pid + hostname):
-# a replica of the same service elsewhere may have overwritten it.
-_UNREGISTER_SCRIPT: Final = """
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local ok, entry = pcall(cjson.decode, raw)
-if ok and type(entry) == 'table' and tostring(entry['pid']) == ARGV[1] and entry['hostname'] == ARGV[2] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
 
 
 async def read_registry(client: Redis, describe: str) -> list[dict[str, Any]]:
@@ -231,6 +220,7 @@ class RedisTransport(Transport):
         self._check_wakeup = asyncio.Event()
         self._revocation_mode: str | None = None
         self._registered = False
+        self._registry_record: bytes | None = None
         self.durable_options = durable if durable is not None else DurableOptions()
         #: Reads this worker's durable stream while it is receiving (None before connect).
         self.durable: DurableConsumer | None = None
@@ -443,19 +433,15 @@ class RedisTransport(Transport):
 
     # Registry ---------------------------------------------------------------------
     async def _register(self, peer: TransportPeer) -> None:
-        entry = peer.registry_entry()
-        await self.client.set(f"{REGISTRY_PREFIX}{peer.service_name}", dumps(entry), ex=REGISTRY_TTL_S)
+        raw = dumps(peer.registry_entry())
+        await self.client.set(registry_key(peer.service_name), raw, ex=REGISTRY_TTL_S)
+        # Remembered so that unregistering removes this record only if nobody replaced it.
+        self._registry_record = raw
         self._registered = True
 
     async def _unregister(self, peer: TransportPeer) -> None:
-        entry = peer.registry_entry()
-        await self.client.eval(
-            _UNREGISTER_SCRIPT,
-            1,
-            f"{REGISTRY_PREFIX}{peer.service_name}",
-            str(entry.get("pid")),
-            str(entry.get("hostname")),
-        )
+        if self._registry_record is not None:
+            await self.client.eval(UNREGISTER_SCRIPT, 1, registry_key(peer.service_name), self._registry_record)
 
     # Subscription callbacks ------------------------------------------------------
     async def _on_message(self, channel: str, data: bytes) -> None:
