@@ -55,6 +55,22 @@ async def memory_binding(request: pytest.FixtureRequest) -> AsyncIterator[Harnes
         await harness.close()
 
 
+@contextlib.asynccontextmanager
+async def bus_binding(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """Workers on the generic BusTransport over the embedded Bridge backend: the path a new broker takes."""
+    from exprsn_ipc.bridge.backend import MemoryBackend
+    from exprsn_ipc.transport.bus import BusTransport
+
+    backend = MemoryBackend(MemoryBus())
+    await backend.start()
+    harness = Harness("bus", make_test_settings(), lambda: BusTransport(backend), backend.publish)
+    try:
+        yield harness
+    finally:
+        await harness.close()
+        await backend.close()
+
+
 Binding = Callable[[pytest.FixtureRequest], contextlib.AbstractAsyncContextManager[Harness]]
 
 
@@ -84,6 +100,7 @@ def _bridge_redis(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncCon
 
 BINDINGS: dict[str, Binding] = {
     "memory": memory_binding,
+    "bus": bus_binding,
     "bridge": _bridge,
     "bridge-socketio": _bridge_socketio,
     "redis": _redis,

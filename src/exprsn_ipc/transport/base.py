@@ -1,4 +1,11 @@
-"""The small interface every transport implements.
+"""The two interfaces of the bus: :class:`Bus` (a broker) and :class:`Transport` (a worker's view of it).
+
+A :class:`Bus` is the shared medium: channels with keyed subscribers, the service
+registry and the token stores. Implementing one is how a new broker joins: the
+Bridge runs on any ``Bus`` (with two more methods, ``bridge/backend``), and
+:class:`~exprsn_ipc.transport.bus.BusTransport` gives workers a :class:`Transport`
+over any ``Bus``. The memory, bridge and Redis transports are hand-tuned
+``Transport`` implementations of their own (latency, the original's Redis protocol).
 
 A transport moves already-encoded envelopes between channels. It knows nothing
 about tokens or handlers: the worker signs, verifies and dispatches, so every
@@ -16,9 +23,11 @@ from typing import Any, Protocol
 from exprsn_ipc.errors import IPCError
 from exprsn_ipc.protocol.tokens import RevocationStore, StateStore
 
-__all__ = ["Ack", "DurableBacklog", "Transport", "TransportPeer"]
+__all__ = ["Ack", "Bus", "Deliver", "DurableBacklog", "Transport", "TransportPeer"]
 
 Ack = Callable[[str], Awaitable[None]]
+#: A bus subscriber: ``deliver(channel, raw)``, called without waiting, must not block.
+Deliver = Callable[[str, bytes], None]
 
 
 class TransportPeer(Protocol):
@@ -46,6 +55,57 @@ class TransportPeer(Protocol):
 
     def transport_event(self, name: str, detail: Any = None) -> None:
         """Report a transport-level happening (``error``, ``disconnected`` …) to the worker."""
+        ...
+
+
+class Bus(Protocol):
+    """A broker: channels with keyed subscribers, a service registry and shared token stores."""
+
+    @property
+    def name(self) -> str:
+        """The backend's name in ``/api/ipc/stats`` (``embedded``, ``redis``)."""
+        ...
+
+    @property
+    def revocations(self) -> RevocationStore: ...
+
+    @property
+    def states(self) -> StateStore: ...
+
+    async def start(self) -> None:
+        """Connect; idempotent."""
+        ...
+
+    async def close(self) -> None:
+        """Release every connection and task."""
+        ...
+
+    async def health(self) -> tuple[bool, str]:
+        """(healthy, reason) for ``/health``."""
+        ...
+
+    async def publish(self, channel: str, raw: bytes) -> int:
+        """Publish one encoded envelope; the number of subscribers that got it."""
+        ...
+
+    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
+        """Publish without waiting if possible now (the future gets the count); None: use publish."""
+        ...
+
+    async def subscribe(self, channel: str, key: str, deliver: Deliver) -> None:
+        """Deliver ``channel``'s messages to ``deliver`` until ``unsubscribe(channel, key)``."""
+        ...
+
+    async def unsubscribe(self, channel: str, key: str) -> None: ...
+
+    async def register(self, name: str, entry: dict[str, Any]) -> None:
+        """Publish ``name``'s registry record (it expires unless registered again)."""
+        ...
+
+    async def unregister(self, name: str) -> None: ...
+
+    async def services(self) -> list[dict[str, Any]]:
+        """The registry records of the services on the bus."""
         ...
 
 

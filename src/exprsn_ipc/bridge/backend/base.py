@@ -1,5 +1,7 @@
 """Where the Bridge's bus lives: embedded (in memory, the default) or Redis.
 
+A backend is a :class:`~exprsn_ipc.transport.base.Bus` with two more methods.
+
 A backend gives the Bridge channels to publish on and subscribe sockets to, the
 service registry, shared token stores, a rate limiter, and the transport of the
 Bridge's own worker.
@@ -8,52 +10,19 @@ Bridge's own worker.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from exprsn_ipc.protocol.ratelimit import MemoryRateLimiter, RateLimiter
-from exprsn_ipc.protocol.tokens import RevocationStore, StateStore
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport import MemoryBus, MemoryTransport, Transport
+from exprsn_ipc.transport.base import Bus, Deliver
 
 __all__ = ["BridgeBackend", "MemoryBackend", "create_backend"]
 
-Deliver = Callable[[str, bytes], None]
 
-
-class BridgeBackend(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def revocations(self) -> RevocationStore: ...
-
-    @property
-    def states(self) -> StateStore: ...
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def health(self) -> tuple[bool, str]:
-        """(healthy, reason) for ``/health``."""
-        ...
-
-    async def publish(self, channel: str, raw: bytes) -> int: ...
-
-    def publish_nowait(self, channel: str, raw: bytes) -> asyncio.Future[int] | None:
-        """Publish without waiting if possible now (the future gets the count); None: use publish."""
-        ...
-
-    async def subscribe(self, channel: str, key: str, deliver: Deliver) -> None: ...
-
-    async def unsubscribe(self, channel: str, key: str) -> None: ...
-
-    async def register(self, name: str, entry: dict[str, Any]) -> None: ...
-
-    async def unregister(self, name: str) -> None: ...
-
-    async def services(self) -> list[dict[str, Any]]: ...
+class BridgeBackend(Bus, Protocol):
+    """A :class:`~exprsn_ipc.transport.base.Bus` the Bridge runs on: it also gives the
+    transport of the Bridge's own worker and the rate limiter shared by Bridges."""
 
     def worker_transport(self) -> Transport: ...
 

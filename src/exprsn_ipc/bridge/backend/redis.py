@@ -34,13 +34,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from exprsn_ipc.bridge.backend.base import Deliver
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.protocol.constants import REGISTRY_REFRESH_S, REGISTRY_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.protocol.ratelimit import RateLimiter
 from exprsn_ipc.settings import Settings
-from exprsn_ipc.transport.base import Ack, Transport
+from exprsn_ipc.transport.base import Ack, Deliver, Transport
 from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions
 from exprsn_ipc.transport.redis.keys import UNREGISTER_SCRIPT, registry_key
 from exprsn_ipc.transport.redis.publisher import RespPublisher

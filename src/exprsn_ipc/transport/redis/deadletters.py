@@ -14,8 +14,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from exprsn_ipc.transport.redis.durable import ENVELOPE_FIELD, as_text, dlq_key, stream_key
-from exprsn_ipc.transport.redis.keys import REPLAY_SCRIPT
+from exprsn_ipc.transport.redis.keys import REPLAY_SCRIPT, dlq_key, stream_key
+from exprsn_ipc.transport.redis.streams import ENVELOPE_FIELD, as_text
 
 __all__ = ["durable_status", "list_dead_letters", "replay_dead_letters"]
 

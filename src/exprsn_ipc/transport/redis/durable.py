@@ -26,49 +26,25 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import random
-import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from exprsn_ipc.errors import TransportError
-from exprsn_ipc.protocol.constants import STREAM_PREFIX
 from exprsn_ipc.protocol.tokens import decode_unverified
 from exprsn_ipc.transport.base import Ack, TransportPeer
-from exprsn_ipc.transport.redis.keys import DLQ_PREFIX, PRUNE_SCRIPT, REFRESH_SCRIPT, dlq_key, stream_key
+from exprsn_ipc.transport.redis.keys import PRUNE_SCRIPT, REFRESH_SCRIPT, dlq_key, stream_key
+from exprsn_ipc.transport.redis.streams import ENVELOPE_FIELD, as_text, consumer_name, ensure_group
 
-__all__ = [
-    "DLQ_PREFIX",
-    "ENVELOPE_FIELD",
-    "STREAM_PREFIX",
-    "DurableConsumer",
-    "DurableOptions",
-    "DurableStats",
-    "append_durable",
-    "as_text",
-    "consumer_name",
-    "dlq_key",
-    "ensure_group",
-    "open_reader",
-    "stream_key",
-]
+__all__ = ["DurableConsumer", "DurableOptions", "DurableStats"]
 
 log = logging.getLogger("exprsn_ipc.transport.redis.durable")
 
-#: The field holding the encoded envelope in both streams.
-ENVELOPE_FIELD: Final = b"envelope"
-
-#: Connect timeout of the reader's connection; its reads wait ``block_ms`` plus this.
-READER_TIMEOUT_S: Final = 2.0
 BACKOFF_INITIAL_S: Final = 0.1
 BACKOFF_MAX_S: Final = 5.0
 #: Pages of XAUTOCLAIM in one reclaim round (each of ``DurableOptions.batch`` entries).
@@ -81,16 +57,6 @@ PRUNE_EVERY_S: Final = 60.0
 MAX_RETRY_SETTLEMENTS: Final = 100_000
 
 _ERRORS: Final = (RedisError, OSError)
-
-
-def consumer_name() -> str:
-    """``<hostname>:<pid>:<random>``: unique per transport, readable in XINFO CONSUMERS."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def as_text(value: Any) -> str:
-    """A Redis reply value as text (bytes decoded as UTF-8, invalid bytes replaced)."""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _now_ms() -> int:
@@ -176,42 +142,6 @@ class _Backoff:
     def reset(self) -> None:
         self.delay = BACKOFF_INITIAL_S
         self.failures = 0
-
-
-# Stream helpers (also used by the CLI) ---------------------------------------------
-def open_reader(url: str, *, block_ms: int, client_name: str | None = None) -> Redis:
-    """A client for XREADGROUP BLOCK alone: its own connection, no hidden retries,
-    a read timeout longer than the block time."""
-    return Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_connect_timeout=READER_TIMEOUT_S,
-        socket_timeout=block_ms / 1000 + READER_TIMEOUT_S,
-        socket_keepalive=True,
-        client_name=client_name,
-        retry=Retry(NoBackoff(), 0),
-    )
-
-
-async def ensure_group(client: Redis, service: str) -> bool:
-    """Create the consumer group ``<service>`` on its stream (and the stream); False if it existed.
-
-    The group starts at id 0, so entries appended before any consumer existed are
-    delivered too.
-    """
-    try:
-        await client.xgroup_create(stream_key(service), service, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" in str(exc):
-            return False
-        raise
-    return True
-
-
-async def append_durable(client: Redis, service: str, raw: bytes, *, maxlen: int = 100_000) -> str:
-    """XADD one encoded envelope to ``service``'s stream; returns the entry id."""
-    entry_id = await client.xadd(stream_key(service), {ENVELOPE_FIELD: raw}, maxlen=maxlen, approximate=True)
-    return as_text(entry_id)
 
 
 def _dead_letter_fields(raw: bytes, reason: str, deliveries: int, entry_id: str, consumer: str) -> dict[bytes, bytes]:

@@ -21,7 +21,6 @@ import contextlib
 import logging
 from typing import Any, Final
 
-import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -33,8 +32,8 @@ from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.base import DurableBacklog, Transport, TransportPeer
 from exprsn_ipc.transport.redis.deadletters import durable_status
-from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions, append_durable, open_reader
-from exprsn_ipc.transport.redis.keys import REGISTRY_PREFIX, TOKEN_KEY_PREFIX, UNREGISTER_SCRIPT, registry_key
+from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions
+from exprsn_ipc.transport.redis.keys import TOKEN_KEY_PREFIX, UNREGISTER_SCRIPT, registry_key
 from exprsn_ipc.transport.redis.publisher import RespPublisher
 from exprsn_ipc.transport.redis.resp import RedisAddress
 from exprsn_ipc.transport.redis.stores import (
@@ -45,6 +44,7 @@ from exprsn_ipc.transport.redis.stores import (
     RedisStateStore,
     glob_escape,
 )
+from exprsn_ipc.transport.redis.streams import append_durable_entry, open_reader, read_registry
 from exprsn_ipc.transport.redis.subscriber import (
     COMMAND_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -76,47 +76,6 @@ MAX_CONNECTIONS: Final = 32
 REVOCATION_SCAN_S: Final = 5.0
 #: Keyspace events waiting for a revocation check; beyond this a full SCAN replaces them.
 MAX_PENDING_CHECKS: Final = 10_000
-
-
-async def read_registry(client: Redis, describe: str) -> list[dict[str, Any]]:
-    """Registry records from ``ipc:data:services:*`` (SCAN + MGET, never KEYS), sorted by name.
-
-    Entries that are not JSON objects with a ``name`` are skipped.
-
-    Raises:
-        TransportError: Redis failed (``describe`` names it in the message).
-    """
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{glob_escape(REGISTRY_PREFIX)}*", count=500)]
-        values: list[Any] = []
-        for start in range(0, len(keys), 500):
-            values.extend(await client.mget(keys[start : start + 500]))
-    except (RedisError, OSError) as exc:
-        raise TransportError(f"service discovery on {describe} failed: {exc}") from exc
-    services: list[dict[str, Any]] = []
-    for raw in values:
-        if raw is None:
-            continue
-        try:
-            entry = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-            services.append(entry)
-    services.sort(key=lambda e: str(e["name"]))
-    return services
-
-
-async def append_durable_entry(client: Redis, target: str, raw: bytes, *, maxlen: int, describe: str) -> None:
-    """XADD ``raw`` to ``ipc:stream:<target>``.
-
-    Raises:
-        TransportError: Redis failed (nothing was appended).
-    """
-    try:
-        await append_durable(client, target, raw, maxlen=maxlen)
-    except (RedisError, OSError) as exc:
-        raise TransportError(f"XADD to the durable stream of {target} on {describe} failed: {exc}") from exc
 
 
 async def start_durable_consumer(
