@@ -18,6 +18,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,7 +145,22 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     )
     app.add_middleware(bypass_all, settings=settings)
 
-    # Sessions -----------------------------------------------------------------------
+    validate_session, caller = _session_checks(db)
+    _handle_ipc_events(ipc, db, validate_session)
+    _account_routes(app, db)
+    _user_routes(app, db, caller)
+    add_health_route(app, SERVICE_NAME, ipc)
+    add_metrics_route(app, ipc)
+    return app
+
+
+#: ``validate_session(user_id, session_id)``: the verdict exprsn-auth gives other services.
+Validate = Callable[[Any, Any], Awaitable[dict[str, Any]]]
+
+
+def _session_checks(db: Database) -> tuple[Validate, Any]:
+    """Session validation, and the route dependency type of the calling user."""
+
     async def validate_session(user_id: Any, session_id: Any) -> dict[str, Any]:
         result: dict[str, Any] = {
             "userId": user_id,
@@ -179,12 +195,10 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             raise HTTPException(401, detail={"error": "UNAUTHORIZED", "message": verdict.get("error")})
         return SessionUser(user_id, session_id, verdict["email"], tuple(verdict["roles"]))
 
-    Caller = Annotated[SessionUser, Depends(caller)]
+    return validate_session, Annotated[SessionUser, Depends(caller)]
 
-    def may_change(user: SessionUser, user_id: str) -> None:
-        if user.user_id != user_id and "admin" not in user.roles:
-            raise HTTPException(403, detail={"error": "FORBIDDEN", "message": "you may only change your own account"})
 
+def _handle_ipc_events(ipc: IPCWorker, db: Database, validate_session: Validate) -> None:
     # Step 6: IPC event handlers.
     @ipc.on("user:validate")
     async def on_validate(data: Any, meta: MessageMeta) -> dict[str, Any]:
@@ -207,6 +221,8 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             target=HERALD_SERVICE,
         )
 
+
+def _account_routes(app: FastAPI, db: Database) -> None:
     # Step 7: routes that emit, after the database write (emit_event: best-effort, a failed emit is logged).
     @app.post("/register", status_code=201)
     async def register(body: Register, ipc: IPC) -> dict[str, Any]:
@@ -281,6 +297,12 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         await emit_event(ipc, "user:logout", {"sessionId": session_id, "timestamp": now_iso()})
         return {"success": True}
 
+
+def _user_routes(app: FastAPI, db: Database, Caller: Any) -> None:
+    def may_change(user: SessionUser, user_id: str) -> None:
+        if user.user_id != user_id and "admin" not in user.roles:
+            raise HTTPException(403, detail={"error": "FORBIDDEN", "message": "you may only change your own account"})
+
     @app.get("/users/{user_id}")
     async def get_user(user_id: str, user: Caller) -> dict[str, Any]:
         row = await db.fetchone("SELECT * FROM users WHERE id = ?", (user_id,))
@@ -317,10 +339,6 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             raise HTTPException(404, detail={"error": "USER_NOT_FOUND", "message": "no such user"})
         await emit_event(ipc, "user:deleted", {"userId": user_id, "timestamp": now_iso()})
         return {"success": True}
-
-    add_health_route(app, SERVICE_NAME, ipc)
-    add_metrics_route(app, ipc)
-    return app
 
 
 def create_server(

@@ -72,6 +72,14 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     # Step 3: bypass BEFORE auth (the session check is a route dependency, run after all middleware).
     app.add_middleware(bypass_all, settings=settings)
 
+    _handle_ipc_events(ipc, db)
+    _routes(app, db)
+    add_health_route(app, SERVICE_NAME, ipc)
+    add_metrics_route(app, ipc)
+    return app
+
+
+def _handle_ipc_events(ipc: IPCWorker, db: Database) -> None:
     # Step 6: IPC event handlers.
     @ipc.on("content:moderate")
     async def on_moderate(data: Any, meta: MessageMeta) -> dict[str, Any]:
@@ -121,6 +129,8 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             )
         return moderated
 
+
+def _routes(app: FastAPI, db: Database) -> None:
     @app.get("/moderation/{content_id}")
     async def get_verdict(
         content_id: str, user: Caller, kind: Annotated[str, Query(alias="type")] = "post"
@@ -140,10 +150,6 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
                 "moderatedAt": row["created_at"],
             },
         }
-
-    add_health_route(app, SERVICE_NAME, ipc)
-    add_metrics_route(app, ipc)
-    return app
 
 
 def create_server(

@@ -104,6 +104,18 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     # Step 3: bypass BEFORE auth (the session check is a route dependency, run after all middleware).
     app.add_middleware(bypass_all, settings=settings)
 
+    sio = _user_sockets(app, ipc, db, online_users)
+    _handle_ipc_events(ipc, db, sio, online_users)
+    _routes(app, db)
+    add_health_route(app, SERVICE_NAME, ipc)
+    add_metrics_route(app, ipc)
+    return app
+
+
+def _user_sockets(
+    app: FastAPI, ipc: IPCWorker, db: Database, online_users: dict[str, set[str]]
+) -> socketio.AsyncServer:
+    """Spark's users connect here; a user is online while any of their sockets is."""
     # Spark's own Socket.IO server, for its users (not the Bridge's).
     sio = socketio.AsyncServer(async_mode="asgi", logger=False, engineio_logger=False)
     app.state.sio = sio
@@ -140,6 +152,12 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             if ipc.started:
                 await emit_event(ipc, "user:status", {"userId": user_id, "status": "offline"})
 
+    return sio
+
+
+def _handle_ipc_events(
+    ipc: IPCWorker, db: Database, sio: socketio.AsyncServer, online_users: dict[str, set[str]]
+) -> None:
     # Step 6: IPC event handlers.
     @ipc.on("message:send")
     async def on_message_send(data: Any, meta: MessageMeta) -> dict[str, Any]:
@@ -197,6 +215,8 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         for sid in sorted(online_users.get(row["sender_id"], ())):
             await sio.emit("message:delivered", receipt, to=sid)
 
+
+def _routes(app: FastAPI, db: Database) -> None:
     # Step 7: routes that emit.
     @app.post("/messages", status_code=202)
     async def send_message(body: NewMessage, user: Caller, ipc: IPC) -> dict[str, Any]:
@@ -222,10 +242,6 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
             (user.user_id, user.user_id, max(1, min(limit, 200))),
         )
         return {"success": True, "data": [_message(row) for row in rows]}
-
-    add_health_route(app, SERVICE_NAME, ipc)
-    add_metrics_route(app, ipc)
-    return app
 
 
 def create_server(

@@ -115,6 +115,14 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
     # Step 3: bypass BEFORE auth (the session check is a route dependency, run after all middleware).
     app.add_middleware(bypass_all, settings=settings)
 
+    _handle_ipc_events(ipc, db, recent_posts)
+    _routes(app, db)
+    add_health_route(app, SERVICE_NAME, ipc)
+    add_metrics_route(app, ipc)
+    return app
+
+
+def _handle_ipc_events(ipc: IPCWorker, db: Database, recent_posts: deque[str]) -> None:
     # Step 6: IPC event handlers.
     @ipc.on("post:created")
     async def on_post_created(data: Any, meta: MessageMeta) -> None:
@@ -150,6 +158,8 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
         )
         log.info("post %s moderated by %s: %s", data.get("contentId"), meta.source, status)
 
+
+def _routes(app: FastAPI, db: Database) -> None:
     # Step 7: routes that emit, after the database write (emit_event: best-effort, a failed emit is logged).
     @app.post("/posts", status_code=201)
     async def create_post(body: NewPost, user: Caller, ipc: IPC) -> dict[str, Any]:
@@ -201,10 +211,6 @@ def create_app(settings: Settings, *, db_path: Path | str, transport: Transport 
                 "SELECT * FROM posts WHERE user_id = ? ORDER BY created_at DESC LIMIT ?", (user_id, limit)
             )
         return {"success": True, "data": [_post(row) for row in rows]}
-
-    add_health_route(app, SERVICE_NAME, ipc)
-    add_metrics_route(app, ipc)
-    return app
 
 
 def create_server(
