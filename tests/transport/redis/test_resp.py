@@ -13,7 +13,9 @@ from typing import Any, cast
 
 import pytest
 import redis
-from redis.asyncio import Redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis.asyncio import ConnectionPool, Redis
 
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.certs.authority import generate_certificates
@@ -159,7 +161,7 @@ def test_rediss_loads_the_named_ca_and_client_pair(certs: dict[str, Path]) -> No
         ("redis://h/-1", r"db must be >= 0, not -1"),
         ("redis://h/0?db=-2", r"db must be >= 0, not -2"),
         ("unix:///tmp/r.sock?db=-1", r"db must be >= 0, not -1"),
-        ("redis://h/x", r"malformed: db must be a number, not 'x'"),
+        ("redis://h/0?db=x", r"malformed: Invalid value for 'db'"),
         ("rediss://h?ssl_cert_reqs=maybe", r"ssl_cert_reqs must be one of none, optional, required, not 'maybe'"),
         ("rediss://h?ssl_ca_certs=/nonexistent/ca.pem", r"TLS files named in REDIS_URL \(/nonexistent/ca.pem\)"),
     ],
@@ -167,6 +169,42 @@ def test_rediss_loads_the_named_ca_and_client_pair(certs: dict[str, Path]) -> No
 def test_bad_urls_raise_config_error(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         RedisAddress.from_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h/abc",  # a path that is not a number: db 0, as redis-py
+        "redis://u%40x:p%3Aw@h:6380/2?db=3",
+        "redis://h/2/",
+        "redis://:secret@h",
+        "rediss://h:6380/1?ssl_cert_reqs=none",
+        "unix:///run/my%20redis.sock?db=4",
+        "redis://h/0?db=1&db=2",
+    ],
+)
+def test_urls_mean_what_they_mean_to_redis_py(url: str) -> None:
+    """The lean connections and redis-py's pool must reach the same server, db and user."""
+    ours = RedisAddress.from_url(url)
+    theirs = ConnectionPool.from_url(url).connection_kwargs
+    assert ours.db == theirs.get("db", 0)
+    assert ours.username == theirs.get("username")
+    assert ours.password == theirs.get("password")
+    if ours.path is not None:
+        assert ours.path == theirs["path"]
+    else:
+        assert (ours.host, ours.port) == (theirs.get("host", "localhost"), theirs.get("port", 6379))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=40) | st.text(max_size=20) | st.integers(-(2**63), 2**63 - 1), max_size=8))
+def test_pack_command_is_resp2(args: list[bytes | str | int]) -> None:
+    """hiredis packs exactly the RESP2 array of bulk strings."""
+    expected = b"*%d\r\n" % len(args)
+    for arg in args:
+        raw = arg if isinstance(arg, bytes) else str(arg).encode()
+        expected += b"$%d\r\n%s\r\n" % (len(raw), raw)
+    assert pack_command(*args) == expected
 
 
 def test_pack_command() -> None:

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 import hiredis
+from redis.connection import parse_url
 
 from exprsn_ipc.errors import ConfigError, TransportError
 
@@ -33,7 +35,6 @@ PUSH_HIGH_WATER: Final = 4096
 
 _CERT_REQS: Final = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 #: redis-py's reading of a boolean option: these are false, any other value is true.
-_FALSE: Final = frozenset({"0", "f", "false", "n", "no"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,81 +57,57 @@ class RedisAddress:
 
     @classmethod
     def from_url(cls, url: str) -> RedisAddress:
-        """Parse ``url``.
+        """Parse ``url`` exactly as redis-py does (its ``parse_url``), so both kinds of
+        connection go to the same server, database and user.
 
         Raises:
             ConfigError: an unsupported scheme or a malformed port, db or TLS option.
         """
-        parts = urlsplit(url)
-        # The first value of a repeated option wins, as in redis-py.
-        query = {key: values[0] for key, values in parse_qs(parts.query).items()}
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password is not None else None
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {scheme!r}")
         try:
-            if parts.scheme == "unix":
-                return cls(path=unquote(parts.path), username=username, password=password, db=_db(query.get("db", "0")))
-            if parts.scheme not in ("redis", "rediss"):
-                raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, not {parts.scheme!r}")
-            db = query.get("db") or parts.path.strip("/") or "0"
-            return cls(
-                host=unquote(parts.hostname or "localhost"),
-                port=parts.port or 6379,
-                username=username,
-                password=password,
-                db=_db(db),
-                tls=_tls_context(query) if parts.scheme == "rediss" else None,
-            )
+            options = _parse_url(url)
+            db = options.get("db", 0)
+            if db < 0:
+                raise ValueError(f"db must be >= 0, not {db}")
+            tls = _tls_context(options) if scheme == "rediss" else None
         except ValueError as exc:
-            if isinstance(exc, ConfigError):
-                raise
             raise ConfigError(f"REDIS_URL is malformed: {exc}") from None
+        credentials = {"username": options.get("username"), "password": options.get("password"), "db": db}
+        if scheme == "unix":
+            return cls(path=options.get("path"), **credentials)
+        return cls(host=options.get("host") or "localhost", port=options.get("port") or 6379, tls=tls, **credentials)
 
 
-def _db(value: str) -> int:
-    try:
-        db = int(value)
-    except ValueError:
-        raise ValueError(f"db must be a number, not {value!r}") from None
-    if db < 0:
-        raise ValueError(f"db must be >= 0, not {db}")
-    return db
-
-
-def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
-    reqs_name = query.get("ssl_cert_reqs", "required").lower()
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    reqs_name = str(options.get("ssl_cert_reqs") or "required").lower()
     if reqs_name not in _CERT_REQS:
         raise ValueError(f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, not {reqs_name!r}")
-    check = query.get("ssl_check_hostname", "").lower() not in _FALSE
-    files = [query[name] for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if query.get(name)]
+    # redis-py has already turned ssl_check_hostname into a bool (None when absent: on).
+    check = options.get("ssl_check_hostname") is not False
+    files = [str(options[name]) for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") if options.get(name)]
     try:
-        context = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
+        context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.check_hostname = check and _CERT_REQS[reqs_name] != ssl.CERT_NONE
         context.verify_mode = _CERT_REQS[reqs_name]
-        if query.get("ssl_certfile"):
-            context.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile"))
+        if options.get("ssl_certfile"):
+            context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"cannot load the TLS files named in REDIS_URL ({', '.join(files)}): {exc}") from None
     return context
 
 
-def _encode(arg: bytes | str | int) -> bytes:
-    if isinstance(arg, bytes):
-        return arg
-    if isinstance(arg, str):
-        return arg.encode()
-    return str(arg).encode()
+# Typed views of two untyped (or mistyped) library functions: redis-py's URL parser,
+# and hiredis' packer, whose stub declares a one-element tuple.
+_parse_url = cast(Callable[[str], dict[str, Any]], parse_url)
+_pack = cast(Callable[[tuple[bytes | str | int, ...]], bytes], hiredis.pack_command)
 
 
 def pack_command(*args: bytes | str | int) -> bytes:
-    """One command in RESP2 (an array of bulk strings)."""
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        raw = _encode(arg)
-        out.append(b"$%d\r\n" % len(raw))
-        out.append(raw)
-        out.append(b"\r\n")
-    return b"".join(out)
+    """One command in RESP2 (an array of bulk strings), packed by hiredis."""
+    return _pack(args)
 
 
 class RespConnection(asyncio.Protocol):
