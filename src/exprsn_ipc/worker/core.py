@@ -3,13 +3,13 @@
 It signs what it sends, verifies what it receives (target first, then the
 signature, then the envelope binding), runs handlers with bounded concurrency,
 and offers request/reply, CRUD and JSONLex calls on top of plain events. The
-sending half is here; the receiving half is :mod:`exprsn_ipc.worker.receiving`.
+sending half is here; the receiving half is a :class:`~exprsn_ipc.worker.receiving.Receiver`
+the worker owns, which answers through the worker's bound sending methods (an ``Outbox``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -36,9 +36,9 @@ from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport import Transport, create_transport
-from exprsn_ipc.worker.dispatch import Inbox
-from exprsn_ipc.worker.handlers import EventHandlers, Handler, LocalEmitter, MessageMeta
-from exprsn_ipc.worker.receiving import MessageHandling
+from exprsn_ipc.transport.base import Ack
+from exprsn_ipc.worker.handlers import Handler, LocalEmitter
+from exprsn_ipc.worker.receiving import Outbox, Receiver
 from exprsn_ipc.worker.replies import PendingRequests, expire
 from exprsn_ipc.worker.resources import ResourceTable
 from exprsn_ipc.worker.stats import HANDLER_BUCKETS, DurationHistogram, WorkerStats
@@ -59,7 +59,7 @@ class EmitResult:
     channel: str
 
 
-class IPCWorker(MessageHandling):
+class IPCWorker:
     """A service's connection to the IPC bus.
 
     Args:
@@ -99,20 +99,32 @@ class IPCWorker(MessageHandling):
         self.max_concurrency = max_concurrency or self.settings.ipc_max_concurrency
         self.stats = WorkerStats()
         self.resources = ResourceTable()
-        self.serves_jsonlex = False
-        self._handlers = EventHandlers(self.service_name, self.stats, self._handler_failed)
         self._local = LocalEmitter(self.service_name)
-        self._inbox: Inbox[tuple[Envelope, MessageMeta]] = Inbox(
-            owner=self.service_name,
-            max_concurrency=self.max_concurrency,
-            accept=self._accept_message,
-            handle=self._handle,
-            handle_now=self._handle_now,
-        )
-        self._seen_durable: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._dispatcher: asyncio.Task[None] | None = None
         self._pending = PendingRequests()
-        self._warned: set[str] = set()
+        outbox = Outbox(
+            transport=self.transport,
+            build_envelope=self.build_envelope,
+            encode=self._encode,
+            channel=self._channel,
+            record_sent=self._sent,
+            publish=self._publish,
+            started=lambda: self._started,
+        )
+        self._receiver = Receiver(
+            service_name=self.service_name,
+            aliases=self.aliases,
+            max_bytes=self.max_bytes,
+            max_concurrency=self.max_concurrency,
+            tokens=self.tokens,
+            stats=self.stats,
+            resources=self.resources,
+            local=self._local,
+            pending=self._pending,
+            outbox=outbox,
+        )
+        self._handlers = self._receiver.handlers
+        self._inbox = self._receiver.inbox
+        self._dispatcher: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
         self._registered_at = 0
@@ -166,7 +178,33 @@ class IPCWorker(MessageHandling):
 
     def serve_jsonlex(self, enabled: bool = True) -> None:
         """Answer ``jsonlex:execute`` requests addressed to this worker."""
-        self.serves_jsonlex = enabled
+        self._receiver.serves_jsonlex = enabled
+
+    @property
+    def serves_jsonlex(self) -> bool:
+        return self._receiver.serves_jsonlex
+
+    # Receiving (the transport's peer) ---------------------------------------------
+    def deliver_nowait(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
+        """Hand one received message to the worker without waiting (transports call this)."""
+        self._inbox.put_nowait(channel, raw, ack)
+
+    async def deliver(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
+        """Hand one received message to the worker; waits while its handlers are saturated."""
+        await self._inbox.put(channel, raw, ack)
+
+    def transport_event(self, name: str, detail: Any = None) -> None:
+        """A transport-level happening (``error``, ``disconnected`` ...), reported by the transport."""
+        self._receiver.transport_event(name, detail)
+
+    @property
+    def is_idle(self) -> bool:
+        """True when every delivered message has been fully handled."""
+        return self._inbox.is_idle
+
+    async def idle(self) -> None:
+        """Wait until every message delivered so far has been fully handled."""
+        await self._inbox.wait_idle()
 
     # Lifecycle ------------------------------------------------------------------
     @property

@@ -15,8 +15,9 @@ import asyncio
 import collections
 import inspect
 import logging
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
 
 from exprsn_ipc import jsonlex
 from exprsn_ipc.errors import EnvelopeError, IPCError, TokenError
@@ -32,10 +33,7 @@ from exprsn_ipc.worker.replies import PendingRequests, failure_body, reply_body
 from exprsn_ipc.worker.resources import ResourceTable
 from exprsn_ipc.worker.stats import WorkerStats
 
-if TYPE_CHECKING:
-    from exprsn_ipc.worker.core import EmitResult
-
-__all__ = ["MessageHandling"]
+__all__ = ["Outbox", "Receiver"]
 
 log = logging.getLogger("exprsn_ipc.worker")
 
@@ -45,63 +43,61 @@ DEDUPE_WINDOW: Final = 10_000
 #: Request-style operations: the receiver answers with an ``ipc:reply``.
 
 
-class MessageHandling:
-    """Mixed into :class:`~exprsn_ipc.worker.core.IPCWorker`, which sets these attributes up."""
+@dataclass(frozen=True, slots=True)
+class Outbox:
+    """What the receiver needs from its worker's sending half (bound methods of the worker)."""
 
-    service_name: str
-    aliases: frozenset[str]
-    max_bytes: int
     transport: Transport
-    tokens: BrokerTokenManager
-    stats: WorkerStats
-    resources: ResourceTable
-    serves_jsonlex: bool
-    _handlers: EventHandlers
-    _local: LocalEmitter
-    _inbox: Inbox[tuple[Envelope, MessageMeta]]
-    _pending: PendingRequests
-    _seen_durable: collections.OrderedDict[str, None]
-    _warned: set[str]
-    _started: bool
+    build_envelope: Callable[..., Envelope]
+    encode: Callable[[Envelope], bytes]
+    channel: Callable[[str], str]
+    record_sent: Callable[[Envelope, str, int | None], None]
+    publish: Callable[[Envelope], Awaitable[Any]]
+    started: Callable[[], bool]
 
-    if TYPE_CHECKING:
-        # The sending half, in worker.py.
-        def build_envelope(
-            self,
-            event: str,
-            data: Any = ...,
-            *,
-            target: str,
-            operation: str = ...,
-            require_ack: bool = ...,
-            ttl: int | None = ...,
-            metadata: dict[str, Any] | None = ...,
-        ) -> Envelope: ...
 
-        def _channel(self, target: str) -> str: ...
+class Receiver:
+    """The receiving half of an :class:`~exprsn_ipc.worker.core.IPCWorker`: accept, verify, dispatch, answer.
 
-        def _encode(self, envelope: Envelope) -> bytes: ...
+    It owns the worker's inbox (bounded handler concurrency) and its handlers; it
+    answers requests and acknowledgements through ``outbox``.
+    """
 
-        def _sent(self, envelope: Envelope, channel: str, receivers: int | None) -> None: ...
-
-        async def _publish(
-            self, envelope: Envelope, *, durable: bool = False, raw: bytes | None = None
-        ) -> EmitResult: ...
-
-    def deliver_nowait(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
-        self._inbox.put_nowait(channel, raw, ack)
-
-    async def deliver(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
-        await self._inbox.put(channel, raw, ack)
-
-    @property
-    def is_idle(self) -> bool:
-        """True when every delivered message has been fully handled."""
-        return self._inbox.is_idle
-
-    async def idle(self) -> None:
-        """Wait until every message delivered so far has been fully handled."""
-        await self._inbox.wait_idle()
+    def __init__(
+        self,
+        *,
+        service_name: str,
+        aliases: frozenset[str],
+        max_bytes: int,
+        max_concurrency: int,
+        tokens: BrokerTokenManager,
+        stats: WorkerStats,
+        resources: ResourceTable,
+        local: LocalEmitter,
+        pending: PendingRequests,
+        outbox: Outbox,
+    ) -> None:
+        self.service_name = service_name
+        self.aliases = aliases
+        self.max_bytes = max_bytes
+        self.tokens = tokens
+        self.stats = stats
+        self.resources = resources
+        self.out = outbox
+        #: Answer ``jsonlex:execute`` requests (``IPCWorker.serve_jsonlex``).
+        self.serves_jsonlex = False
+        self.handlers = EventHandlers(service_name, stats, self._handler_failed)
+        self.inbox: Inbox[tuple[Envelope, MessageMeta]] = Inbox(
+            owner=service_name,
+            max_concurrency=max_concurrency,
+            accept=self._accept_message,
+            handle=self._handle,
+            handle_now=self._handle_now,
+        )
+        self._local = local
+        self._pending = pending
+        self._seen_durable: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._warned: set[str] = set()
 
     def transport_event(self, name: str, detail: Any = None) -> None:
         if name == "error":
@@ -185,7 +181,7 @@ class MessageHandling:
         return accepted
 
     def _spawn_ack(self, ack: Ack, outcome: str) -> None:
-        self._inbox.spawn(self._settle(ack, outcome))
+        self.inbox.spawn(self._settle(ack, outcome))
 
     async def _settle(self, ack: Ack, outcome: str) -> None:
         try:
@@ -216,10 +212,10 @@ class MessageHandling:
         event = envelope.event
         if event == BusEvent.REPLY:
             self._resolve_reply(envelope, meta)
-        elif not self._handlers.is_sync(event):
+        elif not self.handlers.is_sync(event):
             return False
         elif meta.request_id is None:
-            self._handlers.run_now(event, envelope.payload, meta, self._inbox.adopt)
+            self.handlers.run_now(event, envelope.payload, meta, self.inbox.adopt)
         elif not self._answer_now(envelope, meta):
             return False
         if self._local.has("received"):
@@ -258,13 +254,13 @@ class MessageHandling:
 
     async def _run_handlers(self, event: str, data: Any, meta: MessageMeta) -> tuple[Any, Exception | None]:
         """Run every handler of ``event`` in order; return the first one's result or error."""
-        handlers = self._handlers.get(event)
+        handlers = self.handlers.get(event)
         if not handlers:
             builtin = self._builtin(event)
             if builtin is None:
                 return None, None
             handlers = [builtin]
-        return await self._handlers.run(event, handlers, data, meta)
+        return await self.handlers.run(event, handlers, data, meta)
 
     def _handler_failed(self, event: str, handler: Handler, exc: Exception) -> None:
         self.stats.handler_errors += 1
@@ -282,7 +278,7 @@ class MessageHandling:
 
     async def _answer(self, envelope: Envelope, meta: MessageMeta) -> None:
         event = envelope.event
-        if not self._handlers.get(event) and self._builtin(event) is None:
+        if not self.handlers.get(event) and self._builtin(event) is None:
             reply: dict[str, Any] = {
                 "success": False,
                 "error": "NO_HANDLER",
@@ -297,19 +293,17 @@ class MessageHandling:
     def _answer_now(self, envelope: Envelope, meta: MessageMeta) -> bool:
         """Answer a request whose handlers are plain functions without a task, when the
         transport can publish at once (the reply leaves a loop pass sooner); else False."""
-        if not self._started:
+        if not self.out.started():
             return False
-        value, error = self._handlers.run_now(
-            envelope.event, envelope.payload, meta, self._inbox.adopt, keep_first=True
-        )
+        value, error = self.handlers.run_now(envelope.event, envelope.payload, meta, self.inbox.adopt, keep_first=True)
         if inspect.isawaitable(value):  # a plain function that returned a coroutine after all
-            self._inbox.adopt(self._answer_later(envelope, meta, value, self._handlers.get(envelope.event)[0]))
+            self.inbox.adopt(self._answer_later(envelope, meta, value, self.handlers.get(envelope.event)[0]))
             return True
         answer, raw = self._reply_envelope(envelope, meta, reply_body(value, error))
-        channel = self._channel(answer.target)
-        sent = self.transport.publish_nowait(channel, raw)
+        channel = self.out.channel(answer.target)
+        sent = self.out.transport.publish_nowait(channel, raw)
         if sent is None:
-            self._inbox.adopt(self._send_reply(answer, raw))
+            self.inbox.adopt(self._send_reply(answer, raw))
             return True
         if sent.done():
             self._reply_published(answer, channel, sent)
@@ -332,13 +326,13 @@ class MessageHandling:
 
     async def _send_reply(self, answer: Envelope, raw: bytes) -> None:
         # A reply needs no receiver count: the transport may skip waiting for one.
-        channel = self._channel(answer.target)
+        channel = self.out.channel(answer.target)
         try:
-            receivers = await self.transport.send(channel, raw)
+            receivers = await self.out.transport.send(channel, raw)
         except IPCError as exc:
             self._reply_failed(answer, exc)
             return
-        self._sent(answer, channel, receivers)
+        self.out.record_sent(answer, channel, receivers)
 
     def _reply_published(self, answer: Envelope, channel: str, sent: asyncio.Future[int]) -> None:
         """The outcome of a reply published with ``publish_nowait``."""
@@ -348,7 +342,7 @@ class MessageHandling:
         if exc is not None:
             self._reply_failed(answer, exc)
         else:
-            self._sent(answer, channel, sent.result())
+            self.out.record_sent(answer, channel, sent.result())
 
     def _reply_failed(self, answer: Envelope, exc: BaseException) -> None:
         self.stats.transport_errors += 1
@@ -359,18 +353,18 @@ class MessageHandling:
         too large) becomes an error reply saying so."""
         metadata = {"requestId": meta.request_id}
         try:
-            answer = self.build_envelope(
+            answer = self.out.build_envelope(
                 BusEvent.REPLY, body, target=request.source, operation="reply", metadata=metadata
             )
-            return answer, self._encode(answer)
+            return answer, self.out.encode(answer)
         except IPCError as exc:
             if not body.get("success"):
                 raise
             failure = failure_body(exc)
-        answer = self.build_envelope(
+        answer = self.out.build_envelope(
             BusEvent.REPLY, failure, target=request.source, operation="reply", metadata=metadata
         )
-        return answer, self._encode(answer)
+        return answer, self.out.encode(answer)
 
     def _resolve_reply(self, envelope: Envelope, meta: MessageMeta) -> None:
         if not self._pending.resolve(meta.request_id, envelope.source, envelope.payload):
@@ -381,7 +375,7 @@ class MessageHandling:
     async def _send_ack(self, envelope: Envelope) -> None:
         ack = {"originalEvent": envelope.event, "originalId": envelope.token}
         try:
-            await self._publish(self.build_envelope(BusEvent.ACK, ack, target=envelope.source, operation="ack"))
+            await self.out.publish(self.out.build_envelope(BusEvent.ACK, ack, target=envelope.source, operation="ack"))
         except IPCError as exc:
             log.warning("%s: could not ack %r to %s: %s", self.service_name, envelope.event, envelope.source, exc)
 
