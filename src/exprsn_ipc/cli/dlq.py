@@ -21,9 +21,14 @@ from exprsn_ipc.errors import IPCError
 from exprsn_ipc.protocol.envelope import Envelope, validate_service_name
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
-from exprsn_ipc.transport.redis.deadletters import durable_status, list_dead_letters, replay_dead_letters
-from exprsn_ipc.transport.redis.keys import dlq_key, stream_key
-from exprsn_ipc.transport.redis.transport import redact_url
+from exprsn_ipc.transport.redis import (
+    dlq_key,
+    durable_status,
+    list_dead_letters,
+    redact_url,
+    replay_dead_letters,
+    stream_key,
+)
 
 __all__ = ["dlq_app"]
 

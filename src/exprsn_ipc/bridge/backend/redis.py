@@ -40,29 +40,27 @@ from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.protocol.ratelimit import RateLimiter
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.base import Ack, Deliver, Transport
-from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions
-from exprsn_ipc.transport.redis.keys import UNREGISTER_SCRIPT, registry_key
-from exprsn_ipc.transport.redis.publisher import RespPublisher
-from exprsn_ipc.transport.redis.resp import RedisAddress
-from exprsn_ipc.transport.redis.stores import (
-    REVOCATION_CHANNEL,
-    RedisRateLimiter,
-    RedisRevocationStore,
-    RedisStateStore,
-)
-from exprsn_ipc.transport.redis.subscriber import (
+from exprsn_ipc.transport.redis import (
     COMMAND_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
     IDLE_PING_S,
     REDIS_ERRORS,
+    REVOCATION_CHANNEL,
+    UNREGISTER_SCRIPT,
+    DurableConsumer,
+    DurableOptions,
+    RedisAddress,
+    RedisRateLimiter,
+    RedisRevocationStore,
+    RedisStateStore,
     RedisSubscriber,
-    connection_options,
-    redact_url,
-)
-from exprsn_ipc.transport.redis.transport import (
     RedisTransport,
+    RespPublisher,
     append_durable_entry,
+    connection_options,
     read_registry,
+    redact_url,
+    registry_key,
     start_durable_consumer,
 )
 
