@@ -27,6 +27,7 @@ PACKAGE_DATA = (
     "exprsn_ipc/bridge/dashboard/static/dashboard.js",
     "exprsn_ipc/bridge/dashboard/static/socket.io.min.js",
     "exprsn_ipc/examples/exprsn_auth/app.py",
+    "exprsn_ipc/sio/SPEC.md",
 )
 
 

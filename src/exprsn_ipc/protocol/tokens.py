@@ -13,7 +13,7 @@ import binascii
 import hmac
 import secrets
 import time
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final
 
 import orjson
 
@@ -21,16 +21,10 @@ from exprsn_ipc.errors import TokenBindingError, TokenError, TokenExpiredError, 
 from exprsn_ipc.protocol.constants import REVOCATION_TTL_S, TOKEN_TYPE, TOKEN_VERSION
 from exprsn_ipc.protocol.envelope import MISSING, Envelope, dumps
 from exprsn_ipc.protocol.jsonvalues import json_equal
+from exprsn_ipc.protocol.stores import MemoryRevocationStore, MemoryStateStore, RevocationStore, StateStore
 from exprsn_ipc.settings import Settings
 
-__all__ = [
-    "BrokerTokenManager",
-    "MemoryRevocationStore",
-    "MemoryStateStore",
-    "RevocationStore",
-    "StateStore",
-    "decode_unverified",
-]
+__all__ = ["BrokerTokenManager", "decode_unverified"]
 
 _HEADER: Final = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
 
@@ -62,70 +56,6 @@ def _json(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise TokenError("jwt malformed") from None
-
-
-@runtime_checkable
-class RevocationStore(Protocol):
-    """Where revocations are kept. ``is_revoked`` is local: no I/O per message."""
-
-    async def revoke(self, token_id: str, *, ttl: int) -> bool: ...
-
-    def is_revoked(self, token_id: str) -> bool: ...
-
-
-@runtime_checkable
-class StateStore(Protocol):
-    """State attached to stateful tokens."""
-
-    async def set_state(self, token_id: str, state: Any) -> None: ...
-
-    async def get_state(self, token_id: str) -> Any: ...
-
-    async def delete_state(self, token_id: str) -> bool: ...
-
-
-class MemoryRevocationStore:
-    """Revocations kept in this process, each forgotten after its TTL."""
-
-    def __init__(self) -> None:
-        self._revoked: dict[str, float] = {}
-
-    async def revoke(self, token_id: str, *, ttl: int) -> bool:
-        self.add_local(token_id, ttl=ttl)
-        return True
-
-    def add_local(self, token_id: str, *, ttl: int) -> None:
-        now = time.monotonic()
-        self._revoked[token_id] = now + ttl
-        if len(self._revoked) > 100_000:
-            for key in [k for k, until in self._revoked.items() if until <= now]:
-                del self._revoked[key]
-
-    def is_revoked(self, token_id: str) -> bool:
-        until = self._revoked.get(token_id)
-        if until is None:
-            return False
-        if until <= time.monotonic():
-            del self._revoked[token_id]
-            return False
-        return True
-
-
-class MemoryStateStore:
-    """State of stateful tokens, kept in this process."""
-
-    def __init__(self) -> None:
-        self._state: dict[str, bytes] = {}
-
-    async def set_state(self, token_id: str, state: Any) -> None:
-        self._state[token_id] = dumps(state)
-
-    async def get_state(self, token_id: str) -> Any:
-        raw = self._state.get(token_id)
-        return None if raw is None else orjson.loads(raw)
-
-    async def delete_state(self, token_id: str) -> bool:
-        return self._state.pop(token_id, None) is not None
 
 
 class BrokerTokenManager:

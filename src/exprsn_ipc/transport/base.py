@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from exprsn_ipc.errors import IPCError
-from exprsn_ipc.protocol.tokens import RevocationStore, StateStore
+from exprsn_ipc.protocol.stores import RevocationStore, StateStore
 
 __all__ = ["Ack", "Bus", "Deliver", "DurableBacklog", "Transport", "TransportPeer"]
 

@@ -38,7 +38,8 @@ from exprsn_ipc.protocol.constants import (
     channel_for,
 )
 from exprsn_ipc.protocol.events import SioEvent
-from exprsn_ipc.protocol.tokens import BrokerTokenManager, MemoryRevocationStore
+from exprsn_ipc.protocol.stores import MemoryRevocationStore
+from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.sio.link import SocketIOLink
 from exprsn_ipc.transport.base import Transport, TransportPeer

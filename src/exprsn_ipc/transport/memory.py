@@ -15,7 +15,7 @@ from typing import Any
 
 from exprsn_ipc.errors import NotConnectedError
 from exprsn_ipc.protocol.constants import REGISTRY_TTL_S
-from exprsn_ipc.protocol.tokens import MemoryRevocationStore, MemoryStateStore
+from exprsn_ipc.protocol.stores import MemoryRevocationStore, MemoryStateStore
 from exprsn_ipc.transport.base import Transport, TransportPeer
 
 __all__ = ["MemoryBus", "MemoryTransport", "default_bus"]

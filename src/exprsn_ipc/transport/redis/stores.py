@@ -22,7 +22,7 @@ from exprsn_ipc.errors import TransportError
 from exprsn_ipc.protocol.constants import REVOCATION_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.protocol.ratelimit import RateDecision
-from exprsn_ipc.protocol.tokens import MemoryRevocationStore
+from exprsn_ipc.protocol.stores import MemoryRevocationStore
 from exprsn_ipc.transport.redis.keys import (
     RATE_LIMIT_PREFIX,
     RATE_LIMIT_SCRIPT,
