@@ -20,7 +20,6 @@ The metric names are listed in ``docs/demo.md`` (section "Metrics").
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -30,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.worker.core import HANDLER_BUCKETS, IPCWorker
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ __all__ = [
     "read_backlog",
 ]
 
-log = logging.getLogger("exprsn_ipc.metrics")
+log = get_logger("exprsn_ipc.metrics")
 
 #: Upper bound of the asynchronous reads done before each scrape (Redis, rate limiter).
 REFRESH_TIMEOUT_S = 2.0

@@ -6,7 +6,6 @@ and pass it down; library code never reads the environment itself.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 from pathlib import Path
@@ -16,10 +15,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from exprsn_ipc.errors import ConfigError
+from exprsn_ipc.logsafe import get_logger
 
 __all__ = ["MIN_KEY_BYTES", "Settings", "load_or_create_key_file"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: A broker key shorter than this is refused outside development (HS256 wants ≥ 256 bits).
 MIN_KEY_BYTES = 32

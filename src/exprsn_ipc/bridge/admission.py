@@ -6,18 +6,18 @@ Both Socket.IO servers (python-socketio in ``sio_server.py`` and the worker lane
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from exprsn_ipc.bridge.connection import Connection, SocketLink
 from exprsn_ipc.bridge.core import Bridge
 from exprsn_ipc.errors import AuthError, IPCError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL, full_service_name
 from exprsn_ipc.protocol.envelope import validate_service_name
 
 __all__ = ["admit", "normalise_namespace", "release"]
 
-log = logging.getLogger("exprsn_ipc.bridge")
+log = get_logger("exprsn_ipc.bridge")
 
 
 async def admit(

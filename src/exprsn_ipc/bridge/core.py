@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 import time
 import uuid
 from collections import Counter
@@ -28,6 +27,7 @@ from exprsn_ipc.errors import (
     RequestTimeoutError,
     TokenError,
 )
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.net import is_loopback
 from exprsn_ipc.protocol.constants import (
     BRIDGE_ALIAS,
@@ -46,7 +46,7 @@ from exprsn_ipc.worker.resources import ResourceNotFoundError
 
 __all__ = ["Bridge", "BridgeStats", "Connection", "Identity", "RouteListener"]
 
-log = logging.getLogger("exprsn_ipc.bridge")
+log = get_logger("exprsn_ipc.bridge")
 
 DEV_BYPASS_SOURCE = "exprsn-dev-bypass"
 #: How often the registry entries of connected services are refreshed (they expire after REGISTRY_TTL_S).

@@ -12,10 +12,10 @@ as ``<event>(data, meta)`` after the Bridge verified it for them.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import TYPE_CHECKING, Final
 
 from exprsn_ipc.errors import IPCError, TokenError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import BATCH_MAX_ITEMS, BROADCAST, batch_byte_cap
 from exprsn_ipc.protocol.envelope import MISSING, Envelope
 from exprsn_ipc.protocol.events import BusEvent, SioEvent
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SOCKET_QUEUE_LIMIT", "Delivery"]
 
-log = logging.getLogger("exprsn_ipc.bridge")
+log = get_logger("exprsn_ipc.bridge")
 
 #: Outgoing messages queued for one socket before further ones are dropped.
 SOCKET_QUEUE_LIMIT: Final = 10_000

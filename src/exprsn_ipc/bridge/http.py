@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -15,13 +14,14 @@ from exprsn_ipc.bridge.credentials import token_from_connection
 from exprsn_ipc.bridge.metrics import BridgeMetrics
 from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError
 from exprsn_ipc.jsonlex.evaluator import evaluate as evaluate_jsonlex
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.metrics import MetricsExporter
 from exprsn_ipc.protocol.constants import BROADCAST, KNOWN_SERVICES
 from exprsn_ipc.protocol.envelope import MISSING, loads
 
 __all__ = ["build_router"]
 
-log = logging.getLogger("exprsn_ipc.bridge")
+log = get_logger("exprsn_ipc.bridge")
 
 _STATUS = {
     "UNAUTHORIZED": 401,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -35,13 +34,14 @@ from exprsn_ipc.bridge.core import Bridge
 from exprsn_ipc.bridge.credentials import token_from_environ
 from exprsn_ipc.bridge.events import Handler
 from exprsn_ipc.errors import AuthError, TransportError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
 from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.sio import packets as sp
 
 __all__ = ["LANE_EVENTS", "WorkerLane", "wants_lane"]
 
-log = logging.getLogger("exprsn_ipc.bridge")
+log = get_logger("exprsn_ipc.bridge")
 
 #: Events handled in the socket's reading task (the rest get a task each).
 LANE_EVENTS: Final = frozenset({SioEvent.PUBLISH, SioEvent.SEND, SioEvent.PUBLISH_BATCH})

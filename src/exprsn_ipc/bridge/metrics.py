@@ -7,17 +7,17 @@ worker (``bridge/http.py``), read at scrape time from ``Bridge.stats``.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterator
 
 from prometheus_client.core import Metric
 
 from exprsn_ipc.bridge.core import Bridge
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.metrics import RATE_LIMIT_CODE, REFRESH_TIMEOUT_S, counter, gauge
 
 __all__ = ["BridgeMetrics"]
 
-log = logging.getLogger("exprsn_ipc.metrics")
+log = get_logger("exprsn_ipc.metrics")
 
 
 class BridgeMetrics:

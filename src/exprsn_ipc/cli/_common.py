@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
 
 from exprsn_ipc.errors import ConfigError
+from exprsn_ipc.logsafe import ClipArgs
 from exprsn_ipc.settings import Settings
 
 console = Console(soft_wrap=True)
@@ -31,13 +32,17 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """The CLI, not the library, decides where log records go."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
+    """The CLI, not the library, decides where log records go.
+
+    One line per record on stderr, formatted by the standard library: its cost is
+    linear in the line's length. (Rich's handler wraps long unbroken words in about
+    quadratic time, which a client could trigger with one long header.) Every
+    record, ours or another library's, has its arguments clipped first.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(ClipArgs())
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True)
     for noisy in ("uvicorn.access", "engineio", "socketio", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -33,11 +33,12 @@ import aiohttp
 import orjson
 
 from exprsn_ipc.errors import AuthError, NotConnectedError, TransportError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.sio import packets as sp
 
 __all__ = ["SocketIOLink"]
 
-log = logging.getLogger("exprsn_ipc.transport.bridge")
+log = get_logger("exprsn_ipc.transport.bridge")
 
 Handler = Callable[..., Awaitable[Any]]
 

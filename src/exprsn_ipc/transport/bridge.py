@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import ssl
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from exprsn_ipc.errors import (
     TransportError,
     error_from_code,
 )
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import (
     BATCH_MAX_ITEMS,
     BROADCAST,
@@ -46,7 +46,7 @@ from exprsn_ipc.transport.base import Transport, TransportPeer
 
 __all__ = ["BUFFERED", "BridgeRevocationStore", "BridgeTransport"]
 
-log = logging.getLogger("exprsn_ipc.transport.bridge")
+log = get_logger("exprsn_ipc.transport.bridge")
 
 #: ``publish`` returns this for an emit buffered while the Bridge is unreachable.
 BUFFERED = -1

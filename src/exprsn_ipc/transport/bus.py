@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
 from typing import Any, Final
 
 from exprsn_ipc.errors import NotConnectedError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import REGISTRY_REFRESH_S
 from exprsn_ipc.transport.base import Bus, Transport, TransportPeer
 
 __all__ = ["BusTransport"]
 
-log = logging.getLogger("exprsn_ipc.transport")
+log = get_logger("exprsn_ipc.transport")
 
 #: How often the worker's registry record is written again (records expire on most buses).
 REFRESH_S: Final = float(REGISTRY_REFRESH_S)

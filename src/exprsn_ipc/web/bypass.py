@@ -28,6 +28,7 @@ from typing import Any, Final
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exprsn_ipc.errors import TokenError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.web._asgi import client_host, header_values, is_loopback, scope_state, send_json
@@ -46,7 +47,7 @@ __all__ = [
     "should_bypass",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Headers that ask for the bypass; the value must be exactly ``"true"``.
 BYPASS_HEADERS: Final = ("x-ipc-request", "x-broker-token")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import math
 import signal
 import socket
@@ -39,6 +38,7 @@ from uvicorn.lifespan.on import LifespanOn
 
 from exprsn_ipc.certs.authority import certificate_info
 from exprsn_ipc.errors import CertificateError, ConfigError, ServerStartError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.web.servers import (
     HTTPSRedirectApp,
@@ -61,7 +61,7 @@ __all__ = [
     "create_servers",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: A shutdown hook: a plain or async callable taking no arguments.
 ShutdownHook = Callable[[], Awaitable[Any] | Any]

@@ -13,7 +13,6 @@ Route handlers take the worker with ``ipc: IPCWorker = Depends(get_ipc)``.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -21,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exprsn_ipc import __version__
 from exprsn_ipc.errors import NotConnectedError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.metrics import MetricsApp
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.web._asgi import scope_state, send_json
@@ -29,7 +29,7 @@ from exprsn_ipc.worker.core import IPCWorker
 
 __all__ = ["IPCLifespan", "get_ipc", "has_route", "migrate_app"]
 
-log = logging.getLogger("exprsn_ipc.web")
+log = get_logger("exprsn_ipc.web")
 
 
 def get_ipc(request: HTTPConnection) -> IPCWorker:

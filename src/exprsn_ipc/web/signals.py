@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, Final
 
+from exprsn_ipc.logsafe import get_logger
+
 __all__ = ["HANDLED_SIGNALS", "ShutdownSignals"]
 
-log = logging.getLogger("exprsn_ipc.web.https")
+log = get_logger("exprsn_ipc.web.https")
 
 HANDLED_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import ssl
 from pathlib import Path
 
 from exprsn_ipc.certs.authority import KNOWN_SERVICES, find_certificate, generate_certificates
 from exprsn_ipc.errors import CertificateError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.settings import Settings
 
 __all__ = ["ensure_dev_certificates", "find_service_certificate", "server_ssl_context"]
 
-log = logging.getLogger("exprsn_ipc.web.tls")
+log = get_logger("exprsn_ipc.web.tls")
 
 
 def find_service_certificate(certs_dir: Path, service_name: str) -> tuple[Path, Path] | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 import time
@@ -24,6 +23,7 @@ from exprsn_ipc.errors import (
     NotConnectedError,
     PayloadTooLargeError,
 )
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import (
     BRIDGE_ALIAS,
     BRIDGE_SERVICE,
@@ -45,7 +45,7 @@ from exprsn_ipc.worker.stats import HANDLER_BUCKETS, DurationHistogram, WorkerSt
 
 __all__ = ["HANDLER_BUCKETS", "DurationHistogram", "EmitResult", "IPCWorker", "WorkerStats"]
 
-log = logging.getLogger("exprsn_ipc.worker")
+log = get_logger("exprsn_ipc.worker")
 
 H = TypeVar("H", bound=Handler)
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.transport.base import Ack
 
 __all__ = ["Inbox"]
 
-log = logging.getLogger("exprsn_ipc.worker")
+log = get_logger("exprsn_ipc.worker")
 
 T = TypeVar("T")
 

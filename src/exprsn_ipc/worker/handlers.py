@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.envelope import Envelope
 from exprsn_ipc.worker.stats import WorkerStats
 
 __all__ = ["EventHandlers", "Handler", "LocalEmitter", "MessageMeta", "call_handler"]
 
-log = logging.getLogger("exprsn_ipc.worker")
+log = get_logger("exprsn_ipc.worker")
 
 Handler = Callable[..., Any]
 """``handler(data, meta)``, sync or async; a request's reply is its return value."""

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from exprsn_ipc import jsonlex
 from exprsn_ipc.errors import EnvelopeError, IPCError, TokenError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import BROADCAST
 from exprsn_ipc.protocol.envelope import Envelope
 from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent, crud_operation
@@ -35,7 +35,7 @@ from exprsn_ipc.worker.stats import WorkerStats
 
 __all__ = ["Outbox", "Receiver"]
 
-log = logging.getLogger("exprsn_ipc.worker")
+log = get_logger("exprsn_ipc.worker")
 
 #: Durable message ids remembered for de-duplication.
 DEDUPE_WINDOW: Final = 10_000

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -35,6 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from exprsn_ipc.errors import TransportError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import REGISTRY_REFRESH_S, REGISTRY_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.protocol.ratelimit import RateLimiter
@@ -66,7 +66,7 @@ from exprsn_ipc.transport.redis import (
 
 __all__ = ["DURABLE_OUTCOMES", "DurableSend", "RedisBackend"]
 
-log = logging.getLogger("exprsn_ipc.bridge.redis")
+log = get_logger("exprsn_ipc.bridge.redis")
 
 #: ``health()`` gives up on PING after this long.
 HEALTH_TIMEOUT_S: Final = 1.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import re
 import time
 from collections import Counter, deque
@@ -22,6 +21,7 @@ import socketio
 
 from exprsn_ipc.bridge.credentials import token_from_environ
 from exprsn_ipc.errors import TokenError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.net import is_loopback
 from exprsn_ipc.protocol.events import BusEvent
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["NAMESPACE", "DashboardFeed", "RateTracker", "describe_message", "preview", "rendered"]
 
-log = logging.getLogger("exprsn_ipc.bridge.dashboard")
+log = get_logger("exprsn_ipc.bridge.dashboard")
 
 #: The Socket.IO namespace of the feed.
 NAMESPACE: Final = "/dashboard"

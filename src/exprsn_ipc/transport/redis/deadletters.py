@@ -6,7 +6,6 @@ use these; workers never do. ``docs/durable.md`` describes the streams.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -14,12 +13,13 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.transport.redis.keys import REPLAY_SCRIPT, dlq_key, stream_key
 from exprsn_ipc.transport.redis.streams import ENVELOPE_FIELD, as_text
 
 __all__ = ["durable_status", "list_dead_letters", "replay_dead_letters"]
 
-log = logging.getLogger("exprsn_ipc.transport.redis.durable")
+log = get_logger("exprsn_ipc.transport.redis.durable")
 
 
 async def _xrange(client: Redis, key: str, start: str, end: str, count: int) -> list[tuple[str, dict[bytes, bytes]]]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
 import random
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from exprsn_ipc.errors import TransportError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.tokens import decode_unverified
 from exprsn_ipc.transport.base import Ack, TransportPeer
 from exprsn_ipc.transport.redis.keys import PRUNE_SCRIPT, REFRESH_SCRIPT, dlq_key, stream_key
@@ -43,7 +43,7 @@ from exprsn_ipc.transport.redis.streams import ENVELOPE_FIELD, as_text, consumer
 
 __all__ = ["DurableConsumer", "DurableOptions", "DurableStats"]
 
-log = logging.getLogger("exprsn_ipc.transport.redis.durable")
+log = get_logger("exprsn_ipc.transport.redis.durable")
 
 BACKOFF_INITIAL_S: Final = 0.1
 BACKOFF_MAX_S: Final = 5.0

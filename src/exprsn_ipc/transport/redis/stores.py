@@ -7,7 +7,6 @@ original's full names (see ``docs/redis.md``).
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import time
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from exprsn_ipc.errors import TransportError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import REVOCATION_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.protocol.ratelimit import RateDecision
@@ -40,7 +40,7 @@ __all__ = [
     "glob_escape",
 ]
 
-log = logging.getLogger("exprsn_ipc.transport.redis")
+log = get_logger("exprsn_ipc.transport.redis")
 
 #: Token ids longer than this are ignored (ours and the original's are 32 hex digits).
 MAX_TOKEN_ID_LEN: Final = 256

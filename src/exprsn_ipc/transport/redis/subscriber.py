@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.exceptions import RedisError
 
 from exprsn_ipc.errors import TransportError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.transport.redis.resp import RedisAddress, RespConnection
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
     "redact_url",
 ]
 
-log = logging.getLogger("exprsn_ipc.transport.redis.subscriber")
+log = get_logger("exprsn_ipc.transport.redis.subscriber")
 
 #: TCP connect timeout, so a command during an outage fails fast.
 CONNECT_TIMEOUT_S: Final = 2.0

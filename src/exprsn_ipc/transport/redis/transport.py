@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from typing import Any, Final
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -27,6 +26,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from exprsn_ipc.errors import NotConnectedError, TransportError
+from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import REGISTRY_REFRESH_S, REGISTRY_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.settings import Settings
@@ -68,7 +68,7 @@ __all__ = [
     "start_durable_consumer",
 ]
 
-log = logging.getLogger("exprsn_ipc.transport.redis")
+log = get_logger("exprsn_ipc.transport.redis")
 
 #: Pooled command connections per transport; further commands wait for one.
 MAX_CONNECTIONS: Final = 32
