@@ -53,6 +53,8 @@ class Connection:
     record: dict[str, Any] = field(default_factory=dict)
     #: Takes durable messages (``ipc:message`` with an ack); see ``docs/durable.md``.
     durable: bool = False
+    #: A refusal of a reserved event name was logged for this client (logged once).
+    warned_reserved: bool = False
 
     @property
     def short(self) -> str:

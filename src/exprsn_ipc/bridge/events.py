@@ -32,7 +32,7 @@ from exprsn_ipc.protocol.constants import (
 from exprsn_ipc.protocol.envelope import MISSING, encoded_size, validate_service_name
 from exprsn_ipc.protocol.events import SioEvent, crud_event
 
-__all__ = ["ENVELOPE_PROTOCOL", "OTHER_EVENT", "BridgeEvents", "Handler", "handles"]
+__all__ = ["ENVELOPE_PROTOCOL", "OTHER_EVENT", "BridgeEvents", "Handler", "emit_target", "handles"]
 
 Reply = dict[str, Any]
 #: An event's handler: ``handler(conn, *args)`` returns what the client's acknowledgement gets.
@@ -82,7 +82,7 @@ class BridgeEvents:
             data = payload.get("payload", MISSING)
             if data is not MISSING and encoded_size(data) > bridge.max_bytes:
                 raise PayloadTooLargeError(f"payload exceeds the limit of {bridge.max_bytes} bytes")
-            target = options.get("target") or payload.get("target") or BROADCAST
+            target = emit_target(options.get("target"), payload.get("target"))
             envelope, receivers = await bridge.publish_as(_identity(conn), payload["event"], data, target, options)
         except IPCError as exc:
             bridge.stats.refused(conn.service, exc)
@@ -271,6 +271,19 @@ class BridgeEvents:
             self.bridge.stats.reject(conn.service, "INVALID_MESSAGE")
             return {"success": False, "error": "INVALID_MESSAGE", "message": str(exc)}
         return {"success": True, key: result}
+
+
+def emit_target(*candidates: Any) -> str:
+    """The first target given (None: not given), else ``broadcast``, as the original's
+    ``options.target || payload.target || 'broadcast'``; but a falsy or non-string target
+    is refused instead of silently becoming a broadcast."""
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        if not isinstance(candidate, str) or not candidate:
+            raise EnvelopeError(f"target must be a service name or {BROADCAST!r}, not {candidate!r}")
+        return candidate
+    return BROADCAST
 
 
 def _envelope_bytes(event: str, raw: Any, *, allow_bytes: bool = True) -> bytes:

@@ -11,12 +11,13 @@ from fastapi.responses import JSONResponse, Response
 from exprsn_ipc import __version__
 from exprsn_ipc.bridge.core import Bridge, Identity
 from exprsn_ipc.bridge.credentials import token_from_connection
+from exprsn_ipc.bridge.events import emit_target
 from exprsn_ipc.bridge.metrics import BridgeMetrics
 from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError, PayloadTooLargeError
 from exprsn_ipc.jsonlex.evaluator import evaluate as evaluate_jsonlex
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.metrics import MetricsExporter
-from exprsn_ipc.protocol.constants import BROADCAST, KNOWN_SERVICES
+from exprsn_ipc.protocol.constants import KNOWN_SERVICES
 from exprsn_ipc.protocol.envelope import MISSING, loads
 
 __all__ = ["build_router"]
@@ -112,7 +113,7 @@ def _ipc_routes(router: APIRouter, bridge: Bridge) -> None:
             body = await _json_body(bridge, request)
             options = body.get("options") if isinstance(body.get("options"), dict) else {}
             envelope, receivers = await bridge.publish_as(
-                identity, body.get("event"), body.get("payload", MISSING), body.get("target") or BROADCAST, options
+                identity, body.get("event"), body.get("payload", MISSING), emit_target(body.get("target")), options
             )
         except IPCError as exc:
             bridge.stats.refused(None, exc)

@@ -32,7 +32,7 @@ from exprsn_ipc.bridge.admission import admit, release
 from exprsn_ipc.bridge.connection import Connection
 from exprsn_ipc.bridge.core import Bridge
 from exprsn_ipc.bridge.credentials import token_from_environ
-from exprsn_ipc.bridge.events import Handler
+from exprsn_ipc.bridge.events import OTHER_EVENT, Handler
 from exprsn_ipc.errors import AuthError, TransportError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
@@ -74,6 +74,8 @@ class WorkerLane:
         self.handlers = handlers
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        #: Seconds a socket may stay without an authenticated namespace (IPC_HANDSHAKE_TIMEOUT).
+        self.handshake_timeout = bridge.settings.ipc_handshake_timeout
         # The same frame limit python-socketio's server gets (sio_server.attach).
         self.max_payload = bridge.settings.ipc_max_message_bytes * 4
 
@@ -151,6 +153,7 @@ class LaneSocket:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ping_timer: asyncio.TimerHandle | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
         self._complained = False
 
@@ -168,13 +171,15 @@ class LaneSocket:
                 )
             )
             self._ping_timer = loop.call_later(lane.ping_interval, self._ping)
+            # A socket that never authenticates holds a task and memory for nothing.
+            self._handshake_timer = loop.call_later(lane.handshake_timeout, self._handshake_expired)
             while not self.closed:
                 message = await receive()
                 if message["type"] != "websocket.receive":
                     break
                 text = message.get("text")
                 if text is None:
-                    self._invalid("binary frames are not part of the worker protocol")
+                    await self._refuse("binary frames are not part of the worker protocol")
                     continue
                 if len(text) > lane.max_payload:
                     self._invalid(f"a packet of {len(text)} characters exceeds {lane.max_payload}")
@@ -196,7 +201,7 @@ class LaneSocket:
         try:
             packet = sp.decode(text)
         except sp.PacketError as exc:
-            self._invalid(str(exc))
+            await self._refuse(str(exc))
             return
         namespace = packet.namespace
         if packet.type == sp.EVENT:
@@ -206,10 +211,11 @@ class LaneSocket:
                 return
             conn.last_activity = int(time.time() * 1000)
             event, *args = packet.data
-            handler = self.lane.handlers.get(event)
+            # OTHER_EVENT is the table's catch-all, not an event a client may name.
+            handler = self.lane.handlers.get(event) if event != OTHER_EVENT else None
             if handler is None:
                 args = [event, *args]
-                handler = self.lane.handlers["*"]
+                handler = self.lane.handlers[OTHER_EVENT]
             if event in LANE_EVENTS:
                 await self._handle(conn, handler, args, packet.id)
             else:
@@ -234,7 +240,16 @@ class LaneSocket:
             self.bridge.stats.reject(conn.service, "INTERNAL_ERROR")
             result = {"success": False, "error": "EMIT_FAILED", "message": "internal error in the Bridge"}
         if id_ is not None:
-            await self.write(sp.encode(sp.ACK, conn.namespace, [] if result is None else [result], id_))
+            await self.write(self._ack_text(conn, result, id_))
+
+    def _ack_text(self, conn: Connection, result: Any, id_: int) -> str:
+        """The acknowledgement; a result that cannot be encoded is answered with an error saying so."""
+        try:
+            return sp.encode(sp.ACK, conn.namespace, [] if result is None else [result], id_)
+        except (sp.PacketError, TypeError, ValueError) as exc:
+            self.bridge.stats.reject(conn.service, "INVALID_MESSAGE")
+            body = {"success": False, "error": "INVALID_MESSAGE", "message": f"the answer cannot be sent: {exc}"}
+            return sp.encode(sp.ACK, conn.namespace, [body], id_)
 
     async def _join(self, namespace: str, auth: Any) -> None:
         if namespace in self.connections:
@@ -254,8 +269,18 @@ class LaneSocket:
             await self.write(sp.encode(sp.CONNECT_ERROR, namespace, {"message": str(exc), "data": {"error": exc.code}}))
             return
         self.connections[namespace] = conn
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         await self.write(sp.encode(sp.CONNECT, namespace, {"sid": self.sid}))
         await link.opened()
+
+    async def _refuse(self, reason: str) -> None:
+        """Count and log an invalid packet, and tell the worker with ``ipc:error`` on each namespace it joined."""
+        self._invalid(reason)
+        body = {"error": "INVALID_MESSAGE", "message": reason}
+        for namespace in list(self.connections):
+            await self.write(sp.encode_event(namespace, SioEvent.ERROR, (body,)))
 
     def _invalid(self, reason: str) -> None:
         # Counted for the socket's service once it has joined a namespace.
@@ -305,6 +330,14 @@ class LaneSocket:
             self._pong_timer = loop.call_later(lane.ping_timeout, self._pong_missed)
         self._ping_timer = loop.call_later(lane.ping_interval, self._ping)
 
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self.connections or self.closed:
+            return
+        self.bridge.stats.reject(None, "HANDSHAKE_TIMEOUT")
+        log.warning("worker socket %s from %s joined no namespace in time; closing it", self.sid, self.peer)
+        self._spawn(self._close(1008))
+
     def _pong_missed(self) -> None:
         log.warning("worker socket %s from %s stopped answering pings; closing it", self.sid, self.peer)
         self._spawn(self._close(1000))
@@ -322,7 +355,7 @@ class LaneSocket:
 
     async def _finish(self) -> None:
         self.closed = True
-        for timer in (self._ping_timer, self._pong_timer):
+        for timer in (self._ping_timer, self._pong_timer, self._handshake_timer):
             if timer is not None:
                 timer.cancel()
         for future in self._pending.values():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import socketio
 
@@ -20,8 +20,12 @@ from exprsn_ipc.bridge.core import Bridge
 from exprsn_ipc.bridge.credentials import token_from_environ
 from exprsn_ipc.bridge.events import OTHER_EVENT, Handler
 from exprsn_ipc.errors import AuthError
+from exprsn_ipc.logsafe import get_logger
+from exprsn_ipc.protocol.events import RESERVED_EVENTS, SioEvent
 
-__all__ = ["SioLink", "attach"]
+__all__ = ["CLIENT_RESERVED_EVENTS", "BridgeSocketServer", "SioLink", "attach"]
+
+log = get_logger("exprsn_ipc.bridge")
 
 
 def _peer(environ: dict[str, Any]) -> str | None:
@@ -54,11 +58,47 @@ def _data(args: tuple[Any, ...]) -> Any:
     return args[0] if len(args) == 1 else args
 
 
+class BridgeSocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server, refusing client events that use a reserved name.
+
+    python-socketio resolves an event by name, so a client that emits ``connect`` or
+    ``disconnect`` would reach the Bridge's connection handlers with arguments of its
+    choosing (a forged environ, or a forgotten socket that stays open), and ``*``
+    would reach the catch-all with its arguments shifted. Such events are refused
+    here, before any handler: counted, logged once per socket, answered with ``ipc:error``.
+    """
+
+    bridge: Bridge
+
+    async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: Any) -> None:
+        name = data[0] if isinstance(data, list) and data else None
+        if name in CLIENT_RESERVED_EVENTS:
+            await self._refuse_reserved(eio_sid, namespace or "/", str(name))
+            return
+        await super()._handle_event(eio_sid, namespace, id, data)
+
+    async def _refuse_reserved(self, eio_sid: str, namespace: str, name: str) -> None:
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        conn = self.bridge.connections.get(f"{namespace}#{sid}")
+        self.bridge.stats.reject(conn.service if conn is not None else None, "RESERVED_EVENT")
+        if sid is None or conn is None:
+            return
+        if not conn.warned_reserved:
+            conn.warned_reserved = True
+            log.warning("%s sent the reserved event %r on %s; refused", conn.service, name, namespace)
+        body = {"error": "INVALID_MESSAGE", "message": f"{name!r} is a reserved Socket.IO event name"}
+        await self.emit(SioEvent.ERROR, body, to=sid, namespace=namespace)
+
+
+#: Event names a client may not send: Socket.IO's own, and the catch-all of the handler table.
+CLIENT_RESERVED_EVENTS: Final = RESERVED_EVENTS | {OTHER_EVENT}
+
+
 def attach(bridge: Bridge, handlers: dict[str, Handler]) -> socketio.AsyncServer:
     """Create the Socket.IO server for ``bridge`` and serve ``handlers`` on it."""
     settings = bridge.settings
     origins: Any = settings.cors_origins or ("*" if settings.is_development else [])
-    sio = socketio.AsyncServer(
+    sio = BridgeSocketServer(
         async_mode="asgi",
         namespaces="*",
         cors_allowed_origins=origins,
@@ -69,6 +109,7 @@ def attach(bridge: Bridge, handlers: dict[str, Handler]) -> socketio.AsyncServer
         logger=False,
         engineio_logger=False,
     )
+    sio.bridge = bridge
     bridge.sio = sio
 
     def connection(namespace: str, sid: str) -> Connection:

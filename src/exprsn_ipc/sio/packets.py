@@ -109,13 +109,16 @@ def open_packet(sid: str, *, ping_interval: float, ping_timeout: float, max_payl
     return EIO_OPEN + _dumps(body)
 
 
+_DIGITS: Final = frozenset("0123456789")
+
+
 def decode(text: str) -> Packet:
     """Parse the Socket.IO packet in an Engine.IO ``message`` frame (``text`` starts with ``4``).
 
     Raises:
         PacketError: not a Socket.IO packet, a binary one, or bad JSON.
     """
-    if len(text) < 2 or text[0] != EIO_MESSAGE or not text[1].isdigit():
+    if len(text) < 2 or text[0] != EIO_MESSAGE or text[1] not in _DIGITS:
         raise PacketError("not a Socket.IO packet")
     type_ = int(text[1])
     if type_ in _BINARY_TYPES:
@@ -132,7 +135,8 @@ def decode(text: str) -> Packet:
         else:
             namespace, pos = text[pos:end], end + 1
     start = pos
-    while pos < len(text) and text[pos].isdigit():
+    # ASCII digits only: str.isdigit() also accepts "²" and other digits int() refuses.
+    while pos < len(text) and text[pos] in _DIGITS:
         pos += 1
     if pos - start > 15:
         raise PacketError("a Socket.IO acknowledgement id is too long")

@@ -1,0 +1,148 @@
+"""Issue 16, findings 9 and 10: reserved event names, malformed lane packets, falsy targets,
+answers that cannot be encoded, sockets that never authenticate. Each attack leaves the
+Bridge serving: the same socket keeps working and ``/health`` answers within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from exprsn_ipc.errors import PacketError
+from exprsn_ipc.sio.packets import ACK, EVENT, decode
+
+from .conftest import WAIT, BridgeFixture, served_bridge
+from .test_lane import auth, raw_lane
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def health_within(url: str, bound: float = 1.0) -> None:
+    started = time.perf_counter()
+    async with httpx.AsyncClient(timeout=bound * 5) as http:
+        assert (await http.get(f"{url}/health")).status_code == 200
+    assert time.perf_counter() - started < bound
+
+
+# Finding 9: client-sent connect/disconnect on python-socketio -----------------------------
+
+
+@pytest.mark.parametrize("name", ["connect", "disconnect", "*", "message"])
+async def test_reserved_event_names_from_a_client_are_refused(bridge: BridgeFixture, name: str) -> None:
+    client = await bridge.connect("/ipc/timeline")
+    before = len(bridge.bridge.connections)
+    # A forged "connect" would re-run admission with this environ; "disconnect" would forget the socket.
+    await client.emit(name, {"asgi.scope": {"client": ["10.0.0.1", 1]}, "HTTP_X_BROKER_TOKEN": "x"})
+    _, (body,) = await client.next_event("ipc:error")
+    assert body["error"] == "INVALID_MESSAGE" and "reserved" in body["message"]
+    assert len(bridge.bridge.connections) == before
+    # The socket is still known and answered.
+    answer = await client.call("ipc:services")
+    assert answer["success"] is True
+    counts = (await bridge.stats())["counters"]
+    assert counts["rejected"].get("RESERVED_EVENT", 0) >= 1
+    await health_within(bridge.url)
+
+
+# Finding 10: the lane's parsing paths ------------------------------------------------------
+
+
+async def test_an_ack_id_of_unicode_digits_is_refused_and_the_socket_keeps_serving(bridge: BridgeFixture) -> None:
+    async with raw_lane(bridge.url) as lane:
+        await lane.join("/ipc/timeline", auth(bridge, "exprsn-timeline"))
+        await lane.ws.send_str('42/ipc/timeline,²["ipc:services",null]')
+        error = await lane.packet()
+        assert error.type == EVENT and error.data[0] == "ipc:error"
+        assert error.data[1]["error"] == "INVALID_MESSAGE"
+        answer = await lane.call("/ipc/timeline", "ipc:services", None)
+        assert answer[0]["success"] is True
+    await health_within(bridge.url)
+
+
+async def test_an_event_named_star_on_the_lane_is_an_unknown_event(bridge: BridgeFixture) -> None:
+    async with raw_lane(bridge.url) as lane:
+        await lane.join("/ipc/timeline", auth(bridge, "exprsn-timeline"))
+        answer = await lane.call("/ipc/timeline", "*", {"x": 1})
+        assert answer[0] == {"success": False, "error": "INVALID_MESSAGE", "message": "unknown event '*'"}
+    counts = (await bridge.stats())["counters"]["rejected"]
+    assert "INTERNAL_ERROR" not in counts
+
+
+async def test_a_binary_frame_is_answered_with_an_error(bridge: BridgeFixture) -> None:
+    async with raw_lane(bridge.url) as lane:
+        await lane.join("/ipc/timeline", auth(bridge, "exprsn-timeline"))
+        await lane.ws.send_bytes(b"\x04binary")
+        error = await lane.packet()
+        assert error.data[0] == "ipc:error" and "binary" in error.data[1]["message"]
+        assert (await lane.call("/ipc/timeline", "ipc:services", None))[0]["success"] is True
+
+
+async def test_an_answer_that_cannot_be_encoded_is_an_error_not_silence(bridge: BridgeFixture) -> None:
+    async with raw_lane(bridge.url) as lane:
+        await lane.join("/ipc/timeline", auth(bridge, "exprsn-timeline"))
+        lane.ids += 1
+        # 300 levels: deeper than the JSON encoder goes. Built by hand: our own encoder refuses it too.
+        context = "[" * 300 + '"bottom"' + "]" * 300
+        body = '{"expression":{"__jsonlex":true,"expr":{"$var":"deep"}},"context":{"deep":' + context + "}}"
+        await lane.ws.send_str(f'42/ipc/timeline,{lane.ids}["ipc:jsonlex",{body}]')
+        while True:
+            packet = await lane.packet()
+            if packet.type == ACK and packet.id == lane.ids:
+                break
+        assert packet.data[0]["success"] is False
+        assert packet.data[0]["error"] in {"INVALID_MESSAGE", "JSONLEX_ERROR"}
+
+
+@pytest.mark.parametrize("target", [0, "", [], False, {"x": 1}])
+async def test_a_falsy_or_non_string_target_is_invalid_not_a_broadcast(bridge: BridgeFixture, target: Any) -> None:
+    listener = await bridge.connect("/ipc/herald")
+    client = await bridge.connect("/ipc/timeline")
+    kind, body = await client.emit_ipc({"event": "post:created", "payload": {"id": 1}, "target": target})
+    assert kind == "ipc:error" and body["code"] == "INVALID_MESSAGE"
+    with pytest.raises(TimeoutError):
+        await listener.event("post:created", timeout=0.3)
+    async with httpx.AsyncClient(base_url=bridge.url) as http:
+        response = await http.post(
+            "/api/ipc/emit",
+            json={"event": "post:created", "payload": {}, "target": target},
+            headers={"x-broker-token": bridge.token("exprsn-timeline")},
+        )
+    assert response.status_code == 400 and response.json()["error"] == "INVALID_MESSAGE"
+
+
+async def test_a_missing_target_still_means_broadcast(bridge: BridgeFixture) -> None:
+    listener = await bridge.connect("/ipc/herald")
+    client = await bridge.connect("/ipc/timeline")
+    kind, body = await client.emit_ipc({"event": "post:created", "payload": {"id": 2}})
+    assert kind == "ipc:ack" and body["target"] == "broadcast"
+    data, _ = await listener.event("post:created")
+    assert data == {"id": 2}
+
+
+async def test_an_unauthenticated_lane_socket_is_closed_after_the_handshake_timeout() -> None:
+    async with served_bridge(ipc_handshake_timeout=0.3) as bridge, raw_lane(bridge.url) as lane:
+        closed = await asyncio.wait_for(lane.ws.receive(), WAIT)
+        while closed.type is aiohttp.WSMsgType.TEXT:  # a ping may come first
+            closed = await asyncio.wait_for(lane.ws.receive(), WAIT)
+        assert closed.type in {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING}
+        counts = (await bridge.stats())["counters"]["rejected"]
+        assert counts.get("HANDSHAKE_TIMEOUT") == 1
+
+
+async def test_a_socket_that_joins_in_time_is_not_closed() -> None:
+    async with served_bridge(ipc_handshake_timeout=0.3) as bridge, raw_lane(bridge.url) as lane:
+        await lane.join("/ipc/timeline", auth(bridge, "exprsn-timeline"))
+        await asyncio.sleep(0.5)  # past the timeout: nothing may happen (there is no event to await)
+        assert (await lane.call("/ipc/timeline", "ipc:services", None))[0]["success"] is True
+
+
+def test_decode_refuses_non_ascii_digits() -> None:
+    with pytest.raises(PacketError, match=r"not a Socket\.IO packet"):
+        decode("4²")
+    with pytest.raises(PacketError, match="JSON"):
+        decode('42/ipc/x,²["e"]')
+    assert decode('42/ipc/x,12["e"]').id == 12
