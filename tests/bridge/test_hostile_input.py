@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from exprsn_ipc.errors import PacketError
-from exprsn_ipc.sio.packets import ACK, EVENT, decode
+from exprsn_ipc.sio.packets import ACK, CONNECT, EVENT, decode
 
-from .conftest import WAIT, BridgeFixture, served_bridge
+from .conftest import WAIT, BridgeFixture, ConnectRefused, served_bridge
 from .test_lane import auth, raw_lane
 
 pytestmark = pytest.mark.timeout(30)
@@ -146,3 +146,56 @@ def test_decode_refuses_non_ascii_digits() -> None:
     with pytest.raises(PacketError, match="JSON"):
         decode('42/ipc/x,²["e"]')
     assert decode('42/ipc/x,12["e"]').id == 12
+
+
+# Finding 5: registry poisoning through the connect auth.entry ----------------------------
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("entry", "field"),
+    [
+        ({"hostname": "h" * 3_000_000}, "hostname"),
+        ({"hostname": "evil\nhost"}, "hostname"),
+        ({"pid": _nested(300)}, "pid"),
+        ({"pid": True}, "pid"),
+        ({"registered": -1}, "registered"),
+        ({"resources": ["ok"] * 65}, "resources"),
+        ({"resources": ["no spaces allowed"]}, "resource name"),
+        ("not an object", "auth.entry"),
+    ],
+)
+async def test_a_poisoned_registry_entry_is_refused_and_the_registry_stays_clean(
+    bridge: BridgeFixture, entry: Any, field: str
+) -> None:
+    honest = await bridge.connect("/ipc/herald")
+    client = bridge.client("/ipc/timeline")
+    with pytest.raises(ConnectRefused) as refused:
+        await client.connect({"token": bridge.token("exprsn-timeline"), "entry": entry})
+    assert "INVALID_MESSAGE" in refused.value.message and field in refused.value.message
+    stats = await bridge.stats()
+    assert {e["name"] for e in stats["services"]} == {"exprsn-herald", "exprsn-bridge"}
+    assert len(str(stats)) < 20_000
+    assert (await honest.call("ipc:services"))["success"] is True
+    await health_within(bridge.url)
+
+
+async def test_an_honest_entry_is_kept(bridge: BridgeFixture) -> None:
+    entry = {"pid": 4242, "hostname": "node-7.internal", "registered": 1_700_000_000_000, "resources": ["posts"]}
+    await bridge.client("/ipc/timeline").connect({"token": bridge.token("exprsn-timeline"), "entry": entry})
+    record = next(e for e in (await bridge.stats())["services"] if e["name"] == "exprsn-timeline")
+    assert {k: record[k] for k in entry} == entry
+
+
+async def test_an_oversized_forwarded_address_is_not_stored_as_the_hostname(bridge: BridgeFixture) -> None:
+    async with raw_lane(bridge.url, **{"X-Forwarded-For": "9" * 1000}) as lane:
+        joined = await lane.join("/ipc/timeline", auth(bridge, "exprsn-timeline"))
+        assert joined.type == CONNECT
+        record = next(e for e in (await bridge.stats())["services"] if e["name"] == "exprsn-timeline")
+        assert record["hostname"] is None

@@ -10,7 +10,8 @@ from typing import Any
 
 from exprsn_ipc.bridge.connection import Connection, SocketLink
 from exprsn_ipc.bridge.core import Bridge
-from exprsn_ipc.errors import AuthError, IPCError
+from exprsn_ipc.bridge.entries import clean_entry, clean_peer
+from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL, full_service_name
 from exprsn_ipc.protocol.envelope import validate_service_name
@@ -44,13 +45,18 @@ async def admit(
         raise AuthError(f"UNAUTHORIZED: {exc}", code=exc.code) from None
     options = auth if isinstance(auth, dict) else {}
     mode = "envelope" if options.get("protocol") == ENVELOPE_PROTOCOL else "socket"
-    entry = options.get("entry") if isinstance(options.get("entry"), dict) else None
+    try:
+        entry = clean_entry(options.get("entry"))
+    except EnvelopeError as exc:
+        bridge.stats.reject(service, exc.code)
+        log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)
+        raise AuthError(f"{exc.code}: {exc}", code=exc.code) from None
     conn = Connection(
         sid=sid,
         namespace=namespace,
         service=service,
         mode=mode,
-        peer=peer,
+        peer=clean_peer(peer),
         bypass=identity.bypass,
         link=link,
         durable=mode == "envelope" and options.get("durable") is True,

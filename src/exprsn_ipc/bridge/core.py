@@ -413,8 +413,8 @@ class Bridge:
             "lastSeen": now,
             "via": "socket.io",
         }
-        if entry:
-            record.update({k: v for k, v in entry.items() if k in {"pid", "hostname", "registered", "resources"}})
+        # Checked by admission (bridge/entries.py): only known fields, with types and sizes.
+        record.update(entry or {})
         conn.record = record
         await self._register(conn.service, record)
         if conn.durable:

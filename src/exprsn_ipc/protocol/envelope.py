@@ -28,6 +28,7 @@ __all__ = [
     "is_local_event",
     "loads",
     "validate_event_name",
+    "validate_resource_name",
     "validate_service_name",
 ]
 
@@ -92,6 +93,16 @@ def validate_service_name(name: object, *, allow_broadcast: bool = False) -> str
     if name == BROADCAST:
         raise EnvelopeError("'broadcast' is not a service here: name one target service")
     raise EnvelopeError(f"invalid service name {name!r}")
+
+
+_RESOURCE_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def validate_resource_name(name: object) -> str:
+    """Return ``name`` if it is a valid CRUD resource name (1-64 of letters, digits, ``_ . : -``)."""
+    if isinstance(name, str) and _RESOURCE_RE.fullmatch(name):
+        return name
+    raise EnvelopeError(f"invalid resource name {name!r} (1-64 letters, digits, _ . : -)")
 
 
 def is_local_event(name: str) -> bool:

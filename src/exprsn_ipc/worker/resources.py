@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from exprsn_ipc.errors import EnvelopeError, ResourceNotFoundError
+from exprsn_ipc.protocol.envelope import validate_resource_name
 from exprsn_ipc.protocol.events import crud_event
 from exprsn_ipc.worker.handlers import MessageMeta, call_handler
 
@@ -29,6 +30,7 @@ class ResourceTable:
         return bool(self._resources) or self.fallback is not None
 
     def add(self, name: str, provider: Any) -> Any:
+        validate_resource_name(name)
         instance = provider() if inspect.isclass(provider) else provider
         if not any(callable(getattr(instance, op, None)) for op in OPERATIONS):
             raise TypeError(f"resource {name!r} has none of {', '.join(OPERATIONS)}")
