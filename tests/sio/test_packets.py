@@ -7,8 +7,10 @@ from typing import Any
 import orjson
 import pytest
 import socketio.packet as reference
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from exprsn_ipc.errors import EnvelopeError
+from exprsn_ipc.errors import EnvelopeError, PacketError
 from exprsn_ipc.sio import packets as sp
 
 pytestmark = pytest.mark.timeout(10)
@@ -81,3 +83,15 @@ def test_malformed_packets_are_refused_with_a_specific_error(text: str, reason: 
         sp.decode(text)
     assert isinstance(caught.value, EnvelopeError)
     assert caught.value.code == "INVALID_MESSAGE"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=60) | st.builds(lambda tail: "4" + tail, st.text(max_size=60)))
+def test_decode_raises_only_packet_errors_on_arbitrary_text(text: str) -> None:
+    """Issue 16: no input makes the lane's parser raise anything but a PacketError."""
+    try:
+        packet = sp.decode(text)
+    except PacketError:
+        return
+    assert packet.type in {sp.CONNECT, sp.DISCONNECT, sp.EVENT, sp.ACK, sp.CONNECT_ERROR}
+    assert packet.id is None or packet.id >= 0

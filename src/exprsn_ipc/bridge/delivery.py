@@ -38,9 +38,23 @@ class Delivery:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self.batch_cap = batch_byte_cap(bridge.max_bytes)
+        self._warned: set[str] = set()
 
     def enqueue(self, conn: Connection, channel: str, raw: bytes) -> None:
-        """The backend's delivery callback for ``conn`` (never blocks the bus)."""
+        """The backend's delivery callback for ``conn`` (never blocks the bus).
+
+        Anything on the bus may be garbage (a Redis client can publish any bytes): a
+        message that is too large or not UTF-8 is dropped here, alone and counted, so
+        it can neither spoil a batch nor make a worker's link close on it.
+        """
+        if len(raw) > self.bridge.max_bytes:
+            self._poison(conn, "PAYLOAD_TOO_LARGE", f"a message of {len(raw)} bytes on {channel}")
+            return
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._poison(conn, "INVALID_MESSAGE", f"a message on {channel} that is not UTF-8")
+            return
         if conn.queue.qsize() >= SOCKET_QUEUE_LIMIT:
             conn.dropped += 1
             self.bridge.stats.reject(conn.service, "SLOW_CONSUMER")
@@ -48,6 +62,12 @@ class Delivery:
                 log.warning("socket %s of %s is not keeping up; dropping messages", conn.sid, conn.service)
             return
         conn.queue.put_nowait((channel, raw))
+
+    def _poison(self, conn: Connection, code: str, what: str) -> None:
+        self.bridge.stats.reject(conn.service, code)
+        if code not in self._warned:
+            self._warned.add(code)
+            log.warning("dropped %s (%s); the messages after it are delivered", what, code)
 
     def start(self, conn: Connection) -> asyncio.Task[None]:
         """The sender task of ``conn``; the Bridge cancels it when the socket goes."""
