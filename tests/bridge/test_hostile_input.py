@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import httpx
 import pytest
+import socketio
 
 from exprsn_ipc.errors import PacketError
 from exprsn_ipc.sio.packets import ACK, CONNECT, EVENT, decode
@@ -199,3 +200,57 @@ async def test_an_oversized_forwarded_address_is_not_stored_as_the_hostname(brid
         assert joined.type == CONNECT
         record = next(e for e in (await bridge.stats())["services"] if e["name"] == "exprsn-timeline")
         assert record["hostname"] is None
+
+
+# Finding 7: the development bypass from a web page of another site -------------------------
+
+
+async def test_the_bridge_bypass_refuses_cross_site_pages() -> None:
+    async with served_bridge(node_env="development", dev_bypass=True) as bridge:
+        host = bridge.url.removeprefix("http://")
+        async with httpx.AsyncClient(base_url=bridge.url, timeout=WAIT) as http:
+            evil = await http.post(
+                "/api/ipc/emit",
+                json={"event": "user:deleted", "payload": {}},
+                headers={"x-ipc-request": "true", "origin": "https://evil.example"},
+            )
+            own = await http.post(
+                "/api/ipc/emit",
+                json={"event": "dev:ping", "payload": {}},
+                headers={"x-ipc-request": "true", "origin": f"http://{host}"},
+            )
+            preflight = await http.options(
+                "/api/ipc/emit",
+                headers={
+                    "origin": "https://evil.example",
+                    "access-control-request-method": "POST",
+                    "access-control-request-headers": "x-ipc-request",
+                },
+            )
+        assert evil.status_code == 401 and "cross-site" in evil.json()["message"]
+        assert own.status_code == 200
+        assert "x-ipc-request" not in preflight.headers.get("access-control-allow-headers", "").lower()
+        # Websockets: python-socketio and the lane alike.
+        assert "cross-site" in await refusal_with_origin(bridge.url, "https://evil.example")
+        async with raw_lane(bridge.url, Origin="https://evil.example") as lane:
+            joined = await lane.join("/ipc/timeline", {"protocol": "exprsn-ipc/1"})
+            assert joined.data["message"].startswith("UNAUTHORIZED") and "cross-site" in joined.data["message"]
+
+
+async def refusal_with_origin(url: str, origin: str) -> str:
+    """The connect_error message python-socketio's side gives a tokenless client with ``origin``."""
+    sio = socketio.AsyncClient(reconnection=False, logger=False, engineio_logger=False)
+    refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def on_error(data: Any = None) -> None:
+        if not refused.done():
+            refused.set_result(data)
+
+    sio.on("connect_error", on_error, namespace="/ipc/timeline")
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await sio.connect(
+            url, namespaces=["/ipc/timeline"], headers={"Origin": origin}, transports=["websocket"], wait_timeout=WAIT
+        )
+    await sio.disconnect()
+    data = await asyncio.wait_for(refused, WAIT)
+    return str(data.get("message") if isinstance(data, dict) else data)

@@ -311,3 +311,28 @@ def test_log_bypass_status_is_quiet_in_production(caplog: pytest.LogCaptureFixtu
         assert log_bypass_status(make_settings(node_env="production"), custom) is False
     assert all(r.levelno <= logging.DEBUG for r in caplog.records)
     assert all(r.name == "tests.web.custom" for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "expected"),
+    [
+        (None, "localhost:3004", True),  # curl, a service, a worker: no Origin at all
+        ("https://localhost:3004", "localhost:3004", True),  # a page of this very service
+        ("https://evil.example", "localhost:3004", False),  # a page the developer happens to visit
+        ("https://localhost:9999", "localhost:3004", False),  # another local app
+        ("null", "localhost:3004", False),  # sandboxed frame or file://
+        ("https://localhost:3004", None, False),
+    ],
+)
+async def test_the_bypass_is_not_for_web_pages_of_other_sites(
+    origin: str | None, host: str | None, expected: bool
+) -> None:
+    """Issue 16, finding 7: a cross-site page calling loopback must not get the bypass."""
+    settings = make_settings(node_env="development", dev_bypass=True)
+    headers = {"x-ipc-request": "true"}
+    if origin is not None:
+        headers["origin"] = origin
+    if host is not None:
+        headers["host"] = host
+    scope = http_scope(client=("127.0.0.1", 40000), headers=headers)
+    assert should_bypass(scope, settings) is expected

@@ -84,7 +84,9 @@ def create_app(settings: Settings | None = None, *, backend: BridgeBackend | Non
             # Credentials only with an explicit origin list: never `*` with credentials.
             allow_credentials="*" not in origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["*"],
+            # Never the bypass headers (x-ipc-request, x-broker-token: true): a page of
+            # another site must not be able to ask for the development bypass.
+            allow_headers=["Authorization", "Content-Type"],
         )
     api.include_router(build_router(bridge))
     add_error_handlers(api)

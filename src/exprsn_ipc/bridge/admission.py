@@ -22,7 +22,15 @@ log = get_logger("exprsn_ipc.bridge")
 
 
 async def admit(
-    bridge: Bridge, namespace: str, sid: str, *, peer: str | None, token: str | None, auth: Any, link: SocketLink
+    bridge: Bridge,
+    namespace: str,
+    sid: str,
+    *,
+    peer: str | None,
+    token: str | None,
+    auth: Any,
+    link: SocketLink,
+    same_origin: bool = True,
 ) -> Connection:
     """Authenticate a client joining ``namespace`` and add its connection to the Bridge.
 
@@ -38,7 +46,7 @@ async def admit(
             f"INVALID_NAMESPACE: {namespace} is not an IPC namespace (use /ipc/<service>)", code="INVALID_NAMESPACE"
         )
     try:
-        identity = bridge.authenticate(token, peer, service=service)
+        identity = bridge.authenticate(token, peer, service=service, same_origin=same_origin)
     except AuthError as exc:
         bridge.stats.reject(service, exc.code)
         log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)

@@ -138,8 +138,11 @@ class Bridge:
         return f"{self.settings.ipc_rate_max} per {self.settings.ipc_rate_window} ms per service"
 
     # Authentication ---------------------------------------------------------------
-    def authenticate(self, token: str | None, peer: str | None, *, service: str | None = None) -> Identity:
-        """Check a broker token, or admit the development bypass from loopback.
+    def authenticate(
+        self, token: str | None, peer: str | None, *, service: str | None = None, same_origin: bool = True
+    ) -> Identity:
+        """Check a broker token, or admit the development bypass from loopback
+        (``same_origin``: the caller is no web page of another site).
 
         Raises:
             AuthError: no valid token, or a token issued to another service.
@@ -156,6 +159,8 @@ class Bridge:
                 raise AuthError(f"broker token was issued to {source}, not {service}")
             return Identity(source, False, claims)
         if self.settings.bypass_enabled and is_loopback(peer):
+            if not same_origin:
+                raise AuthError("the development bypass is not for web pages of other sites (cross-site Origin)")
             return Identity(service or DEV_BYPASS_SOURCE, True, None)
         if self.settings.dev_bypass and not self.settings.bypass_enabled:
             raise AuthError("missing broker token (DEV_BYPASS is ignored unless NODE_ENV=development)")

@@ -17,6 +17,7 @@ from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError, PayloadTooLarg
 from exprsn_ipc.jsonlex.evaluator import evaluate as evaluate_jsonlex
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.metrics import MetricsExporter
+from exprsn_ipc.net import is_same_origin
 from exprsn_ipc.protocol.constants import KNOWN_SERVICES
 from exprsn_ipc.protocol.envelope import MISSING, loads
 
@@ -49,7 +50,8 @@ async def _identity(bridge: Bridge, request: Request) -> Identity:
     # The bypass needs one of the guide's headers as well as development + loopback.
     if (token is None or token == "true") and not _bypass_headers(request):
         raise AuthError("missing broker token (x-broker-token or Authorization: Bearer)")
-    return bridge.authenticate(token, peer)
+    same_origin = is_same_origin(request.headers.get("origin"), request.headers.get("host"))
+    return bridge.authenticate(token, peer, same_origin=same_origin)
 
 
 async def _json_body(bridge: Bridge, request: Request) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from exprsn_ipc.bridge.credentials import token_from_environ
 from exprsn_ipc.bridge.events import OTHER_EVENT, Handler
 from exprsn_ipc.errors import AuthError, TransportError
 from exprsn_ipc.logsafe import get_logger
+from exprsn_ipc.net import is_same_origin
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
 from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.sio import packets as sp
@@ -146,6 +147,7 @@ class LaneSocket:
             "HTTP_X_BROKER_TOKEN": headers.get("x-broker-token"),
             "HTTP_AUTHORIZATION": headers.get("authorization"),
         }
+        self.same_origin = is_same_origin(headers.get("origin"), headers.get("host"))
         self.connections: dict[str, Connection] = {}
         self.closed = False
         self._send = send
@@ -264,7 +266,16 @@ class LaneSocket:
                     code="INVALID_MESSAGE",
                 )
             token = token_from_environ(self.environ, auth)
-            conn = await admit(self.bridge, namespace, self.sid, peer=self.peer, token=token, auth=auth, link=link)
+            conn = await admit(
+                self.bridge,
+                namespace,
+                self.sid,
+                peer=self.peer,
+                token=token,
+                auth=auth,
+                link=link,
+                same_origin=self.same_origin,
+            )
         except AuthError as exc:
             await self.write(sp.encode(sp.CONNECT_ERROR, namespace, {"message": str(exc), "data": {"error": exc.code}}))
             return

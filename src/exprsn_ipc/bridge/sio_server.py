@@ -21,6 +21,7 @@ from exprsn_ipc.bridge.credentials import token_from_environ
 from exprsn_ipc.bridge.events import OTHER_EVENT, Handler
 from exprsn_ipc.errors import AuthError
 from exprsn_ipc.logsafe import get_logger
+from exprsn_ipc.net import is_same_origin
 from exprsn_ipc.protocol.events import RESERVED_EVENTS, SioEvent
 
 __all__ = ["CLIENT_RESERVED_EVENTS", "BridgeSocketServer", "SioLink", "attach"]
@@ -124,7 +125,10 @@ def attach(bridge: Bridge, handlers: dict[str, Handler]) -> socketio.AsyncServer
         try:
             token = token_from_environ(environ, auth)
             link = SioLink(sio, sid, namespace)
-            await admit(bridge, namespace, sid, peer=_peer(environ), token=token, auth=auth, link=link)
+            same_origin = is_same_origin(environ.get("HTTP_ORIGIN"), environ.get("HTTP_HOST"))
+            await admit(
+                bridge, namespace, sid, peer=_peer(environ), token=token, auth=auth, link=link, same_origin=same_origin
+            )
         except AuthError as exc:
             raise socketio.exceptions.ConnectionRefusedError(str(exc), {"error": exc.code}) from None
 

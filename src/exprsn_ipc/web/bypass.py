@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from exprsn_ipc.errors import TokenError
 from exprsn_ipc.logsafe import get_logger
+from exprsn_ipc.net import is_same_origin
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.web._asgi import client_host, header_values, is_loopback, scope_state, send_json
@@ -109,14 +110,19 @@ def should_bypass(request_or_scope: Any, settings: Settings) -> bool:
 
     ``request_or_scope`` is a Starlette/FastAPI ``Request`` (or ``WebSocket``)
     or a raw ASGI scope. True only with ``NODE_ENV=development`` exactly,
-    ``DEV_BYPASS=true``, a loopback peer and a bypass header set to ``true``.
+    ``DEV_BYPASS=true``, a loopback peer, a bypass header set to ``true``, and no
+    cross-site ``Origin`` (a web page's request is not the developer's).
     """
     if not settings.bypass_enabled:
         return False
     scope = _scope_of(request_or_scope)
     if scope.get("type") not in ("http", "websocket"):
         return False
-    return is_loopback(client_host(scope)) and _asks_for_bypass(scope)
+    if not (is_loopback(client_host(scope)) and _asks_for_bypass(scope)):
+        return False
+    # A web page the developer visits may call loopback too: only same-origin or non-browser callers.
+    origin = next(iter(header_values(scope, "origin")), None)
+    return is_same_origin(origin, next(iter(header_values(scope, "host")), None))
 
 
 def log_bypass_status(settings: Settings, logger: logging.Logger | None = None) -> bool:
