@@ -18,6 +18,7 @@ __all__ = [
     "ConfigError",
     "DemoError",
     "EnvelopeError",
+    "ForbiddenError",
     "HandlerError",
     "IPCError",
     "ItemNotFoundError",
@@ -103,6 +104,12 @@ class AuthError(IPCError, PermissionError):
     """A caller is not authenticated or not allowed."""
 
     code = "UNAUTHORIZED"
+
+
+class ForbiddenError(AuthError):
+    """An authenticated caller may not do this (another service's item, say)."""
+
+    code = "FORBIDDEN"
 
 
 class RateLimitError(IPCError):

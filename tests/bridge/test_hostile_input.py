@@ -254,3 +254,45 @@ async def refusal_with_origin(url: str, origin: str) -> str:
     await sio.disconnect()
     data = await asyncio.wait_for(refused, WAIT)
     return str(data.get("message") if isinstance(data, dict) else data)
+
+
+# Findings 4 and 6: the built-in store: ownership and a byte budget --------------------------
+
+
+async def test_built_in_store_items_belong_to_their_creator(bridge: BridgeFixture) -> None:
+    owner = await bridge.connect("/ipc/timeline")
+    other = await bridge.connect("/ipc/herald")
+    created = await owner.call("ipc:create", {"resource": "notes", "data": {"text": "mine"}})
+    item_id = created["data"]["id"]
+    assert created["data"]["createdBy"] == "exprsn-timeline"
+    for event, body in [
+        ("ipc:read", {"resource": "notes", "query": item_id}),
+        ("ipc:update", {"resource": "notes", "id": item_id, "data": {"text": "theirs"}}),
+        ("ipc:delete", {"resource": "notes", "id": item_id}),
+    ]:
+        answer = await other.call(event, body)
+        assert answer["success"] is False and answer["error"] == "FORBIDDEN", (event, answer)
+    listing = await other.call("ipc:read", {"resource": "notes", "query": {}})
+    assert listing == {"success": True, "data": []}
+    mine = await owner.call("ipc:read", {"resource": "notes", "query": item_id})
+    assert mine["data"]["text"] == "mine"
+    # Claiming the owner in the data changes nothing.
+    await other.call("ipc:update", {"resource": "notes", "id": item_id, "data": {"createdBy": "exprsn-herald"}})
+    assert (await owner.call("ipc:delete", {"resource": "notes", "id": item_id}))["success"] is True
+
+
+async def test_the_built_in_store_has_a_byte_budget_per_service(bridge: BridgeFixture) -> None:
+    store = bridge.bridge.store
+    store.max_service_bytes = 200_000
+    client = await bridge.connect("/ipc/timeline")
+    big = "x" * 60_000
+    for _ in range(3):
+        assert (await client.call("ipc:create", {"resource": "blobs", "data": {"v": big}}))["success"] is True
+    refused = await client.call("ipc:create", {"resource": "blobs", "data": {"v": big}})
+    assert refused["success"] is False and refused["error"] == "STORE_FULL"
+    # Another service has a budget of its own, and deleting frees the first one's.
+    other = await bridge.connect("/ipc/herald")
+    assert (await other.call("ipc:create", {"resource": "blobs", "data": {"v": big}}))["success"] is True
+    first = (await client.call("ipc:read", {"resource": "blobs", "query": {}}))["data"][0]["id"]
+    assert (await client.call("ipc:delete", {"resource": "blobs", "id": first}))["success"] is True
+    assert (await client.call("ipc:create", {"resource": "blobs", "data": {"v": big}}))["success"] is True

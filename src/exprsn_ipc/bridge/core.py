@@ -41,6 +41,7 @@ from exprsn_ipc.protocol.events import BusEvent, SioEvent, crud_operation
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.worker.core import IPCWorker
+from exprsn_ipc.worker.handlers import MessageMeta
 from exprsn_ipc.worker.replies import settle_reply
 from exprsn_ipc.worker.resources import ResourceNotFoundError
 
@@ -347,7 +348,7 @@ class Bridge:
         validate_event_name(event)
         validate_service_name(target)  # refuses "broadcast": a request needs one target
         if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
-            return await self.serve_locally(event, data)
+            return await self.serve_locally(event, data, source=identity.service)
         request_id = uuid.uuid4().hex
         envelope = self.signer(identity.service).sign_envelope(
             event, data, target=target, operation=operation, metadata={"requestId": request_id}
@@ -375,8 +376,8 @@ class Bridge:
         settle_reply(future, envelope.payload)
         return True
 
-    async def serve_locally(self, event: str, data: Any) -> Any:
-        """CRUD on the built-in store and JSONLex, without a bus round trip."""
+    async def serve_locally(self, event: str, data: Any, *, source: str) -> Any:
+        """CRUD on the built-in store and JSONLex for ``source``, without a bus round trip."""
         if event == BusEvent.JSONLEX_EXECUTE:
             if not isinstance(data, dict):
                 raise TypeError(f"{BusEvent.JSONLEX_EXECUTE} needs {{expression, context}}")
@@ -385,7 +386,10 @@ class Bridge:
         operation = crud_operation(event)
         if operation is None:
             raise ResourceNotFoundError(f"the Bridge does not serve {event!r}")
-        return await self.worker.resources.handler(operation)(data, None)
+        # What a handler would learn from the bus: the caller (the store's items belong to it).
+        request = Envelope(event=event, source=source, target=BRIDGE_SERVICE, data=data, operation="crud")
+        meta = MessageMeta(source=source, token={}, channel="", message=request, target=BRIDGE_SERVICE, event=event)
+        return await self.worker.resources.handler(operation)(data, meta)
 
     async def crud_target(self, resource: str) -> str:
         """The service that registered ``resource``, or the Bridge's own store."""

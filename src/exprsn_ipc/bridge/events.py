@@ -254,7 +254,7 @@ class BridgeEvents:
                 target = await bridge.crud_target(body["resource"])
             event = crud_event(operation)
             if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
-                return await bridge.serve_locally(event, body)
+                return await bridge.serve_locally(event, body, source=conn.service)
             return await bridge.request_as(_identity(conn), target, event, body, operation="crud")
 
         return await self._guarded(conn, act, "data")

@@ -27,6 +27,7 @@ log = get_logger("exprsn_ipc.bridge")
 
 _STATUS = {
     "UNAUTHORIZED": 401,
+    "FORBIDDEN": 403,
     "RATE_LIMIT_EXCEEDED": 429,
     "PAYLOAD_TOO_LARGE": 413,
     "NO_RECEIVERS": 404,
