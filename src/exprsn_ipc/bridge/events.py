@@ -28,6 +28,7 @@ from exprsn_ipc.protocol.constants import (
     BROADCAST,
     DEFAULT_NAMESPACE,
     ENVELOPE_PROTOCOL,
+    MAX_TOKEN_ID_LEN,
 )
 from exprsn_ipc.protocol.envelope import MISSING, encoded_size, validate_service_name
 from exprsn_ipc.protocol.events import SioEvent, crud_event
@@ -149,6 +150,10 @@ class BridgeEvents:
     async def on_revoke(self, conn: Connection, body: Any = None, *_: Any) -> Reply:
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
             return _failure(EnvelopeError(f"{SioEvent.REVOKE} needs {{id, ttl}}"))
+        if len(body["id"]) > MAX_TOKEN_ID_LEN:
+            # Every Bridge and worker keeps and receives revoked ids: no id is larger than a real one.
+            self.bridge.stats.reject(conn.service, EnvelopeError.code)
+            return _failure(EnvelopeError(f"a token id has at most {MAX_TOKEN_ID_LEN} characters"))
         ttl = body.get("ttl")
         ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= 86_400 else 86_400
         try:

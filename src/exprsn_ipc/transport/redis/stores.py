@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.logsafe import get_logger
-from exprsn_ipc.protocol.constants import REVOCATION_TTL_S
+from exprsn_ipc.protocol.constants import MAX_TOKEN_ID_LEN, REVOCATION_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.protocol.ratelimit import RateDecision
 from exprsn_ipc.protocol.stores import MemoryRevocationStore
@@ -42,8 +42,6 @@ __all__ = [
 
 log = get_logger("exprsn_ipc.transport.redis")
 
-#: Token ids longer than this are ignored (ours and the original's are 32 hex digits).
-MAX_TOKEN_ID_LEN: Final = 256
 #: Keys per SCAN step / MGET batch.
 SCAN_COUNT: Final = 500
 
