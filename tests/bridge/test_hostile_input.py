@@ -296,3 +296,24 @@ async def test_the_built_in_store_has_a_byte_budget_per_service(bridge: BridgeFi
     first = (await client.call("ipc:read", {"resource": "blobs", "query": {}}))["data"][0]["id"]
     assert (await client.call("ipc:delete", {"resource": "blobs", "id": first}))["success"] is True
     assert (await client.call("ipc:create", {"resource": "blobs", "data": {"v": big}}))["success"] is True
+
+
+async def test_a_revocation_id_longer_than_any_token_id_is_refused(bridge: BridgeFixture) -> None:
+    async with raw_lane(bridge.url) as lane:
+        await lane.join("/ipc/timeline", auth(bridge, "exprsn-timeline"))
+        answer = await lane.call("/ipc/timeline", "ipc:revoke", {"id": "r" * 1_000_000, "ttl": 60})
+        assert answer[0]["success"] is False and answer[0]["error"] == "INVALID_MESSAGE"
+        ok = await lane.call("/ipc/timeline", "ipc:revoke", {"id": "a" * 32, "ttl": 60})
+        assert ok[0] == {"success": True, "id": "a" * 32}
+    await health_within(bridge.url)
+
+
+async def test_binary_socket_io_packets_are_refused_before_anything_is_kept(bridge: BridgeFixture) -> None:
+    client = await bridge.connect("/ipc/timeline")
+    # A BINARY_EVENT declaring 999,999 attachments: python-socketio would wait for (and keep) them all.
+    await client.sio.eio.send('5999999-/ipc/timeline,["ipc:emit",{"_placeholder":true,"num":0}]')
+    await client.sio.eio.send(b"x" * 100_000)
+    _, (body,) = await client.next_event("ipc:error")
+    assert "binary" in body["message"]
+    assert bridge.app.bridge.sio._binary_packet == {}
+    assert (await client.call("ipc:services"))["success"] is True

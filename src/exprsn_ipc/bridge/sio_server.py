@@ -71,6 +71,30 @@ class BridgeSocketServer(socketio.AsyncServer):  # type: ignore[misc]
 
     bridge: Bridge
 
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        # Binary packets are not part of the IPC protocol. python-socketio would hold a
+        # packet until all the attachments it declares arrive (999,999 of any size), so
+        # they are refused here, before anything is kept.
+        if isinstance(data, bytes | bytearray) or (isinstance(data, str) and data[:1] in _BINARY_TYPES):
+            await self._refuse_binary(eio_sid, data)
+            return
+        await super()._handle_eio_message(eio_sid, data)
+
+    async def _refuse_binary(self, eio_sid: str, data: Any) -> None:
+        namespace = "/"
+        head = data[:300] if isinstance(data, str) else ""
+        start = head.find("/")
+        if start > 0 and head[1:start].rstrip("-").isdigit():
+            # The header is "<type><attachments>-/<namespace>,...": the namespace is enough here.
+            end = head.find(",", start)
+            namespace = head[start:end] if end > 0 else head[start:]
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        conn = self.bridge.connections.get(f"{namespace}#{sid}") if sid is not None else None
+        self.bridge.stats.reject(conn.service if conn is not None else None, "INVALID_MESSAGE")
+        if conn is not None:
+            body = {"error": "INVALID_MESSAGE", "message": "binary Socket.IO packets are not supported"}
+            await self.emit(SioEvent.ERROR, body, to=sid, namespace=namespace)
+
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: Any) -> None:
         name = data[0] if isinstance(data, list) and data else None
         if name in CLIENT_RESERVED_EVENTS:
@@ -90,6 +114,9 @@ class BridgeSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         body = {"error": "INVALID_MESSAGE", "message": f"{name!r} is a reserved Socket.IO event name"}
         await self.emit(SioEvent.ERROR, body, to=sid, namespace=namespace)
 
+
+#: Socket.IO packet types with binary attachments (BINARY_EVENT, BINARY_ACK).
+_BINARY_TYPES: Final = ("5", "6")
 
 #: Event names a client may not send: Socket.IO's own, and the catch-all of the handler table.
 CLIENT_RESERVED_EVENTS: Final = RESERVED_EVENTS | {OTHER_EVENT}
