@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from exprsn_ipc.errors import ConfigError
@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     #: Seconds a worker-lane websocket may stay open without joining a namespace.
     ipc_handshake_timeout: float = Field(10.0, gt=0)
     ipc_emit_buffer: int = Field(1000, ge=0)
+    #: Bytes the Bridge may hold for one socket that does not keep up before it closes it.
+    ipc_socket_buffer_bytes: int = Field(16 * 1024 * 1024, gt=0)
     ipc_tls_verify: bool = True
 
     @field_validator("node_env", "redis_url", "cors_origin", "ipc_allowed_services", mode="before")
@@ -104,6 +106,15 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value:
             return None
         return value
+
+    @model_validator(mode="after")
+    def _budgets_hold_a_message(self) -> Settings:
+        if self.ipc_socket_buffer_bytes < self.ipc_max_message_bytes:
+            raise ValueError(
+                "IPC_SOCKET_BUFFER_BYTES must be at least IPC_MAX_MESSAGE_BYTES "
+                f"({self.ipc_socket_buffer_bytes} < {self.ipc_max_message_bytes})"
+            )
+        return self
 
     # Derived ------------------------------------------------------------------
     @property
@@ -248,8 +259,10 @@ def load_or_create_key_file(path: Path) -> str:
 def _describe_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+        name = ".".join(str(p) for p in err["loc"]).upper()
         value = err.get("input")
-        shown = "" if name in {"IPC_BROKER_KEY", "REDIS_PASSWORD"} else f" (got {value!r})"
+        # A check across fields gets every input, secrets included: show no value then.
+        shown = "" if not name or name in {"IPC_BROKER_KEY", "REDIS_PASSWORD"} else f" (got {value!r})"
+        name = name or "settings"
         parts.append(f"{name}: {err['msg']}{shown}")
     return "invalid configuration: " + "; ".join(parts)

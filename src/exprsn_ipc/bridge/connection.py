@@ -22,6 +22,12 @@ class SocketLink(Protocol):
     async def call(self, event: str, *args: Any, timeout: float) -> Any:
         """Send ``event(*args)`` and return the client's acknowledgement."""
 
+    async def drained(self) -> None:
+        """Return once the client has taken what was sent to it (back-pressure for delivery)."""
+
+    async def close(self, reason: str) -> None:
+        """Close the client's whole socket (every namespace it joined), without waiting for it to read."""
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
@@ -47,6 +53,10 @@ class Connection:
     connected: int = field(default_factory=lambda: int(time.time() * 1000))
     last_activity: int = field(default_factory=lambda: int(time.time() * 1000))
     queue: asyncio.Queue[tuple[str, bytes]] = field(default_factory=asyncio.Queue)
+    #: Bytes of the messages in ``queue`` (the slow-consumer budget counts bytes, not only messages).
+    queued_bytes: int = 0
+    #: The socket fell too far behind and is being closed; nothing more is queued for it.
+    slow: bool = False
     channels: set[str] = field(default_factory=set)
     task: asyncio.Task[None] | None = None
     dropped: int = 0

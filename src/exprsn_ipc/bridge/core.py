@@ -110,6 +110,7 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+        await self.delivery.close()
         for conn in list(self.connections.values()):
             await self.drop_connection(conn)
         for future in self._pending.values():

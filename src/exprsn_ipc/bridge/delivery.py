@@ -1,8 +1,14 @@
 """Delivery from the bus to one Socket.IO client, from a sender task per socket.
 
-What the bus routes to a socket is queued (bounded: a socket that does not keep
-up loses messages, counted as ``SLOW_CONSUMER``) and sent by the socket's own
-task, so a slow client never holds up the others. IPC workers (envelope mode)
+What the bus routes to a socket is queued and sent by the socket's own task, so
+a slow client never holds up the others. The queue has a budget in bytes
+(``IPC_SOCKET_BUFFER_BYTES``) and in messages (:data:`SOCKET_QUEUE_LIMIT`); the
+slow-consumer policy is to close a socket that exceeds either, at once and
+without waiting for it to read: counted as ``SLOW_CONSUMER``, logged once, its
+backlog freed. A worker's link reconnects by itself; a durable consumer gets its
+unsettled entries again. Sending waits for the client to take what was sent
+(``SocketLink.drained``), so the backlog stays in this queue, where it is counted,
+and not in a server's unbounded buffer. IPC workers (envelope mode)
 get raw envelopes; what has queued up while the previous send was on the wire
 leaves as one ``ipc:messages`` packet, which is where most of the Bridge's
 per-message cost used to go (docs/performance.md). Other clients get each event
@@ -12,6 +18,7 @@ as ``<event>(data, meta)`` after the Bridge verified it for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import TYPE_CHECKING, Final
 
 from exprsn_ipc.errors import IPCError, TokenError
@@ -28,8 +35,10 @@ __all__ = ["SOCKET_QUEUE_LIMIT", "Delivery"]
 
 log = get_logger("exprsn_ipc.bridge")
 
-#: Outgoing messages queued for one socket before further ones are dropped.
+#: Outgoing messages queued for one socket before it is closed as a slow consumer.
 SOCKET_QUEUE_LIMIT: Final = 10_000
+#: The counter and close reason of the slow-consumer policy.
+SLOW_CONSUMER: Final = "SLOW_CONSUMER"
 
 
 class Delivery:
@@ -38,7 +47,9 @@ class Delivery:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self.batch_cap = batch_byte_cap(bridge.max_bytes)
+        self.budget = bridge.settings.ipc_socket_buffer_bytes
         self._warned: set[str] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def enqueue(self, conn: Connection, channel: str, raw: bytes) -> None:
         """The backend's delivery callback for ``conn`` (never blocks the bus).
@@ -55,13 +66,56 @@ class Delivery:
         except UnicodeDecodeError:
             self._poison(conn, "INVALID_MESSAGE", f"a message on {channel} that is not UTF-8")
             return
-        if conn.queue.qsize() >= SOCKET_QUEUE_LIMIT:
+        if conn.slow:
             conn.dropped += 1
-            self.bridge.stats.reject(conn.service, "SLOW_CONSUMER")
-            if conn.dropped == 1:
-                log.warning("socket %s of %s is not keeping up; dropping messages", conn.sid, conn.service)
             return
+        if conn.queued_bytes + len(raw) > self.budget or conn.queue.qsize() >= SOCKET_QUEUE_LIMIT:
+            self._fell_behind(conn)
+            return
+        conn.queued_bytes += len(raw)
         conn.queue.put_nowait((channel, raw))
+
+    def _fell_behind(self, conn: Connection) -> None:
+        """The slow-consumer policy: free the socket's backlog and close it."""
+        conn.slow = True
+        backlog, held = conn.queue.qsize(), conn.queued_bytes
+        while not conn.queue.empty():
+            conn.queue.get_nowait()
+        conn.queued_bytes = 0
+        conn.dropped += backlog + 1
+        self.bridge.stats.reject(conn.service, SLOW_CONSUMER)
+        log.warning(
+            "closing socket %s of %s: %d messages (%d bytes) wait for it, over the budget of %d bytes or %d messages [%s]",
+            conn.sid,
+            conn.service,
+            backlog,
+            held,
+            self.budget,
+            SOCKET_QUEUE_LIMIT,
+            SLOW_CONSUMER,
+        )
+        task = asyncio.create_task(self._close(conn), name=f"bridge-close-slow:{conn.key}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, conn: Connection) -> None:
+        try:
+            await conn.link.close(SLOW_CONSUMER)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("could not close the slow socket %s of %s", conn.sid, conn.service)
+        # Whatever the server did, the Bridge no longer routes to it.
+        await self.bridge.drop_connection(conn)
+
+    async def close(self) -> None:
+        """Cancel and await the closes still under way (the Bridge is stopping)."""
+        tasks = list(self._closing)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _poison(self, conn: Connection, code: str, what: str) -> None:
         self.bridge.stats.reject(conn.service, code)
@@ -85,9 +139,12 @@ class Delivery:
                         item = queue.get_nowait()
                         batch.append(item)
                         size += len(item[1])
+                    conn.queued_bytes -= size
                     await self._send_envelopes(conn, batch)
                 else:
+                    conn.queued_bytes -= len(first[1])
                     await self._send_event(conn, *first)
+                await conn.link.drained()
             except asyncio.CancelledError:
                 raise
             except Exception:

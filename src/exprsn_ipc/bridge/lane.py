@@ -125,6 +125,13 @@ class LaneLink:
     async def call(self, event: str, *args: Any, timeout: float) -> Any:
         return await self.socket.call(self, event, args, timeout)
 
+    async def drained(self) -> None:
+        # Each write waits for the websocket to take the frame: nothing piles up here.
+        return None
+
+    async def close(self, reason: str) -> None:
+        await self.socket.abort(reason)
+
     async def opened(self) -> None:
         """Send what waited for the CONNECT packet, then send directly."""
         early = self.early or []
@@ -353,11 +360,19 @@ class LaneSocket:
         log.warning("worker socket %s from %s stopped answering pings; closing it", self.sid, self.peer)
         self._spawn(self._close(1000))
 
-    async def _close(self, code: int) -> None:
+    async def _close(self, code: int, reason: str = "") -> None:
         if not self.closed:
+            self.closed = True
             with contextlib.suppress(OSError, RuntimeError):
-                await self._send({"type": "websocket.close", "code": code})
-        self.closed = True
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def abort(self, reason: str) -> None:
+        """Close without waiting for the worker to read: its namespaces leave the Bridge now,
+        the close frame goes out in the background."""
+        self._spawn(self._close(1008, reason))
+        connections, self.connections = self.connections, {}
+        for conn in connections.values():
+            await release(self.bridge, conn)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -53,6 +53,27 @@ class SioLink:
     async def call(self, event: str, *args: Any, timeout: float) -> Any:
         return await self.sio.call(event, _data(args), to=self.sid, namespace=self.namespace, timeout=timeout)
 
+    async def drained(self) -> None:
+        # engine.io queues packets for its writer without any bound, so a client that
+        # stops reading would grow that queue for ever. Waiting here until the writer has
+        # taken what is queued keeps the backlog in the Bridge's own queue, which has a
+        # byte budget and a slow-consumer policy (delivery.py).
+        socket = self._engine_socket()
+        if socket is not None and socket.queue.qsize() > _ENGINE_BACKLOG:
+            await socket.queue.join()
+
+    async def close(self, reason: str) -> None:
+        socket = self._engine_socket()
+        await self.sio.disconnect(self.sid, namespace=self.namespace)
+        if socket is not None and not socket.closed:
+            # abort: no CLOSE packet for a client that does not read; None ends its writer.
+            await socket.close(wait=False, abort=True, reason=reason)
+            socket.queue.put_nowait(None)
+
+    def _engine_socket(self) -> Any:
+        eio_sid = self.sio.manager.eio_sid_from_sid(self.sid, self.namespace)
+        return self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+
 
 def _data(args: tuple[Any, ...]) -> Any:
     # python-socketio sends a tuple as several arguments, anything else as one.
@@ -114,6 +135,9 @@ class BridgeSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         body = {"error": "INVALID_MESSAGE", "message": f"{name!r} is a reserved Socket.IO event name"}
         await self.emit(SioEvent.ERROR, body, to=sid, namespace=namespace)
 
+
+#: Packets engine.io may hold for one client before delivery waits for its writer.
+_ENGINE_BACKLOG: Final = 1
 
 #: Socket.IO packet types with binary attachments (BINARY_EVENT, BINARY_ACK).
 _BINARY_TYPES: Final = ("5", "6")
