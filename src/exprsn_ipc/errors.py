@@ -36,6 +36,8 @@ __all__ = [
     "TokenBindingError",
     "TokenError",
     "TokenExpiredError",
+    "TokenPurposeError",
+    "TokenReplayedError",
     "TokenRevokedError",
     "TransportError",
     "error_class",
@@ -98,6 +100,18 @@ class TokenBindingError(TokenError):
     """The envelope's event, source, target or data differ from the signed claims."""
 
     code = "TOKEN_MISMATCH"
+
+
+class TokenPurposeError(TokenError):
+    """A token was used for what it was not signed for: a message's token to log in, or the reverse."""
+
+    code = "TOKEN_PURPOSE"
+
+
+class TokenReplayedError(TokenError):
+    """An envelope that was already accepted once was sent again (an exact replay)."""
+
+    code = "TOKEN_REPLAYED"
 
 
 class AuthError(IPCError, PermissionError):

@@ -7,25 +7,24 @@ import asyncio
 import contextlib
 import functools
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from exprsn_ipc import jsonlex
 from exprsn_ipc.bridge.backend.base import BridgeBackend, create_backend
 from exprsn_ipc.bridge.connection import BridgeStats, Connection, Identity
 from exprsn_ipc.bridge.delivery import Delivery
+from exprsn_ipc.bridge.requests import ClientRequests
 from exprsn_ipc.bridge.store import BuiltinStore
 from exprsn_ipc.errors import (
     AuthError,
     EnvelopeError,
     IPCError,
-    NoReceiversError,
     PayloadTooLargeError,
     RateLimitError,
-    RequestTimeoutError,
     TokenError,
+    TokenPurposeError,
+    TokenReplayedError,
 )
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.net import is_loopback
@@ -34,16 +33,14 @@ from exprsn_ipc.protocol.constants import (
     BRIDGE_SERVICE,
     BROADCAST,
     REGISTRY_TTL_S,
+    REVOCATION_TTL_S,
     channel_for,
 )
 from exprsn_ipc.protocol.envelope import Envelope, validate_event_name, validate_service_name
-from exprsn_ipc.protocol.events import BusEvent, SioEvent, crud_operation
+from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.worker.core import IPCWorker
-from exprsn_ipc.worker.handlers import MessageMeta
-from exprsn_ipc.worker.replies import settle_reply
-from exprsn_ipc.worker.resources import ResourceNotFoundError
 
 __all__ = ["Bridge", "BridgeStats", "Connection", "Identity", "RouteListener"]
 
@@ -82,12 +79,13 @@ class Bridge:
         self.stats = BridgeStats()
         self.started_at = time.time()
         self._signers: dict[str, BrokerTokenManager] = {}
-        self._pending: dict[str, asyncio.Future[Any]] = {}
         self._service_refs: Counter[str] = Counter()
+        self._warned_replay: set[str] = set()
         self._running = False
         self._heartbeat: asyncio.Task[None] | None = None
         self.sio: Any = None  # set by bridge.sio_server.attach()
         self.delivery = Delivery(self)
+        self.requests = ClientRequests(self)
         #: See :data:`RouteListener`.
         self.route_listeners: list[RouteListener] = []
 
@@ -113,9 +111,7 @@ class Bridge:
         await self.delivery.close()
         for conn in list(self.connections.values()):
             await self.drop_connection(conn)
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(RequestTimeoutError("the Bridge is shutting down"))
+        self.requests.close()
         await self.worker.disconnect()
         await self.backend.close()
 
@@ -151,7 +147,10 @@ class Bridge:
         """
         if token and token != "true":
             try:
-                claims = self.verifier.verify_token(token)
+                claims = self.verifier.verify_login(token)
+            except TokenPurposeError as exc:
+                # A token lifted from a message: refused with its own code, so it shows in the counters.
+                raise AuthError(f"invalid broker token: {exc}", code=exc.code) from None
             except TokenError as exc:
                 raise AuthError(f"invalid broker token: {exc}") from None
             source = claims.get("source")
@@ -230,7 +229,7 @@ class Bridge:
             ttl=ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= 86_400 else None,
             metadata=metadata if isinstance(metadata, dict) else None,
         )
-        return envelope, await self._publish(identity.service, envelope.target, envelope.encode())
+        return envelope, await self.route(identity.service, envelope.target, envelope.encode())
 
     async def publish_raw(self, conn: Connection, raw: bytes, *, durable: bool = False) -> int:
         """Publish a worker's signed envelope after checking it is really from that worker.
@@ -238,10 +237,12 @@ class Bridge:
         ``durable``: append it to the target's stream instead (Redis backend only).
         """
         await self.check_rate(conn.service)
-        target = self._checked_target(conn, raw, durable=durable)
+        target, token = self._checked_target(conn, raw, durable=durable)
+        if not (await self.backend.replays.claim([token]))[0]:
+            raise self._replayed(conn)
         if durable:
             return await self._publish_durable(conn.service, target, raw)
-        return await self._publish(conn.service, target, raw)
+        return await self.route(conn.service, target, raw)
 
     async def publish_batch(self, conn: Connection, raws: list[Any]) -> list[int | IPCError]:
         """Publish envelopes a worker emitted together; each gets its receiver count or its error.
@@ -251,7 +252,8 @@ class Bridge:
         pipelined where the backend can (Redis).
         """
         allowed = await self.rate_allowance(conn.service, len(raws))
-        outcomes: list[int | IPCError | tuple[str, bytes, asyncio.Future[int]]] = []
+        checked: list[tuple[str, bytes] | IPCError] = []
+        tokens: list[tuple[str, float]] = []
         for index, item in enumerate(raws):
             try:
                 if index >= allowed:
@@ -259,10 +261,26 @@ class Bridge:
                 if not isinstance(item, str):
                     raise EnvelopeError("a batch holds encoded envelopes (strings)")
                 raw = item.encode("utf-8")
-                target = self._checked_target(conn, raw)
+                target, token = self._checked_target(conn, raw)
+                checked.append((target, raw))
+                tokens.append(token)
+            except IPCError as exc:
+                checked.append(exc)
+        # One round trip for the whole batch on Redis.
+        first_uses = iter(await self.backend.replays.claim(tokens))
+        outcomes: list[int | IPCError | tuple[str, bytes, asyncio.Future[int]]] = []
+        for entry in checked:
+            if isinstance(entry, IPCError):
+                outcomes.append(entry)
+                continue
+            if not next(first_uses):
+                outcomes.append(self._replayed(conn))
+                continue
+            target, raw = entry
+            try:
                 sent = self.backend.publish_nowait(channel_for(target), raw)
                 if sent is None:
-                    outcomes.append(await self._publish(conn.service, target, raw))
+                    outcomes.append(await self.route(conn.service, target, raw))
                 else:
                     outcomes.append((target, raw, sent))
             except IPCError as exc:
@@ -282,15 +300,25 @@ class Bridge:
                 results.append(outcome)
         return results
 
-    def _checked_target(self, conn: Connection, raw: bytes, *, durable: bool = False) -> str:
-        """Decode and verify a worker's envelope; its target. Raises the specific IPCError."""
+    def _checked_target(self, conn: Connection, raw: bytes, *, durable: bool = False) -> tuple[str, tuple[str, float]]:
+        """Decode and verify a worker's envelope: its target, and its token's id and expiry
+        for the replay guard. Raises the specific IPCError."""
         envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
         if envelope.source != conn.service:
             raise AuthError(f"{conn.service} may not publish as {envelope.source}")
         validate_event_name(envelope.event)
         validate_service_name(envelope.target, allow_broadcast=not durable)
-        self.verifier.verify_envelope(envelope)
-        return envelope.target
+        claims = self.verifier.verify_envelope(envelope)
+        exp = claims.get("exp")
+        # A stateful token has no exp: its envelopes are remembered as long as revocations.
+        expires = float(exp) if isinstance(exp, int | float) else time.time() + REVOCATION_TTL_S
+        return envelope.target, (str(claims["id"]), expires)
+
+    def _replayed(self, conn: Connection) -> TokenReplayedError:
+        if conn.service not in self._warned_replay:
+            self._warned_replay.add(conn.service)
+            log.warning("refused an exact replay of an envelope from %s (logged once per service)", conn.service)
+        return TokenReplayedError("this envelope was already accepted once (an exact replay)")
 
     async def _publish_durable(self, service: str, target: str, raw: bytes) -> int:
         append = getattr(self.backend, "publish_durable", None)
@@ -319,7 +347,8 @@ class Bridge:
             conn.durable = False
             log.warning("%s: no durable delivery on socket %s: %s", conn.service, conn.sid, exc)
 
-    async def _publish(self, service: str, target: str, raw: bytes) -> int:
+    async def route(self, service: str, target: str, raw: bytes) -> int:
+        """Publish ``raw`` from ``service`` to ``target``'s channel; the receiver count."""
         if len(raw) > self.max_bytes:
             raise PayloadTooLargeError(f"message of {len(raw)} bytes exceeds the limit of {self.max_bytes} bytes")
         receivers = await self.backend.publish(channel_for(target), raw)
@@ -334,77 +363,6 @@ class Bridge:
                 listener(service, target, raw, receivers)
             except Exception:
                 log.exception("a route listener failed")
-
-    async def request_as(
-        self,
-        identity: Identity,
-        target: str,
-        event: str,
-        data: Any,
-        *,
-        operation: str = "request",
-        timeout: float | None = None,
-    ) -> Any:
-        """Request/reply on behalf of a Socket.IO client (its service is the source)."""
-        validate_event_name(event)
-        validate_service_name(target)  # refuses "broadcast": a request needs one target
-        if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
-            return await self.serve_locally(event, data, source=identity.service)
-        request_id = uuid.uuid4().hex
-        envelope = self.signer(identity.service).sign_envelope(
-            event, data, target=target, operation=operation, metadata={"requestId": request_id}
-        )
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        try:
-            receivers = await self._publish(identity.service, target, envelope.encode())
-            if receivers == 0:
-                raise NoReceiversError(f"no service is listening on {channel_for(target)}")
-            wait = self.settings.ipc_request_timeout if timeout is None else timeout
-            try:
-                return await asyncio.wait_for(future, wait)
-            except TimeoutError:
-                raise RequestTimeoutError(f"{target} did not answer {event!r} within {wait:g} s") from None
-        finally:
-            self._pending.pop(request_id, None)
-
-    def resolve_reply(self, envelope: Envelope) -> bool:
-        """Settle a request made by :meth:`request_as`; False if it is not ours."""
-        request_id = envelope.metadata.get("requestId")
-        future = self._pending.get(request_id) if isinstance(request_id, str) else None
-        if future is None:
-            return False
-        settle_reply(future, envelope.payload)
-        return True
-
-    async def serve_locally(self, event: str, data: Any, *, source: str) -> Any:
-        """CRUD on the built-in store and JSONLex for ``source``, without a bus round trip."""
-        if event == BusEvent.JSONLEX_EXECUTE:
-            if not isinstance(data, dict):
-                raise TypeError(f"{BusEvent.JSONLEX_EXECUTE} needs {{expression, context}}")
-            context = data.get("context") or {}
-            return jsonlex.evaluate(data.get("expression"), context)
-        operation = crud_operation(event)
-        if operation is None:
-            raise ResourceNotFoundError(f"the Bridge does not serve {event!r}")
-        # What a handler would learn from the bus: the caller (the store's items belong to it).
-        request = Envelope(event=event, source=source, target=BRIDGE_SERVICE, data=data, operation="crud")
-        meta = MessageMeta(source=source, token={}, channel="", message=request, target=BRIDGE_SERVICE, event=event)
-        return await self.worker.resources.handler(operation)(data, meta)
-
-    async def crud_target(self, resource: str) -> str:
-        """The service that registered ``resource``, or the Bridge's own store."""
-        for entry in await self.backend.services():
-            resources = entry.get("resources")
-            name = entry.get("name")
-            if (
-                isinstance(resources, list)
-                and resource in resources
-                and isinstance(name, str)
-                and name != BRIDGE_SERVICE
-            ):
-                return name
-        return BRIDGE_SERVICE
 
     # Connections ----------------------------------------------------------------
     async def add_connection(self, conn: Connection, entry: dict[str, Any] | None) -> None:

@@ -85,7 +85,8 @@ class Delivery:
         conn.dropped += backlog + 1
         self.bridge.stats.reject(conn.service, SLOW_CONSUMER)
         log.warning(
-            "closing socket %s of %s: %d messages (%d bytes) wait for it, over the budget of %d bytes or %d messages [%s]",
+            "closing socket %s of %s: %d messages (%d bytes) wait for it, "
+            "over the budget of %d bytes or %d messages [%s]",
             conn.sid,
             conn.service,
             backlog,
@@ -174,7 +175,7 @@ class Delivery:
             log.warning("not forwarding %r from %s to %s: %s", envelope.event, envelope.source, conn.service, exc)
             return
         if envelope.event == BusEvent.REPLY:
-            bridge.resolve_reply(envelope)
+            bridge.requests.resolve_reply(envelope)
             return
         meta = {
             "source": envelope.source,

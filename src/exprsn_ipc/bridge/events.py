@@ -136,7 +136,7 @@ class BridgeEvents:
             wait: float | None = None
             if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
                 wait = float(timeout) / 1000
-            return await self.bridge.request_as(
+            return await self.bridge.requests.request_as(
                 _identity(conn), target, payload["event"], payload.get("payload", MISSING), timeout=wait
             )
 
@@ -256,11 +256,11 @@ class BridgeEvents:
             options = payload.get("options") if isinstance(payload, dict) else None
             target = options.get("target") if isinstance(options, dict) else None
             if not isinstance(target, str) or not target:
-                target = await bridge.crud_target(body["resource"])
+                target = await bridge.requests.crud_target(body["resource"])
             event = crud_event(operation)
             if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
-                return await bridge.serve_locally(event, body, source=conn.service)
-            return await bridge.request_as(_identity(conn), target, event, body, operation="crud")
+                return await bridge.requests.serve_locally(event, body, source=conn.service)
+            return await bridge.requests.request_as(_identity(conn), target, event, body, operation="crud")
 
         return await self._guarded(conn, act, "data")
 

@@ -36,8 +36,10 @@ _STATUS = {
 
 
 def _error(exc: IPCError) -> JSONResponse:
+    # Every refusal of a caller's credentials is a 401, whatever its specific code.
+    default = 401 if isinstance(exc, AuthError) else 400
     return JSONResponse(
-        {"success": False, "error": exc.code, "message": str(exc)}, status_code=_STATUS.get(exc.code, 400)
+        {"success": False, "error": exc.code, "message": str(exc)}, status_code=_STATUS.get(exc.code, default)
     )
 
 

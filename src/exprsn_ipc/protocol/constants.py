@@ -53,6 +53,9 @@ TOKEN_VERSION: Final = "1.0"
 REGISTRY_TTL_S: Final = 60
 #: ... and are refreshed this often (seconds).
 REGISTRY_REFRESH_S: Final = 30
+#: The ``operation`` of a token made to log in (open a connection, authenticate an HTTP call).
+#: A token signed for a message names its event instead, and is never a login.
+LOGIN_OPERATION: Final = "connect"
 #: Token ids longer than this are refused or ignored (ours and the original's are 32 hex digits).
 MAX_TOKEN_ID_LEN: Final = 256
 #: How long a revocation record is kept (the original's SETEX 86400).

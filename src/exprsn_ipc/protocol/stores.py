@@ -1,4 +1,4 @@
-"""Where broker-token revocations and stateful tokens' state are kept.
+"""Where broker-token revocations, stateful tokens' state and seen token ids are kept.
 
 The interfaces, and the in-process stores the memory transport and the bridge
 transport use; Redis has its own (``transport/redis/stores.py``) on the original's keys.
@@ -13,7 +13,14 @@ import orjson
 
 from exprsn_ipc.protocol.envelope import dumps
 
-__all__ = ["MemoryRevocationStore", "MemoryStateStore", "RevocationStore", "StateStore"]
+__all__ = [
+    "MemoryReplayGuard",
+    "MemoryRevocationStore",
+    "MemoryStateStore",
+    "ReplayGuard",
+    "RevocationStore",
+    "StateStore",
+]
 
 
 @runtime_checkable
@@ -34,6 +41,54 @@ class StateStore(Protocol):
     async def get_state(self, token_id: str) -> Any: ...
 
     async def delete_state(self, token_id: str) -> bool: ...
+
+
+@runtime_checkable
+class ReplayGuard(Protocol):
+    """The token ids of accepted envelopes, each kept until its token expires, so an
+    exact replay of an envelope is recognised."""
+
+    async def claim(self, tokens: list[tuple[str, float]]) -> list[bool]:
+        """For each ``(token id, expiry in epoch seconds)``: True the first time, False for a replay."""
+        ...
+
+
+class MemoryReplayGuard:
+    """Seen token ids in this process.
+
+    Bounded by ``max_entries`` (about 150 bytes each): past it the oldest are forgotten
+    first, so under a flood an old envelope might be accepted twice, never a fresh
+    one refused.
+    """
+
+    def __init__(self, *, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        # Insertion order is close to expiry order (most tokens share IPC_TOKEN_TTL).
+        self._seen: dict[str, float] = {}
+
+    def first_use(self, token_id: str, expires: float) -> bool:
+        """True and remembered the first time ``token_id`` is seen before ``expires``."""
+        now = time.time()
+        known = self._seen.get(token_id)
+        if known is not None and known > now:
+            return False
+        self._seen[token_id] = expires
+        if len(self._seen) > self.max_entries or (known is None and len(self._seen) % 1024 == 0):
+            self._sweep(now)
+        return True
+
+    def _sweep(self, now: float) -> None:
+        seen = self._seen
+        for key in list(seen):
+            if seen[key] > now and len(seen) <= self.max_entries:
+                break
+            del seen[key]
+
+    async def claim(self, tokens: list[tuple[str, float]]) -> list[bool]:
+        return [self.first_use(token_id, expires) for token_id, expires in tokens]
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 class MemoryRevocationStore:

@@ -17,14 +17,21 @@ from typing import Any, Final
 
 import orjson
 
-from exprsn_ipc.errors import TokenBindingError, TokenError, TokenExpiredError, TokenRevokedError
-from exprsn_ipc.protocol.constants import REVOCATION_TTL_S, TOKEN_TYPE, TOKEN_VERSION
+from exprsn_ipc.errors import (
+    EnvelopeError,
+    TokenBindingError,
+    TokenError,
+    TokenExpiredError,
+    TokenPurposeError,
+    TokenRevokedError,
+)
+from exprsn_ipc.protocol.constants import LOGIN_OPERATION, REVOCATION_TTL_S, TOKEN_TYPE, TOKEN_VERSION
 from exprsn_ipc.protocol.envelope import MISSING, Envelope, dumps
 from exprsn_ipc.protocol.jsonvalues import json_equal
 from exprsn_ipc.protocol.stores import MemoryRevocationStore, MemoryStateStore, RevocationStore, StateStore
 from exprsn_ipc.settings import Settings
 
-__all__ = ["BrokerTokenManager", "decode_unverified"]
+__all__ = ["BrokerTokenManager", "decode_unverified", "is_message_token"]
 
 _HEADER: Final = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
 
@@ -56,6 +63,17 @@ def _json(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise TokenError("jwt malformed") from None
+
+
+def is_message_token(claims: dict[str, Any]) -> bool:
+    """True for a token signed for a message: it names its event (``metadata.event``).
+
+    Every receiver of a message holds its token, so such a token must never log in.
+    A login token has ``operation: "connect"`` (or names no event, as the original's
+    ``generateToken()`` with no options does).
+    """
+    meta = claims.get("metadata")
+    return claims.get("operation") != LOGIN_OPERATION and isinstance(meta, dict) and "event" in meta
 
 
 class BrokerTokenManager:
@@ -157,7 +175,14 @@ class BrokerTokenManager:
         ttl: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Envelope:
-        """An envelope from this service, signed for exactly this event, target and data."""
+        """An envelope from this service, signed for exactly this event, target and data.
+
+        Raises:
+            EnvelopeError: ``operation`` is the login operation; such a token in a
+                message would let every receiver log in as this service.
+        """
+        if operation == LOGIN_OPERATION:
+            raise EnvelopeError(f"a message cannot have operation {LOGIN_OPERATION!r} (that marks a login token)")
         meta = dict(metadata or {})
         claims = self.build_claims(
             data, target_service=target, operation=operation, ttl=ttl, metadata={"event": event, **meta}
@@ -217,6 +242,20 @@ class BrokerTokenManager:
             raise TokenRevokedError("Token has been revoked")
         return claims
 
+    def verify_login(self, token: str) -> dict[str, Any]:
+        """Verify a token presented to log in (a connection, an HTTP call) and return its claims.
+
+        Raises:
+            TokenPurposeError: it is a message's token (see :func:`is_message_token`).
+            TokenError: as :meth:`verify_token`.
+        """
+        claims = self.verify_token(token)
+        if is_message_token(claims):
+            raise TokenPurposeError(
+                f"this token was signed for a message, not to log in: generate one with operation={LOGIN_OPERATION!r}"
+            )
+        return claims
+
     def verify_envelope(self, envelope: Envelope) -> dict[str, Any]:
         """Verify the envelope's token and that it was signed for this envelope.
 
@@ -226,6 +265,8 @@ class BrokerTokenManager:
         if envelope.token is None:
             raise TokenError("message carries no broker token")
         claims = self.verify_token(envelope.token)
+        if claims.get("operation") == LOGIN_OPERATION:
+            raise TokenPurposeError("a login token does not sign messages")
         meta = claims.get("metadata")
         signed_event = meta.get("event") if isinstance(meta, dict) else None
         if claims.get("source") != envelope.source:

@@ -78,7 +78,7 @@ async def require_auth(request: HTTPConnection) -> dict[str, Any]:
     if not isinstance(manager, BrokerTokenManager):
         _unauthorized("cannot verify the bearer token: DevBypassMiddleware is not installed")
     try:
-        claims = manager.verify_token(token)
+        claims = manager.verify_login(token)
     except TokenError as exc:
         _unauthorized(f"invalid bearer token: {exc or exc.code}")
     source = claims.get("source")

@@ -243,7 +243,7 @@ class DevBypassMiddleware:
         if len(tokens) > 1:
             return None, "more than one x-broker-token header"
         try:
-            claims = self.token_manager.verify_token(tokens[0])
+            claims = self.token_manager.verify_login(tokens[0])
         except TokenError as exc:
             return None, str(exc) or exc.code
         source = claims.get("source")

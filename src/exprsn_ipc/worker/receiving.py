@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from exprsn_ipc import jsonlex
-from exprsn_ipc.errors import EnvelopeError, IPCError, TokenError
+from exprsn_ipc.errors import EnvelopeError, IPCError, TokenError, TokenReplayedError
 from exprsn_ipc.logsafe import get_logger
-from exprsn_ipc.protocol.constants import BROADCAST
+from exprsn_ipc.protocol.constants import BROADCAST, REVOCATION_TTL_S
 from exprsn_ipc.protocol.envelope import Envelope
 from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent, crud_operation
+from exprsn_ipc.protocol.stores import MemoryReplayGuard
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.transport import Transport
 from exprsn_ipc.transport.base import Ack
@@ -39,8 +41,8 @@ log = get_logger("exprsn_ipc.worker")
 
 #: Durable message ids remembered for de-duplication.
 DEDUPE_WINDOW: Final = 10_000
-
-#: Request-style operations: the receiver answers with an ``ipc:reply``.
+#: Token ids a worker remembers to refuse exact replays (about 7 MB at most).
+REPLAY_WINDOW: Final = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,8 @@ class Receiver:
         self._local = local
         self._pending = pending
         self._seen_durable: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: Token ids of the envelopes accepted, until they expire (exact replays are refused).
+        self.replays = MemoryReplayGuard(max_entries=REPLAY_WINDOW)
         self._warned: set[str] = set()
 
     def transport_event(self, name: str, detail: Any = None) -> None:
@@ -113,7 +117,20 @@ class Receiver:
 
     def _accept_message(self, channel: str, raw: bytes, ack: Ack | None) -> tuple[Envelope, MessageMeta] | None:
         accepted = self._accept(channel, raw)
-        return accepted if ack is None else self._accept_durable(accepted, ack)
+        if ack is not None:
+            return self._accept_durable(accepted, ack)
+        if accepted is not None and not self._first_use(accepted[1].token):
+            self._reject(TokenReplayedError("an exact replay of an envelope already handled"), channel, accepted[0])
+            return None
+        return accepted
+
+    def _first_use(self, claims: dict[str, Any]) -> bool:
+        """False for an envelope this worker has already accepted (anyone who can publish on
+        Redis can send a captured envelope again). Durable entries are redelivered on
+        purpose and have their own de-duplication."""
+        exp = claims.get("exp")
+        expires = float(exp) if isinstance(exp, int | float) else time.time() + REVOCATION_TTL_S
+        return self.replays.first_use(str(claims.get("id")), expires)
 
     def _accept(self, channel: str, raw: bytes) -> tuple[Envelope, MessageMeta] | None:
         """Validate one message; return it with its meta, or None when dropped."""

@@ -13,16 +13,24 @@ import asyncio
 from typing import Any, Protocol
 
 from exprsn_ipc.protocol.ratelimit import MemoryRateLimiter, RateLimiter
+from exprsn_ipc.protocol.stores import MemoryReplayGuard, ReplayGuard
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport import MemoryBus, MemoryTransport, Transport
 from exprsn_ipc.transport.base import Bus, Deliver
 
-__all__ = ["BridgeBackend", "MemoryBackend", "create_backend"]
+__all__ = ["REPLAY_CACHE_ENTRIES", "BridgeBackend", "MemoryBackend", "create_backend"]
+
+#: Token ids the embedded Bridge remembers (about 30 MB): five minutes of 40 services at the default rate limit.
+REPLAY_CACHE_ENTRIES = 200_000
 
 
 class BridgeBackend(Bus, Protocol):
     """A :class:`~exprsn_ipc.transport.base.Bus` the Bridge runs on: it also gives the
-    transport of the Bridge's own worker and the rate limiter shared by Bridges."""
+    transport of the Bridge's own worker, the rate limiter and the replay guard shared
+    by Bridges."""
+
+    @property
+    def replays(self) -> ReplayGuard: ...
 
     def worker_transport(self) -> Transport: ...
 
@@ -38,6 +46,7 @@ class MemoryBackend:
         self.bus = bus if bus is not None else MemoryBus()
         self.revocations = self.bus.revocations
         self.states = self.bus.states
+        self.replays = MemoryReplayGuard(max_entries=REPLAY_CACHE_ENTRIES)
 
     async def start(self) -> None:
         return None

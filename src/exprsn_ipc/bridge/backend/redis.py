@@ -51,6 +51,7 @@ from exprsn_ipc.transport.redis import (
     DurableOptions,
     RedisAddress,
     RedisRateLimiter,
+    RedisReplayGuard,
     RedisRevocationStore,
     RedisStateStore,
     RedisSubscriber,
@@ -141,6 +142,8 @@ class RedisBackend:
         self._started = False
         self._closed = False
         self._unregister = self.client.register_script(UNREGISTER_SCRIPT)
+        #: Seen token ids, shared by every Bridge on this Redis.
+        self.replays = RedisReplayGuard(self.client)
         #: Durable delivery tuning for the streams consumed on sockets' behalf.
         self.durable_options = DurableOptions()
         self._durable: dict[str, tuple[DurableConsumer, _SocketReplica]] = {}

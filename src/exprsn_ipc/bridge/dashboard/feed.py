@@ -211,7 +211,7 @@ class DashboardFeed:
         """None when allowed, else why not."""
         if token and token != "true":
             try:
-                self.bridge.verifier.verify_token(token)
+                self.bridge.verifier.verify_login(token)
             except TokenError as exc:
                 return f"invalid broker token: {exc}"
             return None

@@ -17,6 +17,7 @@ from exprsn_ipc.transport.redis.resp import RedisAddress
 from exprsn_ipc.transport.redis.stores import (
     REVOCATION_CHANNEL,
     RedisRateLimiter,
+    RedisReplayGuard,
     RedisRevocationStore,
     RedisStateStore,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "DurableOptions",
     "RedisAddress",
     "RedisRateLimiter",
+    "RedisReplayGuard",
     "RedisRevocationStore",
     "RedisStateStore",
     "RedisSubscriber",

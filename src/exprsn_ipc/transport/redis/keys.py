@@ -19,6 +19,7 @@ __all__ = [
     "RATE_LIMIT_SCRIPT",
     "REFRESH_SCRIPT",
     "REGISTRY_PREFIX",
+    "REPLAY_PREFIX",
     "REPLAY_SCRIPT",
     "REVOCATION_CHANNEL",
     "STATE_KEY_PREFIX",
@@ -42,6 +43,8 @@ STATE_KEY_PREFIX: Final = "ipc:data:state:"
 RATE_LIMIT_PREFIX: Final = "ipc:router:ratelimit:"
 #: The dead letters of a service: ``ipc:dlq:<service>``.
 DLQ_PREFIX: Final = "ipc:dlq:"
+#: Token ids of envelopes the Bridges accepted, each until its token expires (replay guard).
+REPLAY_PREFIX: Final = "ipc:replay:"
 
 # Channels --------------------------------------------------------------------------
 

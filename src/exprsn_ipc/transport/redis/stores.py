@@ -1,4 +1,4 @@
-"""Redis-backed stores: token revocations, token state and the rate limiter.
+"""Redis-backed stores: token revocations, token state, seen token ids and the rate limiter.
 
 They share the command connection pool of a :class:`~exprsn_ipc.transport.redis.transport.RedisTransport`
 (or any ``redis.asyncio.Redis`` with ``decode_responses=False``). Key names are the
@@ -26,6 +26,7 @@ from exprsn_ipc.protocol.stores import MemoryRevocationStore
 from exprsn_ipc.transport.redis.keys import (
     RATE_LIMIT_PREFIX,
     RATE_LIMIT_SCRIPT,
+    REPLAY_PREFIX,
     REVOCATION_CHANNEL,
     STATE_KEY_PREFIX,
     TOKEN_KEY_PREFIX,
@@ -35,6 +36,7 @@ __all__ = [
     "RATE_LIMIT_PREFIX",
     "REVOCATION_CHANNEL",
     "RedisRateLimiter",
+    "RedisReplayGuard",
     "RedisRevocationStore",
     "RedisStateStore",
     "glob_escape",
@@ -198,6 +200,33 @@ class RedisRevocationStore:
         values = await self.client.mget([self.key(t) for t in ids])
         revoked = [t for t, raw in zip(ids, values, strict=True) if _revoked_record(raw)]
         return await self.check(revoked) if revoked else 0
+
+
+class RedisReplayGuard:
+    """Token ids of accepted envelopes, shared by every Bridge on this Redis.
+
+    One ``SET ipc:replay:<id> 1 NX PXAT <expiry>`` per envelope (pipelined for a
+    batch): an envelope accepted by one Bridge is a replay at all of them, and each
+    key expires with its token, so the keys never outgrow the live tokens.
+    """
+
+    def __init__(self, client: Redis, *, prefix: str = REPLAY_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    async def claim(self, tokens: list[tuple[str, float]]) -> list[bool]:
+        if not tokens:
+            return []
+        # At least a second: PXAT in the past would be an error, and the token has just been verified.
+        soonest = time.time_ns() // 1_000_000 + 1000
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for token_id, expires in tokens:
+                    pipe.set(f"{self.prefix}{token_id}", b"1", nx=True, pxat=max(int(expires * 1000), soonest))
+                replies = await pipe.execute()
+        except RedisError as exc:
+            raise _wrap("replay check", exc) from exc
+        return [bool(reply) for reply in replies]
 
 
 class RedisStateStore:
