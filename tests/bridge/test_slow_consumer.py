@@ -60,9 +60,7 @@ async def test_a_socket_that_stops_reading_is_closed_and_its_backlog_freed(lane:
             for i in range(60):
                 data, _ = await asyncio.wait_for(got.get(), 10)
                 assert data["i"] == i
-            await eventually(
-                lambda: _gone(bridge, "exprsn-timeline"), what="the slow socket to be closed", timeout=10
-            )
+            await eventually(lambda: _gone(bridge, "exprsn-timeline"), what="the slow socket to be closed", timeout=10)
             stats = await bridge.stats()
             assert stats["counters"]["rejected"].get("SLOW_CONSUMER") == 1
             # Never more than the budget plus what is on its way out (engine.io: two batches).
