@@ -317,3 +317,49 @@ async def test_binary_socket_io_packets_are_refused_before_anything_is_kept(brid
     assert "binary" in body["message"]
     assert bridge.app.bridge.sio._binary_packet == {}
     assert (await client.call("ipc:services"))["success"] is True
+
+
+async def test_a_resource_is_claimed_by_one_service_only(bridge: BridgeFixture) -> None:
+    served: list[Any] = []
+    owner = await bridge.worker("exprsn-timeline", setup=lambda w: w.resource("posts")(PostsProvider(served)))
+    refused = bridge.client("/ipc/exprsn-herald")
+    claim = {"token": bridge.token("exprsn-herald", operation="connect"), "entry": {"resources": ["posts"]}}
+    with pytest.raises(ConnectRefused) as error:
+        await refused.connect(claim)
+    assert error.value.data["data"]["error"] == "FORBIDDEN"
+    assert "already served by exprsn-timeline" in error.value.message
+    # A second replica of the owner may claim it; CRUD still goes to the owner, data and all.
+    await bridge.worker("exprsn-timeline", setup=lambda w: w.resource("posts")(PostsProvider(served)))
+    client = await bridge.connect("/ipc/herald")
+    answer = await client.call("ipc:create", {"resource": "posts", "data": {"text": "hi"}})
+    assert answer["success"] is True, answer
+    assert served and served[-1] == ("create", {"text": "hi"})
+    assert bridge.bridge.stats.rejected["FORBIDDEN"] == 1
+    assert owner.started
+    await health_within(bridge.url)
+
+
+class PostsProvider:
+    def __init__(self, served: list[Any]) -> None:
+        self.served = served
+
+    async def create(self, data: Any, meta: Any) -> Any:
+        self.served.append(("create", data))
+        return {"id": 1, **data}
+
+
+async def test_revocations_have_a_byte_budget_per_service(bridge: BridgeFixture) -> None:
+    bridge.bridge.revocation_budget.limit = 20 * (200 + 96)
+    async with raw_lane(bridge.url) as lane:
+        await lane.join("/ipc/timeline", auth(bridge, "exprsn-timeline"))
+        for n in range(20):
+            answer = await lane.call("/ipc/timeline", "ipc:revoke", {"id": f"{n:0200d}", "ttl": 60})
+            assert answer[0]["success"] is True, answer
+        full = await lane.call("/ipc/timeline", "ipc:revoke", {"id": "z" * 200, "ttl": 60})
+        assert full[0]["success"] is False and full[0]["error"] == "STORE_FULL"
+        # Another service's budget is its own.
+        await lane.join("/ipc/herald", auth(bridge, "exprsn-herald"))
+        other = await lane.call("/ipc/herald", "ipc:revoke", {"id": "y" * 200, "ttl": 60})
+        assert other[0]["success"] is True
+    assert bridge.bridge.stats.rejected["STORE_FULL"] == 1
+    await health_within(bridge.url)

@@ -11,7 +11,7 @@ from typing import Any
 from exprsn_ipc.bridge.connection import Connection, SocketLink
 from exprsn_ipc.bridge.core import Bridge
 from exprsn_ipc.bridge.entries import clean_entry, clean_peer
-from exprsn_ipc.errors import AuthError, EnvelopeError, IPCError
+from exprsn_ipc.errors import AuthError, EnvelopeError, ForbiddenError, IPCError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL, full_service_name
 from exprsn_ipc.protocol.envelope import validate_service_name
@@ -59,6 +59,8 @@ async def admit(
         bridge.stats.reject(service, exc.code)
         log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)
         raise AuthError(f"{exc.code}: {exc}", code=exc.code) from None
+    if entry and entry.get("resources"):
+        await _check_claims(bridge, service, entry["resources"])
     conn = Connection(
         sid=sid,
         namespace=namespace,
@@ -72,6 +74,20 @@ async def admit(
     await bridge.add_connection(conn, entry)
     log.info("%s connected to %s (%s%s)", service, namespace, mode, ", dev bypass" if identity.bypass else "")
     return conn
+
+
+async def _check_claims(bridge: Bridge, service: str, resources: list[str]) -> None:
+    """A resource is served by one service only: a second service claiming it is refused,
+    since CRUD requests for it (with their data) would be routed to the claimant."""
+    for other in await bridge.backend.services():
+        name, served = other.get("name"), other.get("resources")
+        if name == service or not isinstance(served, list):
+            continue
+        taken = sorted(set(resources).intersection(r for r in served if isinstance(r, str)))
+        if taken:
+            bridge.stats.reject(service, ForbiddenError.code)
+            log.warning("refused %s: it claims %s, already served by %s", service, ", ".join(taken), name)
+            raise ForbiddenError(f"FORBIDDEN: resource {taken[0]!r} is already served by {name}")
 
 
 async def release(bridge: Bridge, conn: Connection) -> None:

@@ -9,9 +9,10 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from exprsn_ipc.bridge.backend.base import BridgeBackend, create_backend
+from exprsn_ipc.bridge.budgets import ByteBudget
 from exprsn_ipc.bridge.connection import BridgeStats, Connection, Identity
 from exprsn_ipc.bridge.delivery import Delivery
 from exprsn_ipc.bridge.requests import ClientRequests
@@ -50,6 +51,10 @@ DEV_BYPASS_SOURCE = "exprsn-dev-bypass"
 #: How often the registry entries of connected services are refreshed (they expire after REGISTRY_TTL_S).
 REGISTRY_REFRESH_S: float = REGISTRY_TTL_S / 2
 
+#: Bytes of live revocations one service may have made through this Bridge (ids plus overhead):
+#: about 10,000 revocations.
+REVOCATION_BUDGET: Final = 1024 * 1024
+
 #: Called with every message the Bridge routes: ``listener(service, target, raw, receivers)``
 #: (the dashboard's live feed and the demo's event printer). Must be quick and must not raise.
 RouteListener = Callable[[str, str, bytes, int], None]
@@ -81,6 +86,7 @@ class Bridge:
         self._signers: dict[str, BrokerTokenManager] = {}
         self._service_refs: Counter[str] = Counter()
         self._warned_replay: set[str] = set()
+        self.revocation_budget = ByteBudget(REVOCATION_BUDGET, what="revocations")
         self._running = False
         self._heartbeat: asyncio.Task[None] | None = None
         self.sio: Any = None  # set by bridge.sio_server.attach()
@@ -196,7 +202,13 @@ class Bridge:
         return allowed
 
     async def revoke(self, token_id: str, *, ttl: int, by: str) -> None:
-        """Revoke a token for the whole bus and tell every connected worker."""
+        """Revoke a token for the whole bus and tell every connected worker.
+
+        Raises:
+            StoreFullError: ``by`` has :data:`REVOCATION_BUDGET` bytes of live revocations.
+        """
+        # Every Bridge and every lane worker keeps each revoked id for its TTL.
+        self.revocation_budget.charge(by, len(token_id), ttl=ttl)
         await self.backend.revocations.revoke(token_id, ttl=ttl)
         log.info("%s revoked broker token %s", by, token_id)
         for conn in list(self.connections.values()):

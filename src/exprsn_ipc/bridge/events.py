@@ -158,9 +158,10 @@ class BridgeEvents:
         ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= 86_400 else 86_400
         try:
             await self.bridge.check_rate(conn.service)
+            await self.bridge.revoke(body["id"], ttl=ttl, by=conn.service)
         except IPCError as exc:
+            self.bridge.stats.refused(conn.service, exc)
             return _failure(exc)
-        await self.bridge.revoke(body["id"], ttl=ttl, by=conn.service)
         return {"success": True, "id": body["id"]}
 
     # The IPC workers' raw envelopes --------------------------------------------------

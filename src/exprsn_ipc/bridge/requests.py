@@ -99,8 +99,10 @@ class ClientRequests:
         return await self.bridge.worker.resources.handler(operation)(data, meta)
 
     async def crud_target(self, resource: str) -> str:
-        """The service that registered ``resource``, or the Bridge's own store."""
-        for entry in await self.bridge.backend.services():
+        """The service that registered ``resource`` (the first to, should two have), or the Bridge's own store."""
+        entries = await self.bridge.backend.services()
+        entries.sort(key=lambda entry: entry.get("registered") if isinstance(entry.get("registered"), int) else 0)
+        for entry in entries:
             resources = entry.get("resources")
             name = entry.get("name")
             if (
