@@ -101,7 +101,7 @@ class ClientRequests:
     async def crud_target(self, resource: str) -> str:
         """The service that registered ``resource`` (the first to, should two have), or the Bridge's own store."""
         entries = await self.bridge.backend.services()
-        entries.sort(key=lambda entry: entry.get("registered") if isinstance(entry.get("registered"), int) else 0)
+        entries.sort(key=_registered)
         for entry in entries:
             resources = entry.get("resources")
             name = entry.get("name")
@@ -113,3 +113,8 @@ class ClientRequests:
             ):
                 return name
         return BRIDGE_SERVICE
+
+
+def _registered(entry: dict[str, Any]) -> int:
+    registered = entry.get("registered")
+    return registered if isinstance(registered, int) else 0
