@@ -15,6 +15,7 @@ import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -34,20 +35,43 @@ HEALTH_BOUND_S = 1.0
 MAX_LINE = 1_500
 
 
+@dataclass
+class BridgeProcess:
+    """A running ``exprsn-ipc bridge``: its URL, its stderr lines so far, its process."""
+
+    url: str
+    lines: list[str]
+    process: asyncio.subprocess.Process
+
+    def rss_bytes(self) -> int:
+        """The process's resident memory now (Linux ``/proc``)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
 @contextlib.asynccontextmanager
-async def cli_bridge(tmp_path: Path, key: str) -> AsyncIterator[tuple[str, list[str]]]:
-    """``exprsn-ipc bridge`` on a free port over plain HTTP; yields its URL and its stderr lines."""
+async def bridge_process(tmp_path: Path, key: str, **env: str) -> AsyncIterator[BridgeProcess]:
+    """``exprsn-ipc bridge`` on a free port over plain HTTP, in production mode (``env`` added)."""
     port = free_port()
-    env = cli_env(
-        IPC_BROKER_KEY=key,
-        NODE_ENV="production",
-        TLS_ENABLED="false",
-        BRIDGE_PORT=str(port),
-        LOG_LEVEL="INFO",
-        IPC_RATE_MAX="100000",
-    )
+    values = {
+        "IPC_BROKER_KEY": key,
+        "NODE_ENV": "production",
+        "TLS_ENABLED": "false",
+        "BRIDGE_PORT": str(port),
+        "LOG_LEVEL": "INFO",
+        "IPC_RATE_MAX": "100000",
+        **env,
+    }
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "exprsn_ipc.cli", "bridge", cwd=tmp_path, env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "exprsn_ipc.cli",
+        "bridge",
+        cwd=tmp_path,
+        env=cli_env(**values),
+        stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
     lines: list[str] = []
@@ -67,7 +91,7 @@ async def cli_bridge(tmp_path: Path, key: str) -> AsyncIterator[tuple[str, list[
                         if (await http.get(f"{url}/health")).status_code == 200:
                             break
                     await asyncio.sleep(0.05)
-        yield url, lines
+        yield BridgeProcess(url, lines, process)
     finally:
         process.terminate()
         with contextlib.suppress(TimeoutError):
@@ -76,6 +100,13 @@ async def cli_bridge(tmp_path: Path, key: str) -> AsyncIterator[tuple[str, list[
             process.kill()
             await process.wait()
         await reader
+
+
+@contextlib.asynccontextmanager
+async def cli_bridge(tmp_path: Path, key: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """:func:`bridge_process` as ``(url, stderr lines)``."""
+    async with bridge_process(tmp_path, key) as bridge:
+        yield bridge.url, bridge.lines
 
 
 async def health_during(url: str, attack: asyncio.Task[object]) -> float:

@@ -175,7 +175,16 @@ class Receiver:
     def _reject(self, exc: IPCError, channel: str, envelope: Envelope | None = None) -> None:
         self.stats.rejected[exc.code] += 1
         origin = f" from {envelope.source} ({envelope.event})" if envelope is not None else ""
-        log.warning("%s: rejected a message on %s%s: %s [%s]", self.service_name, channel, origin, exc, exc.code)
+        # Counted every time, logged once per kind and sender: a flood of bad input costs no log flood.
+        self._warn_once(
+            f"reject:{exc.code}:{envelope.source if envelope is not None else channel}",
+            "%s: rejected a message on %s%s: %s [%s] (logged once per sender and kind)",
+            self.service_name,
+            channel,
+            origin,
+            exc,
+            exc.code,
+        )
         self._local.emit("error", exc)
 
     def _warn_once(self, key: str, msg: str, *args: Any) -> None:
