@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     ipc_max_concurrency: int = Field(64, gt=0)
     ipc_request_timeout: float = Field(5.0, gt=0)
     ipc_drain_timeout: float = Field(10.0, ge=0)
+    #: Seconds a leaving replica may keep receiving calls already on their way to it.
+    ipc_leave_grace: float = Field(2.0, ge=0)
     #: Seconds a worker-lane websocket may stay open without joining a namespace.
     ipc_handshake_timeout: float = Field(10.0, gt=0)
     ipc_emit_buffer: int = Field(1000, ge=0)

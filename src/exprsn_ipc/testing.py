@@ -37,6 +37,8 @@ def make_test_settings(**overrides: Any) -> Settings:
         "ipc_broker_key": secrets.token_hex(32),
         "ipc_transport": "memory",
         "node_env": "test",
+        # Nothing calls a test's replicas after it stops them: no need to wait for callers.
+        "ipc_leave_grace": 0.0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

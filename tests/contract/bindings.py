@@ -98,6 +98,12 @@ def _bridge_redis(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncCon
     return bridge_redis_binding(request)
 
 
+def _two_bridges_redis(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextManager[Harness]:
+    from .binding_bridge_redis import two_bridges_redis_binding
+
+    return two_bridges_redis_binding(request)
+
+
 BINDINGS: dict[str, Binding] = {
     "memory": memory_binding,
     "bus": bus_binding,
@@ -105,4 +111,5 @@ BINDINGS: dict[str, Binding] = {
     "bridge-socketio": _bridge_socketio,
     "redis": _redis,
     "bridge-redis": _bridge_redis,
+    "two-bridges-redis": _two_bridges_redis,
 }

@@ -89,6 +89,11 @@ async def services_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
             exits.callback(app.state.db.close)
             stack.urls[name] = await exits.enter_async_context(serve(app))
             stack.apps[name] = app
+        # Calls go to one replica's own channel: tap those too (the target is still the service).
+        for index, name in enumerate(watched):
+            for record in bus.instances(name):
+                channel = f"ipc:{record['id']}"
+                bus.subscribe(channel, 20_000 + index, lambda ch, raw, name=name: tap("?", name, raw, 0))
         return stack
 
     try:

@@ -15,6 +15,7 @@ from exprsn_ipc.errors import AuthError, EnvelopeError, ForbiddenError, IPCError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL, full_service_name
 from exprsn_ipc.protocol.envelope import validate_service_name
+from exprsn_ipc.protocol.instances import instance_service
 
 __all__ = ["admit", "normalise_namespace", "release"]
 
@@ -59,7 +60,10 @@ async def admit(
         bridge.stats.reject(service, exc.code)
         log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)
         raise AuthError(f"{exc.code}: {exc}", code=exc.code) from None
-    if entry and entry.get("resources"):
+    if entry.get("instance") is not None and instance_service(entry["instance"]) != service:
+        bridge.stats.reject(service, ForbiddenError.code)
+        raise ForbiddenError(f"FORBIDDEN: {entry['instance']} is not an instance of {service}")
+    if entry.get("resources"):
         await _check_claims(bridge, service, entry["resources"])
     conn = Connection(
         sid=sid,

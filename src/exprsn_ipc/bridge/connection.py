@@ -65,6 +65,10 @@ class Connection:
     durable: bool = False
     #: A refusal of a reserved event name was logged for this client (logged once).
     warned_reserved: bool = False
+    #: A refusal of an invalid packet was logged for this client (logged once).
+    warned_invalid: bool = False
+    #: The replica behind this socket (``auth.entry.instance``), if it named one; None once it left.
+    instance: str | None = None
 
     @property
     def short(self) -> str:

@@ -15,6 +15,7 @@ from exprsn_ipc.bridge.backend.base import BridgeBackend, create_backend
 from exprsn_ipc.bridge.budgets import ByteBudget
 from exprsn_ipc.bridge.connection import BridgeStats, Connection, Identity
 from exprsn_ipc.bridge.delivery import Delivery
+from exprsn_ipc.bridge.replicas import BridgeReplicas
 from exprsn_ipc.bridge.requests import ClientRequests
 from exprsn_ipc.bridge.store import BuiltinStore
 from exprsn_ipc.errors import (
@@ -39,6 +40,7 @@ from exprsn_ipc.protocol.constants import (
 )
 from exprsn_ipc.protocol.envelope import Envelope, validate_event_name, validate_service_name
 from exprsn_ipc.protocol.events import SioEvent
+from exprsn_ipc.protocol.instances import route_channel
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.worker.core import IPCWorker
@@ -51,8 +53,7 @@ DEV_BYPASS_SOURCE = "exprsn-dev-bypass"
 #: How often the registry entries of connected services are refreshed (they expire after REGISTRY_TTL_S).
 REGISTRY_REFRESH_S: float = REGISTRY_TTL_S / 2
 
-#: Bytes of live revocations one service may have made through this Bridge (ids plus overhead):
-#: about 10,000 revocations.
+#: Bytes of live revocations one service may have made through this Bridge (about 10,000).
 REVOCATION_BUDGET: Final = 1024 * 1024
 
 #: Called with every message the Bridge routes: ``listener(service, target, raw, receivers)``
@@ -86,12 +87,16 @@ class Bridge:
         self._signers: dict[str, BrokerTokenManager] = {}
         self._service_refs: Counter[str] = Counter()
         self._warned_replay: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        if hasattr(self.backend, "on_revocation"):
+            self.backend.on_revocation = self._revoked_elsewhere
         self.revocation_budget = ByteBudget(REVOCATION_BUDGET, what="revocations")
         self._running = False
         self._heartbeat: asyncio.Task[None] | None = None
         self.sio: Any = None  # set by bridge.sio_server.attach()
         self.delivery = Delivery(self)
         self.requests = ClientRequests(self)
+        self.replicas = BridgeReplicas(self)
         #: See :data:`RouteListener`.
         self.route_listeners: list[RouteListener] = []
 
@@ -103,6 +108,7 @@ class Bridge:
         await self.worker.start()
         self._running = True
         self._heartbeat = asyncio.create_task(self._refresh_registrations(), name="bridge-registry-heartbeat")
+        self.replicas.start()
         log.info("Bridge started (backend: %s, rate limit: %s)", self.backend.name, self._limit_text())
 
     async def stop(self) -> None:
@@ -115,6 +121,10 @@ class Bridge:
                 await self._heartbeat
             self._heartbeat = None
         await self.delivery.close()
+        await self.replicas.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for conn in list(self.connections.values()):
             await self.drop_connection(conn)
         self.requests.close()
@@ -211,9 +221,18 @@ class Bridge:
         self.revocation_budget.charge(by, len(token_id), ttl=ttl)
         await self.backend.revocations.revoke(token_id, ttl=ttl)
         log.info("%s revoked broker token %s", by, token_id)
+        await self._tell_workers(token_id, ttl)
+
+    async def _tell_workers(self, token_id: str, ttl: int) -> None:
         for conn in list(self.connections.values()):
             if conn.mode == "envelope":
                 await conn.link.emit(SioEvent.REVOKED, {"id": token_id, "ttl": ttl})
+
+    def _revoked_elsewhere(self, token_id: str, ttl: int) -> None:
+        # Announced on Redis (by another Bridge or a Python worker): tell this Bridge's workers too.
+        task = asyncio.create_task(self._tell_workers(token_id, ttl), name="bridge-forward-revocation")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # Publishing -----------------------------------------------------------------
     async def publish_as(
@@ -249,12 +268,12 @@ class Bridge:
         ``durable``: append it to the target's stream instead (Redis backend only).
         """
         await self.check_rate(conn.service)
-        target, token = self._checked_target(conn, raw, durable=durable)
+        target, channel, token = self._checked_target(conn, raw, durable=durable)
         if not (await self.backend.replays.claim([token]))[0]:
             raise self._replayed(conn)
         if durable:
             return await self._publish_durable(conn.service, target, raw)
-        return await self.route(conn.service, target, raw)
+        return await self.route(conn.service, target, raw, channel=channel)
 
     async def publish_batch(self, conn: Connection, raws: list[Any]) -> list[int | IPCError]:
         """Publish envelopes a worker emitted together; each gets its receiver count or its error.
@@ -264,7 +283,7 @@ class Bridge:
         pipelined where the backend can (Redis).
         """
         allowed = await self.rate_allowance(conn.service, len(raws))
-        checked: list[tuple[str, bytes] | IPCError] = []
+        checked: list[tuple[str, str, bytes] | IPCError] = []
         tokens: list[tuple[str, float]] = []
         for index, item in enumerate(raws):
             try:
@@ -273,8 +292,8 @@ class Bridge:
                 if not isinstance(item, str):
                     raise EnvelopeError("a batch holds encoded envelopes (strings)")
                 raw = item.encode("utf-8")
-                target, token = self._checked_target(conn, raw)
-                checked.append((target, raw))
+                target, channel, token = self._checked_target(conn, raw)
+                checked.append((target, channel, raw))
                 tokens.append(token)
             except IPCError as exc:
                 checked.append(exc)
@@ -288,11 +307,11 @@ class Bridge:
             if not next(first_uses):
                 outcomes.append(self._replayed(conn))
                 continue
-            target, raw = entry
+            target, channel, raw = entry
             try:
-                sent = self.backend.publish_nowait(channel_for(target), raw)
+                sent = self.backend.publish_nowait(channel, raw)
                 if sent is None:
-                    outcomes.append(await self.route(conn.service, target, raw))
+                    outcomes.append(await self.route(conn.service, target, raw, channel=channel))
                 else:
                     outcomes.append((target, raw, sent))
             except IPCError as exc:
@@ -312,9 +331,12 @@ class Bridge:
                 results.append(outcome)
         return results
 
-    def _checked_target(self, conn: Connection, raw: bytes, *, durable: bool = False) -> tuple[str, tuple[str, float]]:
-        """Decode and verify a worker's envelope: its target, and its token's id and expiry
-        for the replay guard. Raises the specific IPCError."""
+    def _checked_target(
+        self, conn: Connection, raw: bytes, *, durable: bool = False
+    ) -> tuple[str, str, tuple[str, float]]:
+        """Decode and verify a worker's envelope: its target, the channel it goes on (its
+        replica's, when it names one), and its token's id and expiry for the replay guard.
+        Raises the specific IPCError."""
         envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
         if envelope.source != conn.service:
             raise AuthError(f"{conn.service} may not publish as {envelope.source}")
@@ -324,7 +346,8 @@ class Bridge:
         exp = claims.get("exp")
         # A stateful token has no exp: its envelopes are remembered as long as revocations.
         expires = float(exp) if isinstance(exp, int | float) else time.time() + REVOCATION_TTL_S
-        return envelope.target, (str(claims["id"]), expires)
+        channel = route_channel(envelope.target, envelope.metadata)
+        return envelope.target, channel, (str(claims["id"]), expires)
 
     def _replayed(self, conn: Connection) -> TokenReplayedError:
         if conn.service not in self._warned_replay:
@@ -359,11 +382,12 @@ class Bridge:
             conn.durable = False
             log.warning("%s: no durable delivery on socket %s: %s", conn.service, conn.sid, exc)
 
-    async def route(self, service: str, target: str, raw: bytes) -> int:
-        """Publish ``raw`` from ``service`` to ``target``'s channel; the receiver count."""
+    async def route(self, service: str, target: str, raw: bytes, *, channel: str | None = None) -> int:
+        """Publish ``raw`` from ``service`` to ``target`` (on ``channel``, default its service
+        channel); the receiver count."""
         if len(raw) > self.max_bytes:
             raise PayloadTooLargeError(f"message of {len(raw)} bytes exceeds the limit of {self.max_bytes} bytes")
-        receivers = await self.backend.publish(channel_for(target), raw)
+        receivers = await self.backend.publish(channel or channel_for(target), raw)
         self._routed(service, target, raw, receivers)
         return receivers
 
@@ -380,7 +404,8 @@ class Bridge:
     async def add_connection(self, conn: Connection, entry: dict[str, Any] | None) -> None:
         self.connections[conn.key] = conn
         conn.task = self.delivery.start(conn)
-        for target in (conn.service, BROADCAST):
+        conn.instance = (entry or {}).get("instance")
+        for target in (conn.service, BROADCAST, *([conn.instance] if conn.instance else [])):
             await self.subscribe(conn, channel_for(target))
         self._service_refs[conn.service] += 1
         now = int(time.time() * 1000)
@@ -397,6 +422,7 @@ class Bridge:
         record.update(entry or {})
         conn.record = record
         await self._register(conn.service, record)
+        await self.replicas.joined(conn)
         if conn.durable:
             await self._consume_durable(conn)
 
@@ -427,6 +453,7 @@ class Bridge:
     async def drop_connection(self, conn: Connection) -> None:
         if self.connections.pop(conn.key, None) is None:
             return
+        await self.replicas.left(conn)
         stop_durable = getattr(self.backend, "stop_durable", None)
         if conn.durable and stop_durable is not None:
             await stop_durable(conn.key)  # unsettled entries stay pending for other consumers
@@ -449,11 +476,16 @@ class Bridge:
     async def snapshot(self) -> dict[str, Any]:
         """``/api/ipc/stats``: the original's shape plus counters."""
         services = await self.backend.services()
+        instances = await self.backend.instances()
+        replicas = Counter(str(record.get("service")) for record in instances)
+        for entry in services:
+            entry["replicas"] = replicas.get(str(entry.get("name")), 0)
         connections = [c.describe() for c in self.connections.values()]
         usage = await self.limiter.snapshot() if self.limiter is not None else {}
         return {
             "activeServices": len(services),
             "services": services,
+            "instances": instances,
             "activeConnections": len(connections),
             "connections": connections,
             "rateLimits": {

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from exprsn_ipc.errors import EnvelopeError
 from exprsn_ipc.protocol.envelope import validate_resource_name
+from exprsn_ipc.protocol.instances import instance_service
 
 __all__ = ["MAX_HOSTNAME", "MAX_RESOURCES", "clean_entry", "clean_peer"]
 
@@ -35,7 +36,7 @@ def _integer(entry: dict[str, Any], key: str) -> int | None:
 
 
 def clean_entry(entry: Any) -> dict[str, Any]:
-    """The fields of ``entry`` the Bridge keeps (``pid``, ``hostname``, ``registered``, ``resources``).
+    """The fields of ``entry`` the Bridge keeps (``pid``, ``hostname``, ``registered``, ``instance``, ``resources``).
 
     Raises:
         EnvelopeError: ``entry`` is not an object, or a field has the wrong type or size.
@@ -54,6 +55,11 @@ def clean_entry(entry: Any) -> dict[str, Any]:
         if not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname):
             raise EnvelopeError(f"auth.entry.hostname must be a host name of at most {MAX_HOSTNAME} characters")
         record["hostname"] = hostname
+    instance = entry.get("instance")
+    if instance is not None:
+        if instance_service(instance) is None:
+            raise EnvelopeError("auth.entry.instance must be an instance id (<service>@<host>.<pid>.<suffix>)")
+        record["instance"] = instance
     resources = entry.get("resources")
     if resources is not None:
         if not isinstance(resources, list) or len(resources) > MAX_RESOURCES:

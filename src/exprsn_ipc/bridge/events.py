@@ -40,6 +40,9 @@ Reply = dict[str, Any]
 Handler = Callable[..., Awaitable[Any]]
 M = TypeVar("M", bound=Callable[..., Awaitable[Any]])
 
+#: The longest claim key a client may send (``event:<group>:<token id>`` is far shorter).
+MAX_CLAIM_KEY: Final = 400
+
 #: The table key of the handler of any event without a method, called as ``handler(conn, event, *args)``.
 OTHER_EVENT: Final = "*"
 _CHANNEL_PREFIX: Final = f"{DEFAULT_NAMESPACE}:"
@@ -222,6 +225,41 @@ class BridgeEvents:
     @handles(SioEvent.UNSUBSCRIBE)
     async def on_unsubscribe(self, conn: Connection, channel: Any = None, *_: Any) -> Reply:
         return await self._channel_op(conn, channel, subscribe=False)
+
+    # Replicas ----------------------------------------------------------------------------
+    @handles(SioEvent.INSTANCES)
+    async def on_instances(self, conn: Connection, service: Any = None, *_: Any) -> Reply:
+        """The live instance records of a service's replicas (for choosing one per call)."""
+        try:
+            name = validate_service_name(service)
+            return {"success": True, "data": await self.bridge.backend.instances(name)}
+        except IPCError as exc:
+            return _failure(exc)
+
+    @handles(SioEvent.CLAIM)
+    async def on_claim(self, conn: Connection, body: Any = None, *_: Any) -> Reply:
+        """Claim a key among replicas (a shared handler's event, a call every replica got)."""
+        key = body.get("key") if isinstance(body, dict) else None
+        ttl = body.get("ttl") if isinstance(body, dict) else None
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_CLAIM_KEY:
+            return _failure(
+                EnvelopeError(f"{SioEvent.CLAIM} needs {{key, ttl}} with a key of 1-{MAX_CLAIM_KEY} characters")
+            )
+        seconds = float(ttl) if isinstance(ttl, int | float) and not isinstance(ttl, bool) and 0 < ttl <= 3600 else 60.0
+        try:
+            return {"success": True, "claimed": await self.bridge.backend.claim(key, seconds)}
+        except IPCError as exc:
+            return _failure(exc)
+
+    @handles(SioEvent.LEAVE)
+    async def on_leave(self, conn: Connection, body: Any = None, *_: Any) -> Reply:
+        """The worker is shutting down: it is chosen for no new call. With ``{stop: true}``
+        nothing more is routed to it either (it stopped receiving), so callers fail over."""
+        await self.bridge.replicas.left(conn)
+        if isinstance(body, dict) and body.get("stop") is True:
+            for channel in list(conn.channels):
+                await self.bridge.unsubscribe(conn, channel)
+        return {"success": True}
 
     async def on_other(self, conn: Connection, event: str, *_: Any) -> Reply:
         """Any event without a handler: refused with ``ipc:error`` and counted."""

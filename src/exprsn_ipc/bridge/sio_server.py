@@ -19,10 +19,11 @@ from exprsn_ipc.bridge.connection import Connection
 from exprsn_ipc.bridge.core import Bridge
 from exprsn_ipc.bridge.credentials import token_from_environ
 from exprsn_ipc.bridge.events import OTHER_EVENT, Handler
-from exprsn_ipc.errors import AuthError
+from exprsn_ipc.errors import AuthError, PacketError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.net import is_same_origin
 from exprsn_ipc.protocol.events import RESERVED_EVENTS, SioEvent
+from exprsn_ipc.sio import packets as sp
 
 __all__ = ["CLIENT_RESERVED_EVENTS", "BridgeSocketServer", "SioLink", "attach"]
 
@@ -93,27 +94,44 @@ class BridgeSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     bridge: Bridge
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        # Binary packets are not part of the IPC protocol. python-socketio would hold a
-        # packet until all the attachments it declares arrive (999,999 of any size), so
-        # they are refused here, before anything is kept.
-        if isinstance(data, bytes | bytearray) or (isinstance(data, str) and data[:1] in _BINARY_TYPES):
-            await self._refuse_binary(eio_sid, data)
+        # Every packet is checked by the worker lane's strict parser first: python-socketio
+        # raises on packets it cannot read (an unhandled traceback, no answer), and would
+        # hold a binary packet until all the attachments it declares arrive (999,999 of
+        # any size). Binary packets are not part of the IPC protocol.
+        if not isinstance(data, str):
+            await self._refuse_packet(eio_sid, "", "binary Socket.IO packets are not supported")
             return
-        await super()._handle_eio_message(eio_sid, data)
+        try:
+            packet = sp.decode(sp.EIO_MESSAGE + data)
+        except PacketError as exc:
+            await self._refuse_packet(eio_sid, data, str(exc))
+            return
+        if packet.type not in _CLIENT_TYPES:
+            await self._refuse_packet(eio_sid, data, f"a client may not send Socket.IO packets of type {packet.type}")
+            return
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            # What python-socketio's own decoder still refuses (an integer of over 100 digits).
+            await self._refuse_packet(eio_sid, data, f"unreadable Socket.IO packet: {exc}")
 
-    async def _refuse_binary(self, eio_sid: str, data: Any) -> None:
+    async def _refuse_packet(self, eio_sid: str, data: str, reason: str) -> None:
+        """Count and answer a packet python-socketio must not see (logged once per socket)."""
         namespace = "/"
-        head = data[:300] if isinstance(data, str) else ""
+        head = data[:300]
         start = head.find("/")
         if start > 0 and head[1:start].rstrip("-").isdigit():
-            # The header is "<type><attachments>-/<namespace>,...": the namespace is enough here.
+            # The header is "<type>[<attachments>-]/<namespace>,...": the namespace is enough here.
             end = head.find(",", start)
             namespace = head[start:end] if end > 0 else head[start:]
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         conn = self.bridge.connections.get(f"{namespace}#{sid}") if sid is not None else None
         self.bridge.stats.reject(conn.service if conn is not None else None, "INVALID_MESSAGE")
         if conn is not None:
-            body = {"error": "INVALID_MESSAGE", "message": "binary Socket.IO packets are not supported"}
+            if not conn.warned_invalid:
+                conn.warned_invalid = True
+                log.warning("%s sent an invalid packet on %s: %s (logged once)", conn.service, namespace, reason)
+            body = {"error": "INVALID_MESSAGE", "message": reason}
             await self.emit(SioEvent.ERROR, body, to=sid, namespace=namespace)
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: Any) -> None:
@@ -139,8 +157,8 @@ class BridgeSocketServer(socketio.AsyncServer):  # type: ignore[misc]
 #: Packets engine.io may hold for one client before delivery waits for its writer.
 _ENGINE_BACKLOG: Final = 1
 
-#: Socket.IO packet types with binary attachments (BINARY_EVENT, BINARY_ACK).
-_BINARY_TYPES: Final = ("5", "6")
+#: The Socket.IO packet types a client sends.
+_CLIENT_TYPES: Final = frozenset({sp.CONNECT, sp.DISCONNECT, sp.EVENT, sp.ACK})
 
 #: Event names a client may not send: Socket.IO's own, and the catch-all of the handler table.
 CLIENT_RESERVED_EVENTS: Final = RESERVED_EVENTS | {OTHER_EVENT}

@@ -190,12 +190,28 @@ def stats(
         f"active services: {data.get('activeServices')}   connections: {data.get('activeConnections')}   "
         f"rate limits: {data.get('rateLimits')}"
     )
-    table = Table("service", "pid", "host", "via")
+    table = Table("service", "replicas", "pid", "host", "via")
     for entry in data.get("services", []):
         table.add_row(
-            str(entry.get("name")), str(entry.get("pid")), str(entry.get("hostname")), str(entry.get("via", "bus"))
+            str(entry.get("name")),
+            str(entry.get("replicas", "—")),
+            str(entry.get("pid")),
+            str(entry.get("hostname")),
+            str(entry.get("via", "bus")),
         )
     console.print(table)
+    instances = data.get("instances", [])
+    if instances:
+        replicas = Table("replica", "service", "in flight", "transport", "version")
+        for record in instances:
+            replicas.add_row(
+                str(record.get("id")),
+                str(record.get("service")),
+                str(record.get("inFlight")),
+                str(record.get("transport")),
+                str(record.get("version", "—")),
+            )
+        console.print(replicas)
     console.print(data.get("counters", {}))
 
 

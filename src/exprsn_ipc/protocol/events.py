@@ -54,6 +54,10 @@ class SioEvent(StrEnum):
     UNSUBSCRIBE = "ipc:unsubscribe"
     MESSAGE = "ipc:message"
     MESSAGES = "ipc:messages"
+    # Replicas: discovery of a service's instances, claims shared by replicas, leaving.
+    INSTANCES = "ipc:instances"
+    CLAIM = "ipc:claim"
+    LEAVE = "ipc:leave"
 
 
 @unique

@@ -40,6 +40,10 @@ class TransportPeer(Protocol):
         """The registry record to publish for this worker."""
         ...
 
+    def instance_entry(self) -> dict[str, Any]:
+        """This replica's instance record (``protocol/instances.py``): id, load, heartbeat."""
+        ...
+
     def deliver_nowait(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
         """Hand one received message to the worker without waiting."""
         ...
@@ -108,6 +112,20 @@ class Bus(Protocol):
         """The registry records of the services on the bus."""
         ...
 
+    async def register_instance(self, service: str, record: dict[str, Any]) -> None:
+        """Publish (or refresh) one replica's instance record."""
+        ...
+
+    async def unregister_instance(self, service: str, instance: str) -> None: ...
+
+    async def instances(self, service: str | None = None) -> list[dict[str, Any]]:
+        """The live instance records of ``service`` (of every service when None)."""
+        ...
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        """True for the first caller to claim ``key`` within ``ttl_s``; False for every other."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DurableBacklog:
@@ -156,6 +174,20 @@ class Transport(ABC):
 
     async def backlog(self, service: str) -> DurableBacklog | None:
         """``service``'s durable backlog, or None where this transport has no durable delivery."""
+        return None
+
+    async def instances(self, service: str) -> list[dict[str, Any]]:
+        """The live instance records of ``service``'s replicas; ``[]`` when it has none
+        (a Node service, or a transport without instances): calls then go to ``ipc:<service>``."""
+        return []
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        """Claim ``key`` for this replica: True for exactly one of the replicas that ask
+        within ``ttl_s``. The default, for a transport with nobody to share with, is True."""
+        return True
+
+    async def leave(self) -> None:
+        """Stop being chosen for calls (remove this replica's instance record); receiving goes on."""
         return None
 
     @abstractmethod

@@ -167,7 +167,11 @@ class BridgeTransport(Transport):
         self._peer = peer
         self._tokens = BrokerTokenManager(service_name=peer.service_name, settings=self.settings)
         self._namespace = f"/ipc/{peer.service_name}"
+        # The Bridge subscribes these itself (the instance's from auth.entry.instance).
         defaults = {channel_for(peer.service_name, peer.namespace), channel_for(BROADCAST, peer.namespace)}
+        instance = peer.registry_entry().get("instance")
+        if isinstance(instance, str):
+            defaults.add(channel_for(instance, peer.namespace))
         self._extra_channels = {c for c in channels if c not in defaults}
         self._receiving = True
         link = SocketIOLink(
@@ -399,6 +403,25 @@ class BridgeTransport(Transport):
             if isinstance(reply, dict) and reply.get("success") is not True:
                 log.warning("the Bridge refused a buffered emit: %s", reply.get("message"))
 
+    # Replicas -----------------------------------------------------------------------
+    async def instances(self, service: str) -> list[dict[str, Any]]:
+        reply = await self.call(SioEvent.INSTANCES, service)
+        if isinstance(reply, dict) and reply.get("success") is True and isinstance(reply.get("data"), list):
+            return [record for record in reply["data"] if isinstance(record, dict)]
+        if isinstance(reply, dict) and reply.get("error") == "INVALID_MESSAGE":
+            return []  # a Bridge that predates replicas: calls go to the service channel
+        raise _remote_error(reply)
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        reply = await self.call(SioEvent.CLAIM, {"key": key, "ttl": ttl_s})
+        if isinstance(reply, dict) and reply.get("success") is True:
+            return reply.get("claimed") is True
+        raise _remote_error(reply)
+
+    async def leave(self) -> None:
+        if self.connected:
+            await self.call(SioEvent.LEAVE, {})
+
     async def subscribe(self, channel: str) -> None:
         self._extra_channels.add(channel)
         if self.connected:
@@ -412,7 +435,15 @@ class BridgeTransport(Transport):
             await self.call(SioEvent.UNSUBSCRIBE, channel)
 
     async def stop_receiving(self) -> None:
+        # The Bridge first stops routing here (a caller that still chooses this replica
+        # then sees no receiver and fails over), then what it already sent is dropped.
+        with contextlib.suppress(IPCError):
+            await self.leave_and_stop()
         self._receiving = False
+
+    async def leave_and_stop(self) -> None:
+        if self.connected:
+            await self.call(SioEvent.LEAVE, {"stop": True})
 
     async def close(self) -> None:
         self._receiving = False

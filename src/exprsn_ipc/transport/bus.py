@@ -15,6 +15,7 @@ from typing import Any, Final
 from exprsn_ipc.errors import NotConnectedError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import REGISTRY_REFRESH_S
+from exprsn_ipc.protocol.instances import INSTANCE_HEARTBEAT_S
 from exprsn_ipc.transport.base import Bus, Transport, TransportPeer
 
 __all__ = ["BusTransport"]
@@ -41,6 +42,7 @@ class BusTransport(Transport):
         self._channels: set[str] = set()
         self._receiving = False
         self._heartbeat: asyncio.Task[None] | None = None
+        self._left = False
 
     @property
     def connected(self) -> bool:
@@ -55,20 +57,38 @@ class BusTransport(Transport):
             for channel in channels:
                 await self.subscribe(channel)
             await self.bus.register(peer.service_name, peer.registry_entry())
+            await self.bus.register_instance(peer.service_name, peer.instance_entry())
         except BaseException:
             await self.close()
             raise
         self._heartbeat = asyncio.create_task(self._refresh(peer), name=f"bus-registry:{peer.service_name}")
 
     async def _refresh(self, peer: TransportPeer) -> None:
+        beats = 0
         while True:
-            await asyncio.sleep(REFRESH_S)
+            await asyncio.sleep(INSTANCE_HEARTBEAT_S)
+            beats += 1
             try:
-                await self.bus.register(peer.service_name, peer.registry_entry())
+                if not self._left:
+                    await self.bus.register_instance(peer.service_name, peer.instance_entry())
+                if beats * INSTANCE_HEARTBEAT_S >= REFRESH_S:
+                    beats = 0
+                    await self.bus.register(peer.service_name, peer.registry_entry())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 peer.transport_event("error", f"registry refresh failed: {exc}")
+
+    async def instances(self, service: str) -> list[dict[str, Any]]:
+        return await self.bus.instances(service)
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        return await self.bus.claim(key, ttl_s)
+
+    async def leave(self) -> None:
+        self._left = True
+        if self._peer is not None:
+            await self.bus.unregister_instance(self._peer.service_name, self._peer.instance_entry()["id"])
 
     async def publish(self, channel: str, raw: bytes) -> int:
         if self._peer is None:
@@ -102,6 +122,8 @@ class BusTransport(Transport):
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
         await self.stop_receiving()
+        if self._peer is not None and not self._left:
+            await self.leave()
         peer, self._peer = self._peer, None
         if peer is not None:
             await self.bus.unregister(peer.service_name)

@@ -15,7 +15,7 @@ from typing import Any
 
 from exprsn_ipc.errors import NotConnectedError
 from exprsn_ipc.protocol.constants import REGISTRY_TTL_S
-from exprsn_ipc.protocol.stores import MemoryRevocationStore, MemoryStateStore
+from exprsn_ipc.protocol.stores import MemoryReplayGuard, MemoryRevocationStore, MemoryStateStore
 from exprsn_ipc.transport.base import Transport, TransportPeer
 
 __all__ = ["MemoryBus", "MemoryTransport", "default_bus"]
@@ -34,6 +34,9 @@ class MemoryBus:
         self.revocations = MemoryRevocationStore()
         self.states = MemoryStateStore()
         self.published = 0
+        self._instances: dict[str, dict[str, dict[str, Any]]] = {}
+        # Claims are first uses of a key until it expires: the replay guard's own rule.
+        self._claims = MemoryReplayGuard(max_entries=200_000)
 
     def subscribe(self, channel: str, key: int, deliver: Deliver) -> None:
         self._subscribers.setdefault(channel, {})[key] = deliver
@@ -75,6 +78,25 @@ class MemoryBus:
             del self._registry[name]
         return [dict(entry) for entry, _ in self._registry.values()]
 
+    def register_instance(self, service: str, record: dict[str, Any]) -> None:
+        self._instances.setdefault(service, {})[record["id"]] = dict(record)
+
+    def unregister_instance(self, service: str, instance: str) -> None:
+        replicas = self._instances.get(service)
+        if replicas is not None:
+            replicas.pop(instance, None)
+            if not replicas:
+                del self._instances[service]
+
+    def instances(self, service: str | None = None) -> list[dict[str, Any]]:
+        """Instance records; in-process replicas unregister when they close, so none expire here."""
+        if service is not None:
+            return [dict(r) for r in self._instances.get(service, {}).values()]
+        return [dict(r) for replicas in self._instances.values() for r in replicas.values()]
+
+    def claim(self, key: str, ttl_s: float) -> bool:
+        return self._claims.first_use(key, time.time() + ttl_s)
+
 
 class _DefaultBusHolder:
     bus: MemoryBus | None = None
@@ -115,6 +137,7 @@ class MemoryTransport(Transport):
             await self.subscribe(channel)
         entry = peer.registry_entry()
         self.bus.register(entry["name"], entry, ttl=None)
+        self.bus.register_instance(peer.service_name, peer.instance_entry())
 
     async def publish(self, channel: str, raw: bytes) -> int:
         if self._peer is None:
@@ -141,9 +164,20 @@ class MemoryTransport(Transport):
         for channel in list(self._channels):
             await self.unsubscribe(channel)
 
+    async def instances(self, service: str) -> list[dict[str, Any]]:
+        return self.bus.instances(service)
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        return self.bus.claim(key, ttl_s)
+
+    async def leave(self) -> None:
+        if self._peer is not None:
+            self.bus.unregister_instance(self._peer.service_name, self._peer.instance_entry()["id"])
+
     async def close(self) -> None:
         await self.stop_receiving()
         if self._peer is not None:
+            await self.leave()
             self.bus.unregister(self._peer.service_name)
         self._peer = None
 

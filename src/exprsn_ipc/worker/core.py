@@ -18,11 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from exprsn_ipc.errors import (
-    NoReceiversError,
-    NotConnectedError,
-    PayloadTooLargeError,
-)
+from exprsn_ipc.errors import NotConnectedError, PayloadTooLargeError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import (
     BRIDGE_ALIAS,
@@ -33,13 +29,17 @@ from exprsn_ipc.protocol.constants import (
 )
 from exprsn_ipc.protocol.envelope import MISSING, Envelope, validate_event_name, validate_service_name
 from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent
+from exprsn_ipc.protocol.instances import new_instance_id, package_version, route_channel
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport import Transport, create_transport
 from exprsn_ipc.transport.base import Ack
+from exprsn_ipc.worker.calls import Calls
 from exprsn_ipc.worker.handlers import Handler, LocalEmitter
+from exprsn_ipc.worker.leaving import leave
 from exprsn_ipc.worker.receiving import Outbox, Receiver
-from exprsn_ipc.worker.replies import PendingRequests, expire
+from exprsn_ipc.worker.replicas import ReplicaChooser
+from exprsn_ipc.worker.replies import PendingRequests
 from exprsn_ipc.worker.resources import ResourceTable
 from exprsn_ipc.worker.stats import HANDLER_BUCKETS, DurationHistogram, WorkerStats
 
@@ -101,14 +101,26 @@ class IPCWorker:
         self.resources = ResourceTable()
         self._local = LocalEmitter(self.service_name)
         self._pending = PendingRequests()
+        #: This replica's id (service, host, pid, a random suffix); it also listens on ``ipc:<instance_id>``.
+        self.instance_id = new_instance_id(self.service_name, pid=os.getpid())
+        self.replicas = ReplicaChooser(self.transport.instances)
+        self._calls = Calls(
+            instance_id=self.instance_id,
+            chooser=self.replicas,
+            pending=self._pending,
+            build_envelope=self.build_envelope,
+            publish=self._publish_call,
+        )
         outbox = Outbox(
             transport=self.transport,
             build_envelope=self.build_envelope,
             encode=self._encode,
-            channel=self._channel,
+            channel=lambda envelope: route_channel(envelope.target, envelope.metadata, self.namespace),
             record_sent=self._sent,
             publish=self._publish,
             started=lambda: self._started,
+            claim=self.transport.claim,
+            instance_channel=self._channel(self.instance_id),
         )
         self._receiver = Receiver(
             service_name=self.service_name,
@@ -131,25 +143,34 @@ class IPCWorker:
 
     # Registration ---------------------------------------------------------------
     @overload
-    def on(self, event: str) -> Callable[[H], H]: ...
+    def on(self, event: str, *, shared: bool | str = False) -> Callable[[H], H]: ...
 
     @overload
-    def on(self, event: str, handler: H) -> H: ...
+    def on(self, event: str, handler: H, *, shared: bool | str = False) -> H: ...
 
-    def on(self, event: str, handler: H | None = None) -> Any:
+    def on(self, event: str, handler: H | None = None, *, shared: bool | str = False) -> Any:
         """Register ``handler(data, meta)`` for ``event``; usable as a decorator.
 
         Local events (``ready``, ``error``, ``sent``, ``received``,
         ``handler-error``, ``subscribed``, ``unsubscribed``, ``disconnected``)
         get in-process listeners; every other name is an IPC event.
+
+        Every replica of a service gets each plain event (the original's meaning).
+        ``shared=True`` makes one replica of this service run the handler per
+        event; ``shared="<group>"`` one replica among the workers sharing that group.
         """
+        group = self.service_name if shared is True else shared or None
+        if group is not None:
+            validate_service_name(group)
 
         def register(fn: H) -> H:
             if event in LOCAL_EVENTS:
+                if group is not None:
+                    raise ValueError(f"local event {event!r} cannot be shared")
                 self._local.add(event, fn)
             else:
                 validate_event_name(event)
-                self._handlers.add(event, fn)
+                self._handlers.add(event, fn, group=group)
             return fn
 
         if handler is not None:
@@ -221,6 +242,20 @@ class IPCWorker:
             "registered": self._registered_at or now,
             "lastSeen": now,
             "resources": self.resources.names(),
+            "instance": self.instance_id,
+        }
+
+    def instance_entry(self) -> dict[str, Any]:
+        """This replica's record in discovery: who it is and how busy."""
+        return {
+            "id": self.instance_id,
+            "service": self.service_name,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": package_version(),
+            "transport": self.transport.name,
+            "inFlight": self._inbox.running + self._inbox.queued,
+            "registered": self._registered_at,
         }
 
     async def start(self) -> IPCWorker:
@@ -229,7 +264,7 @@ class IPCWorker:
             return self
         self._registered_at = time.time_ns() // 1_000_000
         self._dispatcher = asyncio.create_task(self._inbox.run(), name=f"ipc-dispatch:{self.service_name}")
-        channels = [self._channel(self.service_name), self._channel(BROADCAST)]
+        channels = [self._channel(self.service_name), self._channel(BROADCAST), self._channel(self.instance_id)]
         channels += [self._channel(alias) for alias in sorted(self.aliases)]
         try:
             await self.transport.connect(self, channels)
@@ -250,6 +285,7 @@ class IPCWorker:
         if not self._started or self._closing:
             return
         self._closing = True
+        await leave(self.transport, grace=self.settings.ipc_leave_grace, last_call_at=self._last_call_at)
         with contextlib.suppress(Exception):
             await self.transport.stop_receiving()
         if not await self._inbox.drain(self.settings.ipc_drain_timeout):
@@ -270,6 +306,9 @@ class IPCWorker:
             self._started = False
             self._local.emit("disconnected")
             await self._local.close()
+
+    def _last_call_at(self) -> float:
+        return self._receiver.last_call_at
 
     async def __aenter__(self) -> IPCWorker:
         return await self.start()
@@ -354,7 +393,7 @@ class IPCWorker:
             raise NotConnectedError(f"{self.service_name} is not started: call `await ipc.start()` first")
         if raw is None:
             raw = self._encode(envelope)
-        channel = self._channel(envelope.target)
+        channel = route_channel(envelope.target, envelope.metadata, self.namespace)
         if durable:
             receivers = await self.transport.publish_durable(envelope.target, raw)
         else:
@@ -378,8 +417,13 @@ class IPCWorker:
         timeout: float | None = None,
         operation: str = "request",
         metadata: dict[str, Any] | None = None,
+        idempotent: bool = False,
     ) -> Any:
-        """Send ``event`` to one service and return what its handler returned.
+        """Send ``event`` to one replica of ``target`` and return what its handler returned.
+
+        The replica is chosen by load; one that has gone is skipped at once. A call
+        is never repeated behind the caller's back; with ``idempotent=True`` a call
+        that timed out is sent once more, to another replica.
 
         Raises:
             NoReceiversError: nobody is subscribed to ``target`` (raised at once).
@@ -388,25 +432,19 @@ class IPCWorker:
         """
         validate_event_name(event)
         validate_service_name(target)
-        request_id, future = self._pending.open(BRIDGE_SERVICE if target == BRIDGE_ALIAS else target)
-        meta = {**(metadata or {}), "requestId": request_id}
-        try:
-            result = await self._publish(
-                self.build_envelope(event, data, target=target, operation=operation, metadata=meta)
-            )
-            if result.receivers == 0:
-                raise NoReceiversError(f"no service is listening on {result.channel}")
-            wait = self.settings.ipc_request_timeout if timeout is None else timeout
-            # A timer rather than asyncio.wait_for: a third of the cost, per request.
-            timer = asyncio.get_running_loop().call_later(
-                wait, expire, future, f"{target} did not answer {event!r} within {wait:g} s"
-            )
-            try:
-                return await future
-            finally:
-                timer.cancel()
-        finally:
-            self._pending.close(request_id)
+        return await self._calls.request(
+            BRIDGE_SERVICE if target == BRIDGE_ALIAS else target,
+            event,
+            data,
+            timeout=self.settings.ipc_request_timeout if timeout is None else timeout,
+            operation=operation,
+            metadata=metadata,
+            idempotent=idempotent,
+        )
+
+    async def _publish_call(self, envelope: Envelope) -> tuple[int, str]:
+        result = await self._publish(envelope)
+        return result.receivers, result.channel
 
     async def create(
         self, resource: str, data: Any, *, target: str = BRIDGE_SERVICE, timeout: float | None = None

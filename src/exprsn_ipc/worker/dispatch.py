@@ -55,6 +55,11 @@ class Inbox(Generic[T]):
     def running(self) -> int:
         return len(self._tasks)
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting for a handler slot."""
+        return self._queue.qsize()
+
     def put_nowait(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
         if self.closed:
             return

@@ -66,16 +66,34 @@ class EventHandlers:
         self._failed = failed
         self._by_event: dict[str, list[Handler]] = {}
         self._sync: set[str] = set()
+        #: event -> {handler: group} for handlers that one replica per group runs.
+        self._shared: dict[str, dict[Handler, str]] = {}
 
-    def add(self, event: str, handler: Handler) -> None:
+    def add(self, event: str, handler: Handler, *, group: str | None = None) -> None:
+        """Add ``handler``; with ``group``, one replica among those sharing the group runs it per message."""
         self._by_event.setdefault(event, []).append(handler)
+        if group is not None:
+            self._shared.setdefault(event, {})[handler] = group
         self._update(event)
+
+    def groups(self, event: str) -> set[str]:
+        """The sharing groups of ``event``'s handlers (empty: every replica runs them all)."""
+        shared = self._shared.get(event)
+        return set(shared.values()) if shared else set()
+
+    def chosen(self, event: str, claimed: set[str]) -> list[Handler]:
+        """``event``'s handlers that run here: the unshared ones, and those of the groups this replica claimed."""
+        shared = self._shared.get(event, {})
+        return [h for h in self._by_event.get(event, []) if h not in shared or shared[h] in claimed]
 
     def remove(self, event: str, handler: Handler | None = None) -> None:
         if handler is None:
             self._by_event.pop(event, None)
+            self._shared.pop(event, None)
         elif handler in self._by_event.get(event, []):
             self._by_event[event].remove(handler)
+            if handler not in self._by_event[event]:
+                self._shared.get(event, {}).pop(handler, None)
             if not self._by_event[event]:
                 del self._by_event[event]
         self._update(event)
@@ -89,7 +107,8 @@ class EventHandlers:
 
     def _update(self, event: str) -> None:
         handlers = self._by_event.get(event)
-        if handlers and not any(_is_async(h) for h in handlers):
+        # Shared handlers need a claim first (a round trip): never run inline.
+        if handlers and not self._shared.get(event) and not any(_is_async(h) for h in handlers):
             self._sync.add(event)
         else:
             self._sync.discard(event)

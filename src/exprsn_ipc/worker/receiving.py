@@ -25,6 +25,7 @@ from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import BROADCAST, REVOCATION_TTL_S
 from exprsn_ipc.protocol.envelope import Envelope
 from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent, crud_operation
+from exprsn_ipc.protocol.instances import INSTANCE_KEY, REPLY_TO_KEY, valid_instance
 from exprsn_ipc.protocol.stores import MemoryReplayGuard
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.transport import Transport
@@ -43,6 +44,9 @@ log = get_logger("exprsn_ipc.worker")
 DEDUPE_WINDOW: Final = 10_000
 #: Token ids a worker remembers to refuse exact replays (about 7 MB at most).
 REPLAY_WINDOW: Final = 50_000
+#: How long a claim of a message by one replica is kept: every replica gets a pub/sub
+#: message within moments of the others, so a minute is ample.
+CLAIM_TTL_S: Final = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +56,15 @@ class Outbox:
     transport: Transport
     build_envelope: Callable[..., Envelope]
     encode: Callable[[Envelope], bytes]
-    channel: Callable[[str], str]
+    #: The channel an envelope goes on (its replica's, when it names one).
+    channel: Callable[[Envelope], str]
     record_sent: Callable[[Envelope, str, int | None], None]
     publish: Callable[[Envelope], Awaitable[Any]]
     started: Callable[[], bool]
+    #: Claims shared by the replicas of this worker's service (``Transport.claim``).
+    claim: Callable[[str, float], Awaitable[bool]]
+    #: This replica's own channel: calls arriving on it are for this replica alone.
+    instance_channel: str
 
 
 class Receiver:
@@ -101,6 +110,8 @@ class Receiver:
         self._seen_durable: collections.OrderedDict[str, None] = collections.OrderedDict()
         #: Token ids of the envelopes accepted, until they expire (exact replays are refused).
         self.replays = MemoryReplayGuard(max_entries=REPLAY_WINDOW)
+        #: When a message last arrived on this replica's own channel (``time.monotonic``).
+        self.last_call_at = 0.0
         self._warned: set[str] = set()
 
     def transport_event(self, name: str, detail: Any = None) -> None:
@@ -160,6 +171,8 @@ class Receiver:
             self._reject(exc, channel, envelope)
             return None
         self.stats.count_received(envelope.event)
+        if channel == self.out.instance_channel:
+            self.last_call_at = time.monotonic()
         request_id = envelope.metadata.get("requestId")
         meta = MessageMeta(
             source=envelope.source,
@@ -240,6 +253,8 @@ class Receiver:
             self._resolve_reply(envelope, meta)
         elif not self.handlers.is_sync(event):
             return False
+        elif meta.request_id is not None and meta.channel != self.out.instance_channel:
+            return False  # a call on the service channel reached every replica: claim it first
         elif meta.request_id is None:
             self.handlers.run_now(event, envelope.payload, meta, self.inbox.adopt)
         elif not self._answer_now(envelope, meta):
@@ -258,6 +273,11 @@ class Receiver:
                 self._resolve_reply(envelope, meta)
                 return
             if meta.request_id is not None:
+                # A call on the service channel (a caller that knew no replica) reached every
+                # replica: the one that claims it answers.
+                shared_call = ack is None and meta.channel != self.out.instance_channel
+                if shared_call and not await self._claim(f"call:{self.service_name}", meta):
+                    return
                 await self._answer(envelope, meta)
             else:
                 _, error = await self._run_handlers(event, data, meta)
@@ -279,14 +299,36 @@ class Receiver:
                 self._local.emit("received", {"event": event, "source": envelope.source, "channel": meta.channel})
 
     async def _run_handlers(self, event: str, data: Any, meta: MessageMeta) -> tuple[Any, Exception | None]:
-        """Run every handler of ``event`` in order; return the first one's result or error."""
+        """Run every handler of ``event`` in order; return the first one's result or error.
+
+        A shared handler runs only on the replica that claims the message for its group.
+        """
         handlers = self.handlers.get(event)
+        groups = self.handlers.groups(event) if handlers and meta.request_id is None else None
+        if groups:
+            claimed = {group for group in sorted(groups) if await self._claim(f"event:{group}", meta)}
+            handlers = self.handlers.chosen(event, claimed)
+            if not handlers:
+                return None, None
         if not handlers:
             builtin = self._builtin(event)
             if builtin is None:
                 return None, None
             handlers = [builtin]
         return await self.handlers.run(event, handlers, data, meta)
+
+    async def _claim(self, scope: str, meta: MessageMeta) -> bool:
+        """Claim this message (by its token id) for ``scope`` among the replicas; False: another has it.
+
+        If the claim cannot be made (the bus is down) the message is not handled here:
+        counted as ``CLAIM_FAILED`` and logged once, rather than handled twice.
+        """
+        try:
+            return await self.out.claim(f"{scope}:{meta.token.get('id')}", CLAIM_TTL_S)
+        except IPCError as exc:
+            self.stats.rejected["CLAIM_FAILED"] += 1
+            self._warn_once(f"claim:{scope}", "%s: could not claim a message for %s: %s", self.service_name, scope, exc)
+            return False
 
     def _handler_failed(self, event: str, handler: Handler, exc: Exception) -> None:
         self.stats.handler_errors += 1
@@ -326,7 +368,7 @@ class Receiver:
             self.inbox.adopt(self._answer_later(envelope, meta, value, self.handlers.get(envelope.event)[0]))
             return True
         answer, raw = self._reply_envelope(envelope, meta, reply_body(value, error))
-        channel = self.out.channel(answer.target)
+        channel = self.out.channel(answer)
         sent = self.out.transport.publish_nowait(channel, raw)
         if sent is None:
             self.inbox.adopt(self._send_reply(answer, raw))
@@ -352,7 +394,7 @@ class Receiver:
 
     async def _send_reply(self, answer: Envelope, raw: bytes) -> None:
         # A reply needs no receiver count: the transport may skip waiting for one.
-        channel = self.out.channel(answer.target)
+        channel = self.out.channel(answer)
         try:
             receivers = await self.out.transport.send(channel, raw)
         except IPCError as exc:
@@ -377,7 +419,10 @@ class Receiver:
     def _reply_envelope(self, request: Envelope, meta: MessageMeta, body: dict[str, Any]) -> tuple[Envelope, bytes]:
         """The signed, encoded ``ipc:reply``; a result that cannot travel (not JSON,
         too large) becomes an error reply saying so."""
-        metadata = {"requestId": meta.request_id}
+        metadata: dict[str, Any] = {"requestId": meta.request_id}
+        reply_to = request.metadata.get(REPLY_TO_KEY)
+        if valid_instance(reply_to, request.source):
+            metadata[INSTANCE_KEY] = reply_to  # only the replica that asked is waiting
         try:
             answer = self.out.build_envelope(
                 BusEvent.REPLY, body, target=request.source, operation="reply", metadata=metadata

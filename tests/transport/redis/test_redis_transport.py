@@ -365,7 +365,7 @@ async def test_close_cancels_every_task(workers: Any) -> None:
     worker = await workers("exprsn-auth")
     transport = transport_of(worker)
     tasks = list(transport._tasks)
-    assert len(tasks) == 4 and not any(t.done() for t in tasks)
+    assert len(tasks) == 5 and not any(t.done() for t in tasks)
     await worker.disconnect()
     assert all(t.done() for t in tasks)
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("redis-")]

@@ -78,6 +78,18 @@ class MemoryBackend:
     async def services(self) -> list[dict[str, Any]]:
         return self.bus.services()
 
+    async def register_instance(self, service: str, record: dict[str, Any]) -> None:
+        self.bus.register_instance(service, record)
+
+    async def unregister_instance(self, service: str, instance: str) -> None:
+        self.bus.unregister_instance(service, instance)
+
+    async def instances(self, service: str | None = None) -> list[dict[str, Any]]:
+        return self.bus.instances(service)
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        return self.bus.claim(key, ttl_s)
+
     def worker_transport(self) -> Transport:
         return MemoryTransport(self.bus)
 

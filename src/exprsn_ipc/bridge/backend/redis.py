@@ -50,6 +50,7 @@ from exprsn_ipc.transport.redis import (
     DurableConsumer,
     DurableOptions,
     RedisAddress,
+    RedisInstances,
     RedisRateLimiter,
     RedisReplayGuard,
     RedisRevocationStore,
@@ -142,8 +143,12 @@ class RedisBackend:
         self._started = False
         self._closed = False
         self._unregister = self.client.register_script(UNREGISTER_SCRIPT)
+        #: Called with (token id, ttl) for every revocation announced on Redis (by any Bridge
+        #: or Python worker), so the Bridge can tell its own lane workers.
+        self.on_revocation: Callable[[str, int], None] | None = None
         #: Seen token ids, shared by every Bridge on this Redis.
         self.replays = RedisReplayGuard(self.client)
+        self._instances = RedisInstances(self.client)
         #: Durable delivery tuning for the streams consumed on sockets' behalf.
         self.durable_options = DurableOptions()
         self._durable: dict[str, tuple[DurableConsumer, _SocketReplica]] = {}
@@ -156,6 +161,18 @@ class RedisBackend:
     @property
     def states(self) -> RedisStateStore:
         return self._transport.states
+
+    async def register_instance(self, service: str, record: dict[str, Any]) -> None:
+        await self._instances.register(service, record)
+
+    async def unregister_instance(self, service: str, instance: str) -> None:
+        await self._instances.unregister(service, instance)
+
+    async def instances(self, service: str | None = None) -> list[dict[str, Any]]:
+        return await self._instances.live(service)
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        return await self._instances.claim(key, ttl_s)
 
     @property
     def connected(self) -> bool:
@@ -377,7 +394,9 @@ class RedisBackend:
 
     async def _on_message(self, channel: str, data: bytes) -> None:
         if channel == REVOCATION_CHANNEL:
-            self.revocations.handle_notice(data)
+            revoked = self.revocations.handle_notice(data)
+            if revoked is not None and self.on_revocation is not None:
+                self.on_revocation(*revoked)
             return
         for key, deliver in list(self._subscribers.get(channel, {}).items()):
             try:
@@ -420,6 +439,9 @@ class _SocketReplica:
 
     def registry_entry(self) -> dict[str, Any]:
         return {"name": self.service_name, "namespace": self.namespace}
+
+    def instance_entry(self) -> dict[str, Any]:
+        return {"id": f"{self.service_name}@durable", "service": self.service_name}
 
     def deliver_nowait(self, channel: str, raw: bytes, ack: Ack | None = None) -> None:
         task = asyncio.create_task(self._run(channel, raw, ack, slot=False))

@@ -254,6 +254,7 @@ class DashboardFeed:
                     "name": name,
                     "active": name in registered,
                     "via": registered.get(name, {}).get("via", "bus"),
+                    "replicas": registered.get(name, {}).get("replicas", 0),
                     "connections": conn_count.get(name, 0),
                     "sent": counts.get("sent", 0) if isinstance(counts, dict) else 0,
                     "delivered": counts.get("delivered", 0) if isinstance(counts, dict) else 0,

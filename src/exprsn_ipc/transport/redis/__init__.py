@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from exprsn_ipc.transport.redis.deadletters import durable_status, list_dead_letters, replay_dead_letters
 from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions
+from exprsn_ipc.transport.redis.instances import RedisInstances
 from exprsn_ipc.transport.redis.keys import UNREGISTER_SCRIPT, dlq_key, registry_key, stream_key
 from exprsn_ipc.transport.redis.publisher import RespPublisher
 from exprsn_ipc.transport.redis.resp import RedisAddress
@@ -47,6 +48,7 @@ __all__ = [
     "DurableConsumer",
     "DurableOptions",
     "RedisAddress",
+    "RedisInstances",
     "RedisRateLimiter",
     "RedisReplayGuard",
     "RedisRevocationStore",

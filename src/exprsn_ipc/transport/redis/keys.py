@@ -13,7 +13,9 @@ from typing import Final
 from exprsn_ipc.protocol.constants import STREAM_PREFIX
 
 __all__ = [
+    "CLAIM_PREFIX",
     "DLQ_PREFIX",
+    "INSTANCES_PREFIX",
     "PRUNE_SCRIPT",
     "RATE_LIMIT_PREFIX",
     "RATE_LIMIT_SCRIPT",
@@ -27,6 +29,7 @@ __all__ = [
     "TOKEN_KEY_PREFIX",
     "UNREGISTER_SCRIPT",
     "dlq_key",
+    "instances_key",
     "registry_key",
     "stream_key",
 ]
@@ -43,6 +46,10 @@ STATE_KEY_PREFIX: Final = "ipc:data:state:"
 RATE_LIMIT_PREFIX: Final = "ipc:router:ratelimit:"
 #: The dead letters of a service: ``ipc:dlq:<service>``.
 DLQ_PREFIX: Final = "ipc:dlq:"
+#: The instance records of a service's replicas: a hash, one field per instance id.
+INSTANCES_PREFIX: Final = "ipc:data:instances:"
+#: Claims shared by replicas (a shared handler's event, a request that reached every replica).
+CLAIM_PREFIX: Final = "ipc:claim:"
 #: Token ids of envelopes the Bridges accepted, each until its token expires (replay guard).
 REPLAY_PREFIX: Final = "ipc:replay:"
 
@@ -55,6 +62,11 @@ REVOCATION_CHANNEL: Final = "ipc:data:revocations"
 def registry_key(service: str) -> str:
     """``ipc:data:services:<service>``: the registry record of ``service``."""
     return f"{REGISTRY_PREFIX}{service}"
+
+
+def instances_key(service: str) -> str:
+    """``ipc:data:instances:<service>``: the instance records of ``service``'s replicas."""
+    return f"{INSTANCES_PREFIX}{service}"
 
 
 def stream_key(service: str) -> str:

@@ -148,22 +148,20 @@ class RedisRevocationStore:
         if token_id and len(token_id) <= MAX_TOKEN_ID_LEN:
             self._cache.add_local(token_id, ttl=max(1, ttl))
 
-    def handle_notice(self, raw: bytes) -> None:
-        """Apply one message of :data:`REVOCATION_CHANNEL` (``{"id", "ttl"}`` or a bare id)."""
+    def handle_notice(self, raw: bytes) -> tuple[str, int] | None:
+        """Apply one message of :data:`REVOCATION_CHANNEL` (``{"id", "ttl"}`` or a bare id);
+        the revoked id and its TTL, or None when the notice names none."""
         try:
             notice = orjson.loads(raw)
         except orjson.JSONDecodeError:
             notice = _text(raw).strip()
-        if isinstance(notice, dict):
-            token_id = notice.get("id")
-            ttl = notice.get("ttl")
-            if isinstance(token_id, str):
-                if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0:
-                    self.add_local(token_id, ttl=ttl)
-                else:
-                    self.add_local(token_id)
-        elif isinstance(notice, str):
-            self.add_local(notice)
+        token_id: Any = notice.get("id") if isinstance(notice, dict) else notice
+        if not isinstance(token_id, str) or not 0 < len(token_id) <= MAX_TOKEN_ID_LEN:
+            return None
+        ttl = notice.get("ttl") if isinstance(notice, dict) else None
+        seconds = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0 else REVOCATION_TTL_S
+        self.add_local(token_id, ttl=seconds)
+        return token_id, seconds
 
     async def check(self, token_ids: Iterable[str]) -> int:
         """Read the records of ``token_ids`` and cache the revoked ones; return how many."""

@@ -354,7 +354,13 @@ class RedisSubscriber:
                 continue
             for reply in replies:
                 # The per-message path first; everything else in _dispatch.
-                if type(reply) is list and reply[0] == _MESSAGE and len(reply) == 3:
+                if (
+                    type(reply) is list
+                    and len(reply) == 3
+                    and reply[0] == _MESSAGE
+                    and type(reply[1]) is bytes
+                    and type(reply[2]) is bytes
+                ):
                     await on_message(reply[1].decode("utf-8", "replace"), reply[2])
                 else:
                     await self._dispatch(reply)
@@ -367,12 +373,15 @@ class RedisSubscriber:
         if not isinstance(reply, list) or not reply:
             return  # PONG outside subscribed mode
         kind = reply[0]
+        if kind in (_MESSAGE, _PMESSAGE) and not _bulks(reply):
+            # Redis never sends this shape: a broken server or something else on the port.
+            raise TransportError(f"Redis sent a malformed push of {len(reply)} parts")
         if kind == _MESSAGE and len(reply) == 3:
             await self._on_message(as_text(reply[1]), reply[2])
         elif kind == _PMESSAGE and len(reply) == 4:
             if self._on_pattern_message is not None:
                 await self._on_pattern_message(as_text(reply[2]), reply[3])
-        elif kind in _CONFIRMATIONS and len(reply) >= 2:
+        elif kind in _CONFIRMATIONS and len(reply) >= 2 and isinstance(reply[1], bytes | str):
             for future in self._waiters.pop((as_text(kind), as_text(reply[1])), []):
                 if not future.done():
                     future.set_result(None)
@@ -401,3 +410,8 @@ class RedisSubscriber:
             if self._on_recovered is not None:
                 self._on_recovered()
             return
+
+
+def _bulks(reply: list[Any]) -> bool:
+    """True when every part of a message push after its kind is a bulk string (bytes)."""
+    return all(type(part) is bytes for part in reply[1:])

@@ -33,6 +33,7 @@ from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.base import DurableBacklog, Transport, TransportPeer
 from exprsn_ipc.transport.redis.deadletters import durable_status
 from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions
+from exprsn_ipc.transport.redis.instances import RedisInstances
 from exprsn_ipc.transport.redis.keys import TOKEN_KEY_PREFIX, UNREGISTER_SCRIPT, registry_key
 from exprsn_ipc.transport.redis.publisher import RespPublisher
 from exprsn_ipc.transport.redis.resp import RedisAddress
@@ -179,6 +180,9 @@ class RedisTransport(Transport):
         self._check_wakeup = asyncio.Event()
         self._revocation_mode: str | None = None
         self._registered = False
+        self._left = False
+        #: Instance records and claims, on the command connection pool.
+        self.replicas = RedisInstances(self.client)
         self._registry_record: bytes | None = None
         self.durable_options = durable if durable is not None else DurableOptions()
         #: Reads this worker's durable stream while it is receiving (None before connect).
@@ -242,6 +246,10 @@ class RedisTransport(Transport):
         self._tasks = [
             asyncio.create_task(self._subscriber.run(), name=f"redis-reader:{name}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"redis-registry:{name}"),
+            asyncio.create_task(
+                self.replicas.heartbeat(peer, lambda: not self._left and self._subscriber.connected),
+                name=f"redis-instance:{name}",
+            ),
             asyncio.create_task(self._check_loop(), name=f"redis-revocations:{name}"),
             asyncio.create_task(self._scan_loop(), name=f"redis-revocation-scan:{name}"),
         ]
@@ -397,10 +405,25 @@ class RedisTransport(Transport):
         # Remembered so that unregistering removes this record only if nobody replaced it.
         self._registry_record = raw
         self._registered = True
+        if not self._left:
+            await self.replicas.register(peer.service_name, peer.instance_entry())
 
     async def _unregister(self, peer: TransportPeer) -> None:
+        await self.leave()
         if self._registry_record is not None:
             await self.client.eval(UNREGISTER_SCRIPT, 1, registry_key(peer.service_name), self._registry_record)
+
+    # Replicas ---------------------------------------------------------------------
+    async def instances(self, service: str) -> list[dict[str, Any]]:
+        return await self.replicas.live(service)
+
+    async def claim(self, key: str, ttl_s: float) -> bool:
+        return await self.replicas.claim(key, ttl_s)
+
+    async def leave(self) -> None:
+        self._left = True
+        if self._peer is not None:
+            await self.replicas.unregister(self._peer.service_name, self._peer.instance_entry()["id"])
 
     # Subscription callbacks ------------------------------------------------------
     async def _on_message(self, channel: str, data: bytes) -> None:

@@ -57,6 +57,7 @@
       return row([
         cell(s.name),
         cell(s.active ? "active" : "gone", s.active ? "ok" : "bad"),
+        cell(s.replicas, "num"),
         cell(s.connections, "num"),
         cell(s.sent, "num"),
         cell(s.delivered, "num"),

@@ -1,0 +1,125 @@
+"""Request/reply for one worker: one replica of the target takes each call.
+
+A call is published on the channel of one replica of the target, chosen by load
+(:class:`~exprsn_ipc.worker.replicas.ReplicaChooser`). When nobody received it there
+(that replica has gone), the next one is tried at once: the call cannot have run.
+Once a replica has received a call it is never sent again behind the caller's back:
+a call that received no answer in time raises :class:`RequestTimeoutError` (it may
+have run), unless the caller says it is ``idempotent``, when it is sent once more to
+another replica. A target without instance records (a Node service) gets the call on
+its service channel, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from exprsn_ipc.errors import NoReceiversError, RequestTimeoutError
+from exprsn_ipc.protocol.envelope import Envelope
+from exprsn_ipc.protocol.instances import INSTANCE_KEY, REPLY_TO_KEY
+from exprsn_ipc.worker.replicas import ReplicaChooser
+from exprsn_ipc.worker.replies import PendingRequests, expire
+
+__all__ = ["Calls"]
+
+#: ``publish(envelope) -> (receivers, channel)``; -1 receivers: buffered by the transport (counts as received).
+Publish = Callable[[Envelope], Awaitable[tuple[int, str]]]
+
+
+class Calls:
+    """Sends requests for one worker and waits for their replies."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        chooser: ReplicaChooser,
+        pending: PendingRequests,
+        build_envelope: Callable[..., Envelope],
+        publish: Publish,
+    ) -> None:
+        self.instance_id = instance_id
+        self.chooser = chooser
+        self._pending = pending
+        self._build = build_envelope
+        self._publish = publish
+
+    async def request(
+        self,
+        target: str,
+        event: str,
+        data: Any,
+        *,
+        timeout: float,
+        operation: str,
+        metadata: dict[str, Any] | None,
+        idempotent: bool = False,
+    ) -> Any:
+        """Send one call and return the reply's result (see the module docstring)."""
+        tried: set[str] = set()
+        attempts = 2 if idempotent else 1
+        for attempt in range(attempts):
+            try:
+                return await self._once(target, event, data, timeout, operation, metadata, tried)
+            except RequestTimeoutError:
+                if attempt + 1 == attempts:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _once(
+        self,
+        target: str,
+        event: str,
+        data: Any,
+        timeout: float,
+        operation: str,
+        metadata: dict[str, Any] | None,
+        tried: set[str],
+    ) -> Any:
+        request_id, future = self._pending.open(target)
+        meta = {**(metadata or {}), "requestId": request_id, REPLY_TO_KEY: self.instance_id}
+        instance: str | None = None
+        try:
+            instance = await self._send(target, event, data, operation, meta, tried)
+            if instance is not None:
+                tried.add(instance)
+                self.chooser.outstanding[instance] += 1
+            timer = asyncio.get_running_loop().call_later(
+                timeout,
+                expire,
+                future,
+                f"{target} did not answer {event!r} within {timeout:g} s; it may have handled it, so it was "
+                "not sent again (pass idempotent=True to retry on another replica)",
+            )
+            try:
+                return await future
+            finally:
+                timer.cancel()
+        finally:
+            self._pending.close(request_id)
+            if instance is not None:
+                self.chooser.outstanding[instance] -= 1
+                if self.chooser.outstanding[instance] <= 0:
+                    del self.chooser.outstanding[instance]
+
+    async def _send(
+        self, target: str, event: str, data: Any, operation: str, meta: dict[str, Any], tried: set[str]
+    ) -> str | None:
+        """Publish the call to the best replica that receives it (None: the service channel took it)."""
+        for instance in [i for i in await self.chooser.candidates(target) if i not in tried]:
+            routed = {**meta, INSTANCE_KEY: instance}
+            receivers, _ = await self._publish(
+                self._build(event, data, target=target, operation=operation, metadata=routed)
+            )
+            if receivers:
+                return instance
+            # Nobody subscribed to its channel: it has gone, and the call did not reach it.
+            self.chooser.gone(target, instance)
+        receivers, channel = await self._publish(
+            self._build(event, data, target=target, operation=operation, metadata=meta)
+        )
+        if not receivers:
+            raise NoReceiversError(f"no service is listening on {channel}")
+        return None
