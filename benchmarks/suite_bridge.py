@@ -157,19 +157,20 @@ class LinkPair:
     """Request/reply through the Bridge with the workers' signing and checking taken out.
 
     Two bare worker links (services of their own, so the workers' traffic does
-    not mix in) exchange envelopes signed once beforehand: A publishes the
-    request, B's link sends the reply back at once. The Bridge still checks and
-    routes both; what is missing against the full request is the workers' part.
+    not mix in) exchange envelopes signed beforehand: A publishes the request, B's
+    link sends the reply back at once. The Bridge still checks and routes both
+    (each envelope is accepted once, so every trip has a pair of its own); what is
+    missing against the full request is the workers' part.
     """
 
-    def __init__(self, url: str, settings: Any, request: str, reply: str) -> None:
-        self.request, self.reply = request, reply
+    def __init__(self, url: str, settings: Any, requests: list[str], replies: list[str]) -> None:
+        self.requests, self.replies = itertools.cycle(requests), itertools.cycle(replies)
         self.waiting: asyncio.Future[None] | None = None
         self.a = self._link(url, settings, LINK_A)
         self.b = self._link(url, settings, LINK_B)
 
         async def on_request(*_: Any) -> None:
-            await self.b.emit("ipc:send", self.reply)
+            await self.b.emit("ipc:send", next(self.replies))
 
         async def on_reply(*_: Any) -> None:
             if self.waiting is not None and not self.waiting.done():
@@ -198,7 +199,7 @@ class LinkPair:
 
     async def round_trip(self) -> None:
         self.waiting = asyncio.get_running_loop().create_future()
-        await self.a.call("ipc:publish", self.request, timeout=10)
+        await self.a.call("ipc:publish", next(self.requests), timeout=10)
         await asyncio.wait_for(self.waiting, 10)
 
 
@@ -225,17 +226,20 @@ async def run(profile: Profile, profile_dir: str | None = None) -> list[Row]:
         clients = RelayClients(f"http://127.0.0.1:{relay.port}", message)
         stack.push_async_callback(clients.close)
         await clients.connect()
+        signer_a = BrokerTokenManager(service_name=LINK_A, settings=settings)
+        signer_b = BrokerTokenManager(service_name=LINK_B, settings=settings)
+        # More pairs than the latency runs make trips (with their warm-up), all signed now.
+        pairs = (profile.trips + profile.warmup_trips) * 2 + 100
         links = LinkPair(
             url,
             settings,
-            BrokerTokenManager(service_name=LINK_A, settings=settings)
-            .sign_envelope(RPC, bench_payload(), target=LINK_B)
-            .encode()
-            .decode(),
-            BrokerTokenManager(service_name=LINK_B, settings=settings)
-            .sign_envelope("ipc:reply", {"success": True, "data": bench_payload()}, target=LINK_A)
-            .encode()
-            .decode(),
+            [signer_a.sign_envelope(RPC, bench_payload(), target=LINK_B).encode().decode() for _ in range(pairs)],
+            [
+                signer_b.sign_envelope("ipc:reply", {"success": True, "data": bench_payload()}, target=LINK_A)
+                .encode()
+                .decode()
+                for _ in range(pairs)
+            ],
         )
         stack.push_async_callback(links.close)
         await links.connect()
