@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # Development bypass -------------------------------------------------------
     dev_bypass: bool = False
 
+    # The Bridge's built-in CRUD store -------------------------------------------
+    ipc_store: Literal["auto", "memory", "sqlite", "redis"] = "auto"
+    ipc_store_path: Path = Path(".exprsn-ipc/store.sqlite3")
+
     # Redis --------------------------------------------------------------------
     redis_url: str | None = None
     redis_host: str = "localhost"

@@ -39,6 +39,8 @@ def make_test_settings(**overrides: Any) -> Settings:
         "node_env": "test",
         # Nothing calls a test's replicas after it stops them: no need to wait for callers.
         "ipc_leave_grace": 0.0,
+        # Each test's Bridge starts with an empty store of its own, not a file in the working directory.
+        "ipc_store": "memory",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

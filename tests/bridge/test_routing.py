@@ -254,13 +254,13 @@ async def test_crud_is_routed_to_the_worker_serving_the_resource(bridge: BridgeF
     assert set(posts.items) == {"p2"}
 
     # Nothing was written to the Bridge's own store.
-    assert "posts" not in bridge.bridge.store.names()
+    assert "posts" not in await bridge.bridge.store.names()
 
     # options.target naming the Bridge uses the built-in store instead.
     local = await client.call("ipc:create", {"resource": "posts", "data": {"x": 1}, "options": {"target": "bridge"}})
     assert local["success"] is True
     assert "servedBy" not in local["data"]
-    assert "posts" in bridge.bridge.store.names()
+    assert "posts" in await bridge.bridge.store.names()
 
 
 async def test_resource_route_survives_a_socket_client_of_the_same_service(bridge: BridgeFixture) -> None:

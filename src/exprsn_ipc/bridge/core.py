@@ -17,7 +17,7 @@ from exprsn_ipc.bridge.connection import BridgeStats, Connection, Identity
 from exprsn_ipc.bridge.delivery import Delivery
 from exprsn_ipc.bridge.replicas import BridgeReplicas
 from exprsn_ipc.bridge.requests import ClientRequests
-from exprsn_ipc.bridge.store import BuiltinStore
+from exprsn_ipc.bridge.store import create_store
 from exprsn_ipc.errors import (
     AuthError,
     EnvelopeError,
@@ -74,7 +74,7 @@ class Bridge:
             revocations=self.backend.revocations,
             states=self.backend.states,
         )
-        self.store = BuiltinStore()
+        self.store = create_store(settings, getattr(self.backend, "client", None))
         self.worker = IPCWorker(
             BRIDGE_SERVICE, aliases=(BRIDGE_ALIAS,), settings=settings, transport=self.backend.worker_transport()
         )
@@ -129,6 +129,7 @@ class Bridge:
             await self.drop_connection(conn)
         self.requests.close()
         await self.worker.disconnect()
+        await self.store.close()
         await self.backend.close()
 
     async def _refresh_registrations(self) -> None:

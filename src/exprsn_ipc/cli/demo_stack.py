@@ -93,6 +93,7 @@ def demo_settings(
         certs_dir=workdir / "certs",
         ipc_broker_key=load_or_create_key_file(key_file),
         ipc_key_file=key_file,
+        ipc_store_path=workdir / "store.sqlite3",
         ipc_transport="bridge",
         bridge_url=f"https://127.0.0.1:{bridge_port}",
         bridge_host="127.0.0.1",

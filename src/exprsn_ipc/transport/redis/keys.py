@@ -25,6 +25,7 @@ __all__ = [
     "REPLAY_SCRIPT",
     "REVOCATION_CHANNEL",
     "STATE_KEY_PREFIX",
+    "STORE_PREFIX",
     "STREAM_PREFIX",
     "TOKEN_KEY_PREFIX",
     "UNREGISTER_SCRIPT",
@@ -50,6 +51,10 @@ DLQ_PREFIX: Final = "ipc:dlq:"
 INSTANCES_PREFIX: Final = "ipc:data:instances:"
 #: Claims shared by replicas (a shared handler's event, a request that reached every replica).
 CLAIM_PREFIX: Final = "ipc:claim:"
+#: The Bridges' built-in CRUD store: ``<prefix>items:<resource>`` (hash id -> item),
+#: ``<prefix>meta:<resource>`` (hash id -> owner and size), ``<prefix>usage`` (hash owner ->
+#: bytes), ``<prefix>resources`` (set) and ``<prefix>ids`` (counter).
+STORE_PREFIX: Final = "ipc:store:"
 #: Token ids of envelopes the Bridges accepted, each until its token expires (replay guard).
 REPLAY_PREFIX: Final = "ipc:replay:"
 
