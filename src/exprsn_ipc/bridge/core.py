@@ -138,9 +138,7 @@ class Bridge:
             await asyncio.sleep(REGISTRY_REFRESH_S)
             try:
                 await self.backend.register(BRIDGE_SERVICE, self.worker.registry_entry())
-                latest: dict[str, Connection] = {}
-                for conn in list(self.connections.values()):
-                    latest[conn.service] = conn
+                latest = {conn.service: conn for conn in list(self.connections.values())}
                 now = int(time.time() * 1000)
                 for service, conn in latest.items():
                     await self._register(service, {**conn.record, "lastSeen": now})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from exprsn_ipc.errors import NoReceiversError, RequestTimeoutError
@@ -23,6 +24,20 @@ from exprsn_ipc.worker.replicas import ReplicaChooser
 from exprsn_ipc.worker.replies import PendingRequests, expire
 
 __all__ = ["Calls"]
+
+
+@dataclass(slots=True)
+class _Call:
+    """One call and the replicas it was sent to (never sent to one twice)."""
+
+    target: str
+    event: str
+    data: Any
+    timeout: float
+    operation: str
+    metadata: dict[str, Any]
+    tried: set[str] = field(default_factory=set)
+
 
 #: ``publish(envelope) -> (receivers, channel)``; -1 receivers: buffered by the transport (counts as received).
 Publish = Callable[[Envelope], Awaitable[tuple[int, str]]]
@@ -58,40 +73,29 @@ class Calls:
         idempotent: bool = False,
     ) -> Any:
         """Send one call and return the reply's result (see the module docstring)."""
-        tried: set[str] = set()
-        attempts = 2 if idempotent else 1
-        for attempt in range(attempts):
-            try:
-                return await self._once(target, event, data, timeout, operation, metadata, tried)
-            except RequestTimeoutError:
-                if attempt + 1 == attempts:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        call = _Call(target, event, data, timeout, operation, metadata or {})
+        if not idempotent:
+            return await self._once(call)
+        try:
+            return await self._once(call)
+        except RequestTimeoutError:
+            return await self._once(call)  # once more, to a replica not tried yet
 
-    async def _once(
-        self,
-        target: str,
-        event: str,
-        data: Any,
-        timeout: float,
-        operation: str,
-        metadata: dict[str, Any] | None,
-        tried: set[str],
-    ) -> Any:
-        request_id, future = self._pending.open(target)
-        meta = {**(metadata or {}), "requestId": request_id, REPLY_TO_KEY: self.instance_id}
+    async def _once(self, call: _Call) -> Any:
+        request_id, future = self._pending.open(call.target)
+        meta = {**call.metadata, "requestId": request_id, REPLY_TO_KEY: self.instance_id}
         instance: str | None = None
         try:
-            instance = await self._send(target, event, data, operation, meta, tried)
+            instance = await self._send(call, meta)
             if instance is not None:
-                tried.add(instance)
+                call.tried.add(instance)
                 self.chooser.outstanding[instance] += 1
             timer = asyncio.get_running_loop().call_later(
-                timeout,
+                call.timeout,
                 expire,
                 future,
-                f"{target} did not answer {event!r} within {timeout:g} s; it may have handled it, so it was "
-                "not sent again (pass idempotent=True to retry on another replica)",
+                f"{call.target} did not answer {call.event!r} within {call.timeout:g} s; it may have handled it, "
+                "so it was not sent again (pass idempotent=True to retry on another replica)",
             )
             try:
                 return await future
@@ -104,22 +108,18 @@ class Calls:
                 if self.chooser.outstanding[instance] <= 0:
                     del self.chooser.outstanding[instance]
 
-    async def _send(
-        self, target: str, event: str, data: Any, operation: str, meta: dict[str, Any], tried: set[str]
-    ) -> str | None:
+    async def _send(self, call: _Call, meta: dict[str, Any]) -> str | None:
         """Publish the call to the best replica that receives it (None: the service channel took it)."""
-        for instance in [i for i in await self.chooser.candidates(target) if i not in tried]:
-            routed = {**meta, INSTANCE_KEY: instance}
-            receivers, _ = await self._publish(
-                self._build(event, data, target=target, operation=operation, metadata=routed)
-            )
+        for instance in [i for i in await self.chooser.candidates(call.target) if i not in call.tried]:
+            receivers, _ = await self._publish(self._envelope(call, {**meta, INSTANCE_KEY: instance}))
             if receivers:
                 return instance
             # Nobody subscribed to its channel: it has gone, and the call did not reach it.
-            self.chooser.gone(target, instance)
-        receivers, channel = await self._publish(
-            self._build(event, data, target=target, operation=operation, metadata=meta)
-        )
+            self.chooser.gone(call.target, instance)
+        receivers, channel = await self._publish(self._envelope(call, meta))
         if not receivers:
             raise NoReceiversError(f"no service is listening on {channel}")
         return None
+
+    def _envelope(self, call: _Call, metadata: dict[str, Any]) -> Envelope:
+        return self._build(call.event, call.data, target=call.target, operation=call.operation, metadata=metadata)

@@ -28,18 +28,25 @@ import contextlib
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.logsafe import get_logger
-from exprsn_ipc.protocol.tokens import decode_unverified
 from exprsn_ipc.transport.base import Ack, TransportPeer
-from exprsn_ipc.transport.redis.keys import PRUNE_SCRIPT, REFRESH_SCRIPT, dlq_key, stream_key
-from exprsn_ipc.transport.redis.streams import ENVELOPE_FIELD, as_text, consumer_name, ensure_group
+from exprsn_ipc.transport.redis.keys import PRUNE_SCRIPT, REFRESH_SCRIPT, dlq_key, done_key, stream_key
+from exprsn_ipc.transport.redis.streams import (
+    ENVELOPE_FIELD,
+    as_text,
+    consumer_name,
+    dead_letter_fields,
+    ensure_group,
+    rejection_reason,
+    stream_entries,
+    token_id_of,
+)
 
 __all__ = ["DurableConsumer", "DurableOptions", "DurableStats"]
 
@@ -53,14 +60,12 @@ MAX_CLAIM_PAGES: Final = 10
 STALE_CONSUMER_S: Final = 3600.0
 #: ... checked this often.
 PRUNE_EVERY_S: Final = 60.0
+#: How long a handled message's marker is kept (its duplicates are recognised meanwhile).
+DONE_TTL_S: Final = 86_400
 #: Settlements (XACK / dead-lettering) kept for retry while Redis is unreachable.
 MAX_RETRY_SETTLEMENTS: Final = 100_000
 
 _ERRORS: Final = (RedisError, OSError)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,8 @@ class DurableStats:
     dead_lettered: int = 0
     settle_retries: int = 0
     trimmed: int = 0
+    #: Entries of messages a replica had already handled (the shared marker), settled unrun.
+    duplicates: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -118,6 +125,7 @@ class DurableStats:
             "deadLettered": self.dead_lettered,
             "settleRetries": self.settle_retries,
             "trimmed": self.trimmed,
+            "duplicates": self.duplicates,
         }
 
 
@@ -127,6 +135,8 @@ class _Settlement:
 
     entry_id: str
     dead_letter: dict[bytes, bytes] | None = None
+    #: The handled message's token id: its marker is written with the XACK.
+    done: str | None = None
 
 
 @dataclass
@@ -142,38 +152,6 @@ class _Backoff:
     def reset(self) -> None:
         self.delay = BACKOFF_INITIAL_S
         self.failures = 0
-
-
-def _dead_letter_fields(raw: bytes, reason: str, deliveries: int, entry_id: str, consumer: str) -> dict[bytes, bytes]:
-    return {
-        ENVELOPE_FIELD: raw,
-        b"reason": reason.encode("utf-8"),
-        b"deliveries": str(deliveries).encode(),
-        b"failedAt": str(_now_ms()).encode(),
-        b"originalId": entry_id.encode(),
-        b"consumer": consumer.encode("utf-8"),
-    }
-
-
-def _rejection_reason(raw: bytes) -> str:
-    """A best-effort reason for a rejected entry (the worker's log has the exact one)."""
-    try:
-        envelope = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return "rejected: not a JSON envelope"
-    if not isinstance(envelope, dict):
-        return "rejected: not an envelope object"
-    token = envelope.get("token")
-    if not isinstance(token, str):
-        return "rejected: no broker token"
-    try:
-        claims = decode_unverified(token)
-    except Exception:  # any malformed token
-        return "rejected: malformed broker token"
-    exp = claims.get("exp")
-    if isinstance(exp, int | float) and not isinstance(exp, bool) and time.time() >= exp:
-        return "rejected: broker token expired (give durable emits a longer ttl)"
-    return "rejected: invalid envelope, signature, binding or revoked token (see the worker's log)"
 
 
 class DurableConsumer:
@@ -205,6 +183,8 @@ class DurableConsumer:
         self._in_flight: dict[str, None] = {}
         self._retry: collections.deque[_Settlement] = collections.deque(maxlen=MAX_RETRY_SETTLEMENTS)
         self._receiving = False
+        #: No claiming before this (``time.monotonic``): set by an outage.
+        self._claim_after = 0.0
         self._reader_task: asyncio.Task[None] | None = None
         self._reclaimer_task: asyncio.Task[None] | None = None
 
@@ -282,12 +262,14 @@ class DurableConsumer:
                 await backoff.wait()
                 continue
             backoff.reset()
-            for _stream, entries in _stream_entries(reply):
-                for entry_id, fields in entries:
-                    if entry_id is None:
-                        continue
-                    self.stats.delivered += 1
-                    await self._deliver(as_text(entry_id), fields, deliveries=1)
+            if self._retry:  # back from an outage: settle what was handled meanwhile first
+                with contextlib.suppress(*_ERRORS):
+                    await self._flush_retries()
+            for _stream, entries in stream_entries(reply):
+                read = [(as_text(entry_id), fields) for entry_id, fields in entries if entry_id is not None]
+                self.stats.delivered += len(read)
+                for entry_id, fields in await self._not_done(read):
+                    await self._deliver(entry_id, fields, deliveries=1)
 
     async def _deliver(self, entry_id: str, fields: dict[bytes, bytes] | None, *, deliveries: int) -> None:
         raw = fields.get(ENVELOPE_FIELD) if fields else None
@@ -295,12 +277,35 @@ class DurableConsumer:
             await self._settle(
                 _Settlement(
                     entry_id,
-                    _dead_letter_fields(b"", "entry has no envelope field", deliveries, entry_id, self.consumer),
+                    dead_letter_fields(b"", "entry has no envelope field", deliveries, entry_id, self.consumer),
                 )
             )
             return
         self._in_flight[entry_id] = None
         await self.peer.deliver(self.channel, raw, self._ack_for(entry_id, raw, deliveries))
+
+    async def _not_done(
+        self, entries: list[tuple[str, dict[bytes, bytes] | None]]
+    ) -> list[tuple[str, dict[bytes, bytes] | None]]:
+        """``entries`` without the messages a replica of this service has handled already
+        (their markers, one MGET per batch); those are settled as duplicates, unrun."""
+        ids = [token_id_of(fields.get(ENVELOPE_FIELD) if fields else None) for _, fields in entries]
+        known = [token_id for token_id in ids if token_id is not None]
+        if not known:
+            return entries
+        try:
+            found = await self.client.mget([done_key(self.service, token_id) for token_id in known])
+        except _ERRORS:
+            return entries  # cannot tell: deliver (at-least-once), the worker's own window still applies
+        done = {token_id for token_id, marker in zip(known, found, strict=True) if marker is not None}
+        fresh = []
+        for (entry_id, fields), token_id in zip(entries, ids, strict=True):
+            if token_id in done:
+                self.stats.duplicates += 1
+                await self._settle(_Settlement(entry_id))
+            else:
+                fresh.append((entry_id, fields))
+        return fresh
 
     def _ack_for(self, entry_id: str, raw: bytes, deliveries: int) -> Ack:
         settled = False
@@ -320,11 +325,11 @@ class DurableConsumer:
                 self.stats.failed += 1  # stays pending; claimed again after idle_timeout_s
                 return
             if outcome == "rejected":
-                reason = _rejection_reason(raw)
-                dead = _dead_letter_fields(raw, reason, deliveries, entry_id, self.consumer)
+                reason = rejection_reason(raw)
+                dead = dead_letter_fields(raw, reason, deliveries, entry_id, self.consumer)
                 await self._settle(_Settlement(entry_id, dead))
                 return
-            await self._settle(_Settlement(entry_id))
+            await self._settle(_Settlement(entry_id, done=token_id_of(raw) if outcome == "done" else None))
 
         return ack
 
@@ -342,7 +347,13 @@ class DurableConsumer:
 
     async def _write(self, settlement: _Settlement) -> None:
         if settlement.dead_letter is None:
-            await self.client.xack(self.stream, self.group, settlement.entry_id)
+            if settlement.done is None:
+                await self.client.xack(self.stream, self.group, settlement.entry_id)
+            else:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    pipe.xack(self.stream, self.group, settlement.entry_id)
+                    pipe.set(done_key(self.service, settlement.done), b"1", ex=DONE_TTL_S)
+                    await pipe.execute()
             self.stats.acked += 1
             return
         async with self.client.pipeline(transaction=True) as pipe:
@@ -384,6 +395,9 @@ class DurableConsumer:
                 log.warning("%s: reclaiming on %s failed: %s", self.service, self.stream, exc)
             except _ERRORS as exc:
                 log.debug("%s: reclaiming on %s failed: %s", self.service, self.stream, exc)
+                # After an outage every pending entry looks idle. Claim nothing for a while,
+                # so that the replicas that handled them settle them first (their queued XACKs).
+                self._claim_after = time.monotonic() + 2 * BACKOFF_MAX_S + 2 * self.options.reclaim_interval_s
                 await backoff.wait()
                 continue
             backoff.reset()
@@ -392,7 +406,7 @@ class DurableConsumer:
         """One round: retry settlements, refresh running entries, claim idle ones; returns how many were claimed."""
         await self._flush_retries()
         await self._refresh_in_flight()
-        if not self._receiving:
+        if not self._receiving or time.monotonic() < self._claim_after:
             return 0
         claimed_total = 0
         start: bytes | str = "0-0"
@@ -454,6 +468,7 @@ class DurableConsumer:
             for entry_id, _ in entries:
                 pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
             pending = await pipe.execute()
+        again: list[tuple[str, dict[bytes, bytes] | None, int]] = []
         for (entry_id, fields), info in zip(entries, pending, strict=True):
             if entry_id in self._in_flight:
                 continue  # still being handled here (not refreshed in time): leave it be
@@ -465,17 +480,12 @@ class DurableConsumer:
                 cap = self.options.max_deliveries
                 reason = f"delivered {deliveries - 1} times without success (max_deliveries={cap})"
                 await self._settle(
-                    _Settlement(entry_id, _dead_letter_fields(raw, reason, deliveries - 1, entry_id, self.consumer))
+                    _Settlement(entry_id, dead_letter_fields(raw, reason, deliveries - 1, entry_id, self.consumer))
                 )
                 continue
+            again.append((entry_id, fields, deliveries))
+        fresh = await self._not_done([(entry_id, fields) for entry_id, fields, _ in again])
+        times = {entry_id: deliveries for entry_id, _, deliveries in again}
+        for entry_id, fields in fresh:
             self.stats.redelivered += 1
-            await self._deliver(entry_id, fields, deliveries=deliveries)
-
-
-def _stream_entries(reply: Any) -> list[tuple[Any, list[tuple[Any, dict[bytes, bytes] | None]]]]:
-    """XREADGROUP's reply as ``[(stream, [(id, fields), ...])]`` (RESP2 list or RESP3 dict)."""
-    if not reply:
-        return []
-    if isinstance(reply, dict):
-        return [(name, value[0] if value and isinstance(value[0], list) else value) for name, value in reply.items()]
-    return [(name, entries) for name, entries in reply]
+            await self._deliver(entry_id, fields, deliveries=times[entry_id])

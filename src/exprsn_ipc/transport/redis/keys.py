@@ -15,6 +15,7 @@ from exprsn_ipc.protocol.constants import STREAM_PREFIX
 __all__ = [
     "CLAIM_PREFIX",
     "DLQ_PREFIX",
+    "DONE_PREFIX",
     "INSTANCES_PREFIX",
     "PRUNE_SCRIPT",
     "RATE_LIMIT_PREFIX",
@@ -30,6 +31,7 @@ __all__ = [
     "TOKEN_KEY_PREFIX",
     "UNREGISTER_SCRIPT",
     "dlq_key",
+    "done_key",
     "instances_key",
     "registry_key",
     "stream_key",
@@ -47,6 +49,8 @@ STATE_KEY_PREFIX: Final = "ipc:data:state:"
 RATE_LIMIT_PREFIX: Final = "ipc:router:ratelimit:"
 #: The dead letters of a service: ``ipc:dlq:<service>``.
 DLQ_PREFIX: Final = "ipc:dlq:"
+#: Durable messages a service has handled, by token id, shared by its replicas (24 h).
+DONE_PREFIX: Final = "ipc:durable:done:"
 #: The instance records of a service's replicas: a hash, one field per instance id.
 INSTANCES_PREFIX: Final = "ipc:data:instances:"
 #: Claims shared by replicas (a shared handler's event, a request that reached every replica).
@@ -77,6 +81,11 @@ def instances_key(service: str) -> str:
 def stream_key(service: str) -> str:
     """``ipc:stream:<service>``: where durable messages for ``service`` wait."""
     return f"{STREAM_PREFIX}{service}"
+
+
+def done_key(service: str, token_id: str) -> str:
+    """``ipc:durable:done:<service>:<token id>``: ``service`` has handled that durable message."""
+    return f"{DONE_PREFIX}{service}:{token_id}"
 
 
 def dlq_key(service: str) -> str:

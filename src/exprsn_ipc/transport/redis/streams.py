@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from typing import Any, Final
 
 import orjson
@@ -18,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from exprsn_ipc.errors import TransportError
+from exprsn_ipc.protocol.tokens import decode_unverified
 from exprsn_ipc.transport.redis.keys import REGISTRY_PREFIX, stream_key
 from exprsn_ipc.transport.redis.stores import glob_escape
 
@@ -27,9 +29,13 @@ __all__ = [
     "append_durable_entry",
     "as_text",
     "consumer_name",
+    "dead_letter_fields",
     "ensure_group",
     "open_reader",
     "read_registry",
+    "rejection_reason",
+    "stream_entries",
+    "token_id_of",
 ]
 
 #: The field holding the encoded envelope in both streams.
@@ -122,3 +128,57 @@ async def read_registry(client: Redis, describe: str) -> list[dict[str, Any]]:
             services.append(entry)
     services.sort(key=lambda e: str(e["name"]))
     return services
+
+
+def dead_letter_fields(raw: bytes, reason: str, deliveries: int, entry_id: str, consumer: str) -> dict[bytes, bytes]:
+    return {
+        ENVELOPE_FIELD: raw,
+        b"reason": reason.encode("utf-8"),
+        b"deliveries": str(deliveries).encode(),
+        b"failedAt": str(time.time_ns() // 1_000_000).encode(),
+        b"originalId": entry_id.encode(),
+        b"consumer": consumer.encode("utf-8"),
+    }
+
+
+def rejection_reason(raw: bytes) -> str:
+    """A best-effort reason for a rejected entry (the worker's log has the exact one)."""
+    try:
+        envelope = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return "rejected: not a JSON envelope"
+    if not isinstance(envelope, dict):
+        return "rejected: not an envelope object"
+    token = envelope.get("token")
+    if not isinstance(token, str):
+        return "rejected: no broker token"
+    try:
+        claims = decode_unverified(token)
+    except Exception:  # any malformed token
+        return "rejected: malformed broker token"
+    exp = claims.get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool) and time.time() >= exp:
+        return "rejected: broker token expired (give durable emits a longer ttl)"
+    return "rejected: invalid envelope, signature, binding or revoked token (see the worker's log)"
+
+
+def stream_entries(reply: Any) -> list[tuple[Any, list[tuple[Any, dict[bytes, bytes] | None]]]]:
+    """XREADGROUP's reply as ``[(stream, [(id, fields), ...])]`` (RESP2 list or RESP3 dict)."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [(name, value[0] if value and isinstance(value[0], list) else value) for name, value in reply.items()]
+    return [(name, entries) for name, entries in reply]
+
+
+def token_id_of(raw: bytes | None) -> str | None:
+    """The broker token id of an encoded envelope (unverified: for de-duplication only)."""
+    if not raw:
+        return None
+    try:
+        envelope = orjson.loads(raw)
+        token = envelope.get("token") if isinstance(envelope, dict) else None
+        token_id = decode_unverified(token).get("id") if isinstance(token, str) else None
+    except Exception:  # anything malformed: the worker rejects it anyway
+        return None
+    return token_id if isinstance(token_id, str) and len(token_id) <= 256 else None
