@@ -154,7 +154,8 @@ async def test_discovery_lists_each_replica(harness: Harness) -> None:
     records = await caller.transport.instances(AUTH)
     assert sorted(r["id"] for r in records) == sorted(w.instance_id for w in auth)
     for record in records:
-        assert record["service"] == AUTH and "inFlight" in record
+        assert record["service"] == AUTH
+        assert {"inFlight", "heartbeat", "version", "address", "hostname", "pid"} <= set(record), record
     # A replica that leaves is no longer listed, and is not chosen.
     await auth[0].transport.leave()
     assert [r["id"] for r in await caller.transport.instances(AUTH)] == [auth[1].instance_id]

@@ -35,6 +35,9 @@ def _integer(entry: dict[str, Any], key: str) -> int | None:
     return value
 
 
+_VERSION: Final = re.compile(r"[0-9A-Za-z.+-]{1,40}")
+
+
 def clean_entry(entry: Any) -> dict[str, Any]:
     """The fields of ``entry`` the Bridge keeps (``pid``, ``hostname``, ``registered``, ``instance``, ``resources``).
 
@@ -55,6 +58,11 @@ def clean_entry(entry: Any) -> dict[str, Any]:
         if not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname):
             raise EnvelopeError(f"auth.entry.hostname must be a host name of at most {MAX_HOSTNAME} characters")
         record["hostname"] = hostname
+    version = entry.get("version")
+    if version is not None:
+        if not isinstance(version, str) or not _VERSION.fullmatch(version):
+            raise EnvelopeError("auth.entry.version must be a version string of at most 40 characters")
+        record["version"] = version
     instance = entry.get("instance")
     if instance is not None:
         if instance_service(instance) is None:

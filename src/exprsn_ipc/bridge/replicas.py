@@ -40,7 +40,9 @@ class BridgeReplicas:
             "id": conn.instance,
             "service": conn.service,
             "hostname": conn.record.get("hostname"),
+            "address": conn.peer,  # as the Bridge sees it
             "pid": conn.record.get("pid"),
+            "version": conn.record.get("version"),
             "transport": "bridge",
             "bridge": self.bridge.worker.instance_id,
             "inFlight": 0,

@@ -79,7 +79,8 @@ class MemoryBus:
         return [dict(entry) for entry, _ in self._registry.values()]
 
     def register_instance(self, service: str, record: dict[str, Any]) -> None:
-        self._instances.setdefault(service, {})[record["id"]] = dict(record)
+        stamped = {**record, "heartbeat": time.time_ns() // 1_000_000}
+        self._instances.setdefault(service, {})[record["id"]] = stamped
 
     def unregister_instance(self, service: str, instance: str) -> None:
         replicas = self._instances.get(service)

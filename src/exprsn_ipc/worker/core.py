@@ -243,6 +243,7 @@ class IPCWorker:
             "lastSeen": now,
             "resources": self.resources.names(),
             "instance": self.instance_id,
+            "version": package_version(),
         }
 
     def instance_entry(self) -> dict[str, Any]:
@@ -251,6 +252,8 @@ class IPCWorker:
             "id": self.instance_id,
             "service": self.service_name,
             "hostname": socket.gethostname(),
+            # Workers do not listen; where they run is what discovery can say.
+            "address": socket.gethostname(),
             "pid": os.getpid(),
             "version": package_version(),
             "transport": self.transport.name,
