@@ -6,6 +6,7 @@ transport use; Redis has its own (``transport/redis/stores.py``) on the original
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,31 +59,29 @@ class MemoryReplayGuard:
 
     Bounded by ``max_entries`` (about 150 bytes each): past it the oldest are forgotten
     first, so under a flood an old envelope might be accepted twice, never a fresh
-    one refused.
+    one refused. Each call costs O(1) (amortised): expired ids leave from the front.
     """
 
     def __init__(self, *, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
         # Insertion order is close to expiry order (most tokens share IPC_TOKEN_TTL).
-        self._seen: dict[str, float] = {}
+        self._seen: collections.OrderedDict[str, float] = collections.OrderedDict()
 
     def first_use(self, token_id: str, expires: float) -> bool:
         """True and remembered the first time ``token_id`` is seen before ``expires``."""
         now = time.time()
-        known = self._seen.get(token_id)
+        seen = self._seen
+        known = seen.get(token_id)
         if known is not None and known > now:
             return False
-        self._seen[token_id] = expires
-        if len(self._seen) > self.max_entries or (known is None and len(self._seen) % 1024 == 0):
-            self._sweep(now)
-        return True
-
-    def _sweep(self, now: float) -> None:
-        seen = self._seen
-        for key in list(seen):
-            if seen[key] > now and len(seen) <= self.max_entries:
+        seen[token_id] = expires
+        seen.move_to_end(token_id)
+        while seen:
+            oldest, until = next(iter(seen.items()))
+            if until > now and len(seen) <= self.max_entries:
                 break
-            del seen[key]
+            del seen[oldest]
+        return True
 
     async def claim(self, tokens: list[tuple[str, float]]) -> list[bool]:
         return [self.first_use(token_id, expires) for token_id, expires in tokens]
