@@ -442,6 +442,7 @@ class BridgeTransport(Transport):
         self._receiving = False
 
     async def leave_and_stop(self) -> None:
+        """Tell the Bridge this replica is leaving and routes nothing more to it (``ipc:leave``)."""
         if self.connected:
             await self.call(SioEvent.LEAVE, {"stop": True})
 
