@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ from exprsn_ipc.settings import Settings
 from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.transport.redis.transport import RedisTransport
 
+from .errorlog import ErrorLog
 from .redis_server import RedisServer
 
 #: ``await make(name, settings=None, setup=None, **transport_options)``.
@@ -82,3 +84,15 @@ async def redis_workers(redis_settings: Settings) -> AsyncIterator[RedisWorkerFa
     finally:
         for worker in reversed(started):
             await worker.disconnect()
+
+
+@pytest.fixture
+def error_log() -> Iterator[ErrorLog]:
+    """Collects every record at ERROR or above while the test runs."""
+    handler = ErrorLog()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)

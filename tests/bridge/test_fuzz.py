@@ -42,9 +42,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
-import logging
-import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +58,7 @@ from exprsn_ipc import IPCWorker
 from exprsn_ipc.protocol.events import RESERVED_EVENTS, SioEvent
 from exprsn_ipc.sio import packets as sp
 
+from ..errorlog import ErrorLog
 from .conftest import WAIT, BridgeFixture, Client, served_bridge
 from .test_lane import RawLane, auth, raw_lane
 
@@ -228,40 +227,6 @@ lane_frames: st.SearchStrategy[str | bytes] = st.one_of(
 
 
 # Unhandled exceptions end up in the log ----------------------------------------------
-
-
-class ErrorLog(logging.Handler):
-    """Every record at ERROR or above, from any logger (installed on the root logger)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def describe(self, records: list[logging.LogRecord] | None = None) -> str:
-        lines = []
-        for record in self.records if records is None else records:
-            lines.append(f"{record.name}: {record.getMessage()}")
-            if record.exc_info and record.exc_info[1] is not None:
-                lines.extend(traceback.format_exception(record.exc_info[1]))
-        return "\n".join(lines)
-
-    def take(self) -> list[logging.LogRecord]:
-        records, self.records = self.records, []
-        return records
-
-
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
 
 
 async def assert_serving(

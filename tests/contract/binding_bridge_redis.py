@@ -7,7 +7,6 @@ import itertools
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
 
 from exprsn_ipc.bridge import create_app
 from exprsn_ipc.bridge.backend.redis import RedisBackend
@@ -16,26 +15,16 @@ from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.transport.bridge import BridgeTransport
 
 from ..servers import serve
+from .binding_redis import redis_harness
 from .bindings import Harness
 
 
 @contextlib.asynccontextmanager
 async def _harness(name: str, url: str, settings: Settings, bridge_urls: list[str]) -> AsyncIterator[Harness]:
     """Workers on ``bridge_urls`` in turn; ``inject`` publishes straight onto the Redis at ``url``."""
-    raw_client = Redis.from_url(url)
     urls = itertools.cycle(bridge_urls)
-
-    async def inject(channel: str, raw: bytes) -> int:
-        return int(await raw_client.publish(channel, raw))
-
-    harness = Harness(name, settings, lambda: BridgeTransport(settings, url=next(urls)), inject)
-    try:
+    async with redis_harness(name, url, settings, lambda: BridgeTransport(settings, url=next(urls))) as harness:
         yield harness
-    finally:
-        try:
-            await harness.close()
-        finally:
-            await raw_client.aclose()
 
 
 def _settings(url: str) -> Settings:

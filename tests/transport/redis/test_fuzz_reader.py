@@ -31,9 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +55,7 @@ from exprsn_ipc.transport.redis.transport import RedisTransport
 from exprsn_ipc.worker.handlers import MessageMeta
 
 from ...conftest import RedisWorkerFactory
+from ...errorlog import ErrorLog
 from .test_resp import fake_server
 
 pytestmark = pytest.mark.timeout(60)
@@ -70,31 +70,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     database=None,
 )
-
-
-class ErrorLog(logging.Handler):
-    """Every record at ERROR or above (an unhandled exception in a task or a protocol ends up here)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def __str__(self) -> str:
-        return "\n".join(f"{r.name}: {r.getMessage()} {r.exc_info[1] if r.exc_info else ''}" for r in self.records)
-
-
-@pytest.fixture
-def error_log() -> Iterator[ErrorLog]:
-    handler = ErrorLog()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
 
 
 # Strategies ---------------------------------------------------------------------------
