@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from exprsn_ipc import jsonlex
 from exprsn_ipc.bridge.connection import Identity
-from exprsn_ipc.errors import NoReceiversError, RequestTimeoutError
+from exprsn_ipc.errors import RequestTimeoutError
 from exprsn_ipc.protocol.constants import BRIDGE_ALIAS, BRIDGE_SERVICE, channel_for
 from exprsn_ipc.protocol.envelope import Envelope, validate_event_name, validate_service_name
 from exprsn_ipc.protocol.events import BusEvent, crud_operation
@@ -35,8 +35,6 @@ class ClientRequests:
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
         self._pending: dict[str, asyncio.Future[Any]] = {}
-        #: The replica each pending call went to (its load counts while the call waits).
-        self._chosen: dict[str, str] = {}
 
     def close(self) -> None:
         """Fail the requests still waiting (the Bridge is stopping)."""
@@ -60,10 +58,22 @@ class ClientRequests:
         if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
             return await self.serve_locally(event, data, source=identity.service)
         request_id = uuid.uuid4().hex
+        signer, chooser = self.bridge.signer(identity.service), self.bridge.replicas.chooser
+
+        async def publish(instance: str | None) -> tuple[int, str]:
+            # One replica, chosen by load as workers choose (worker/replicas.py).
+            metadata = (
+                {"requestId": request_id} if instance is None else {"requestId": request_id, INSTANCE_KEY: instance}
+            )
+            envelope = signer.sign_envelope(event, data, target=target, operation=operation, metadata=metadata)
+            channel = channel_for(target if instance is None else instance)
+            return await self.bridge.route(identity.service, target, envelope.encode(), channel=channel), channel
+
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        chosen: str | None = None
         try:
-            await self._send(identity.service, target, event, data, operation, request_id)
+            chosen = await chooser.send(target, publish)
             wait = self.bridge.settings.ipc_request_timeout if timeout is None else timeout
             try:
                 return await asyncio.wait_for(future, wait)
@@ -71,30 +81,7 @@ class ClientRequests:
                 raise RequestTimeoutError(f"{target} did not answer {event!r} within {wait:g} s") from None
         finally:
             self._pending.pop(request_id, None)
-            chosen = self._chosen.pop(request_id, None)
-            if chosen is not None:
-                outstanding = self.bridge.replicas.chooser.outstanding
-                outstanding[chosen] -= 1
-                if outstanding[chosen] <= 0:
-                    del outstanding[chosen]
-
-    async def _send(self, service: str, target: str, event: str, data: Any, operation: str, request_id: str) -> None:
-        """Publish the call to one replica of ``target``, chosen by load, as workers do
-        (``worker/calls.py``); its service channel when it has no replica known."""
-        signer, chooser = self.bridge.signer(service), self.bridge.replicas.chooser
-        for instance in await chooser.candidates(target):
-            metadata = {"requestId": request_id, INSTANCE_KEY: instance}
-            envelope = signer.sign_envelope(event, data, target=target, operation=operation, metadata=metadata)
-            if await self.bridge.route(service, target, envelope.encode(), channel=channel_for(instance)):
-                chooser.outstanding[instance] += 1
-                self._chosen[request_id] = instance
-                return
-            chooser.gone(target, instance)  # nobody listens there: it has gone
-        envelope = signer.sign_envelope(
-            event, data, target=target, operation=operation, metadata={"requestId": request_id}
-        )
-        if not await self.bridge.route(service, target, envelope.encode()):
-            raise NoReceiversError(f"no service is listening on {channel_for(target)}")
+            chooser.finished(chosen)
 
     def resolve_reply(self, envelope: Envelope) -> bool:
         """Settle a request made by :meth:`request_as`; False if it is not ours."""

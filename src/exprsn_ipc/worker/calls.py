@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exprsn_ipc.errors import NoReceiversError, RequestTimeoutError
+from exprsn_ipc.errors import RequestTimeoutError
 from exprsn_ipc.protocol.envelope import Envelope
 from exprsn_ipc.protocol.instances import INSTANCE_KEY, REPLY_TO_KEY
 from exprsn_ipc.worker.replicas import ReplicaChooser
@@ -84,12 +84,17 @@ class Calls:
     async def _once(self, call: _Call) -> Any:
         request_id, future = self._pending.open(call.target)
         meta = {**call.metadata, "requestId": request_id, REPLY_TO_KEY: self.instance_id}
+
+        async def publish(instance: str | None) -> tuple[int, str]:
+            routed = meta if instance is None else {**meta, INSTANCE_KEY: instance}
+            envelope = self._build(call.event, call.data, target=call.target, operation=call.operation, metadata=routed)
+            return await self._publish(envelope)
+
         instance: str | None = None
         try:
-            instance = await self._send(call, meta)
+            instance = await self.chooser.send(call.target, publish, skip=call.tried)
             if instance is not None:
                 call.tried.add(instance)
-                self.chooser.outstanding[instance] += 1
             timer = asyncio.get_running_loop().call_later(
                 call.timeout,
                 expire,
@@ -103,23 +108,4 @@ class Calls:
                 timer.cancel()
         finally:
             self._pending.close(request_id)
-            if instance is not None:
-                self.chooser.outstanding[instance] -= 1
-                if self.chooser.outstanding[instance] <= 0:
-                    del self.chooser.outstanding[instance]
-
-    async def _send(self, call: _Call, meta: dict[str, Any]) -> str | None:
-        """Publish the call to the best replica that receives it (None: the service channel took it)."""
-        for instance in [i for i in await self.chooser.candidates(call.target) if i not in call.tried]:
-            receivers, _ = await self._publish(self._envelope(call, {**meta, INSTANCE_KEY: instance}))
-            if receivers:
-                return instance
-            # Nobody subscribed to its channel: it has gone, and the call did not reach it.
-            self.chooser.gone(call.target, instance)
-        receivers, channel = await self._publish(self._envelope(call, meta))
-        if not receivers:
-            raise NoReceiversError(f"no service is listening on {channel}")
-        return None
-
-    def _envelope(self, call: _Call, metadata: dict[str, Any]) -> Envelope:
-        return self._build(call.event, call.data, target=call.target, operation=call.operation, metadata=metadata)
+            self.chooser.finished(instance)

@@ -14,10 +14,10 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Final
 
-from exprsn_ipc.errors import IPCError
+from exprsn_ipc.errors import IPCError, NoReceiversError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.instances import valid_instance
 
@@ -56,6 +56,43 @@ class ReplicaChooser:
         first, second = random.sample(list(replicas), 2)
         best = first if load(first) <= load(second) else second
         return [best, *sorted((i for i in replicas if i != best), key=load)]
+
+    async def send(
+        self,
+        service: str,
+        publish: Callable[[str | None], Awaitable[tuple[int, str]]],
+        *,
+        skip: Collection[str] = (),
+    ) -> str | None:
+        """Publish one call to the best replica of ``service`` that receives it.
+
+        ``publish(instance)`` sends the call to that replica (``None``: to the service
+        channel) and returns ``(receivers, channel)``. The replica that took it counts
+        the call as outstanding until :meth:`finished`; ``None`` is returned when the
+        service channel took it (no replica known, or none left).
+
+        Raises:
+            NoReceiversError: nobody received the call anywhere.
+        """
+        for instance in [i for i in await self.candidates(service) if i not in skip]:
+            receivers, _ = await publish(instance)
+            if receivers:
+                self.outstanding[instance] += 1
+                return instance
+            # Nobody subscribed to its channel: it has gone, and the call did not reach it.
+            self.gone(service, instance)
+        receivers, channel = await publish(None)
+        if not receivers:
+            raise NoReceiversError(f"no service is listening on {channel}")
+        return None
+
+    def finished(self, instance: str | None) -> None:
+        """A call :meth:`send` gave to ``instance`` is over (answered, failed or timed out)."""
+        if instance is None:
+            return
+        self.outstanding[instance] -= 1
+        if self.outstanding[instance] <= 0:
+            del self.outstanding[instance]
 
     def gone(self, service: str, instance: str) -> None:
         """``instance`` did not receive a call (nobody listens on its channel): stop choosing it."""
