@@ -35,13 +35,12 @@ from exprsn_ipc.protocol.constants import (
     BRIDGE_SERVICE,
     BROADCAST,
     REGISTRY_TTL_S,
-    REVOCATION_TTL_S,
     channel_for,
 )
 from exprsn_ipc.protocol.envelope import Envelope, validate_event_name, validate_service_name
 from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.protocol.instances import route_channel
-from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.protocol.tokens import BrokerTokenManager, token_lifetime
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.worker.core import IPCWorker
 
@@ -342,11 +341,7 @@ class Bridge:
         validate_event_name(envelope.event)
         validate_service_name(envelope.target, allow_broadcast=not durable)
         claims = self.verifier.verify_envelope(envelope)
-        exp = claims.get("exp")
-        # A stateful token has no exp: its envelopes are remembered as long as revocations.
-        expires = float(exp) if isinstance(exp, int | float) else time.time() + REVOCATION_TTL_S
-        channel = route_channel(envelope.target, envelope.metadata)
-        return envelope.target, channel, (str(claims["id"]), expires)
+        return envelope.target, route_channel(envelope.target, envelope.metadata), token_lifetime(claims)
 
     def _replayed(self, conn: Connection) -> TokenReplayedError:
         if conn.service not in self._warned_replay:

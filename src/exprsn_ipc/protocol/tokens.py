@@ -31,7 +31,7 @@ from exprsn_ipc.protocol.jsonvalues import json_equal
 from exprsn_ipc.protocol.stores import MemoryRevocationStore, MemoryStateStore, RevocationStore, StateStore
 from exprsn_ipc.settings import Settings
 
-__all__ = ["BrokerTokenManager", "decode_unverified", "is_message_token"]
+__all__ = ["BrokerTokenManager", "decode_unverified", "is_message_token", "token_lifetime"]
 
 _HEADER: Final = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
 
@@ -74,6 +74,18 @@ def is_message_token(claims: dict[str, Any]) -> bool:
     """
     meta = claims.get("metadata")
     return claims.get("operation") != LOGIN_OPERATION and isinstance(meta, dict) and "event" in meta
+
+
+def token_lifetime(claims: dict[str, Any]) -> tuple[str, float]:
+    """The verified token's id and until when it is valid (epoch seconds), for replay guards.
+
+    A stateful token has no ``exp``: it counts as valid for as long as revocations are kept.
+    """
+    exp = claims.get("exp")
+    expires = (
+        float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else time.time() + REVOCATION_TTL_S
+    )
+    return str(claims.get("id")), expires
 
 
 class BrokerTokenManager:

@@ -22,12 +22,12 @@ from typing import Any, Final
 from exprsn_ipc import jsonlex
 from exprsn_ipc.errors import EnvelopeError, IPCError, TokenError, TokenReplayedError
 from exprsn_ipc.logsafe import get_logger
-from exprsn_ipc.protocol.constants import BROADCAST, REVOCATION_TTL_S
+from exprsn_ipc.protocol.constants import BROADCAST
 from exprsn_ipc.protocol.envelope import Envelope
 from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent, crud_operation
 from exprsn_ipc.protocol.instances import INSTANCE_KEY, REPLY_TO_KEY, valid_instance
 from exprsn_ipc.protocol.stores import MemoryReplayGuard
-from exprsn_ipc.protocol.tokens import BrokerTokenManager
+from exprsn_ipc.protocol.tokens import BrokerTokenManager, token_lifetime
 from exprsn_ipc.transport import Transport
 from exprsn_ipc.transport.base import Ack
 from exprsn_ipc.worker.dispatch import Inbox
@@ -139,9 +139,7 @@ class Receiver:
         """False for an envelope this worker has already accepted (anyone who can publish on
         Redis can send a captured envelope again). Durable entries are redelivered on
         purpose and have their own de-duplication."""
-        exp = claims.get("exp")
-        expires = float(exp) if isinstance(exp, int | float) else time.time() + REVOCATION_TTL_S
-        return self.replays.first_use(str(claims.get("id")), expires)
+        return self.replays.first_use(*token_lifetime(claims))
 
     def _accept(self, channel: str, raw: bytes) -> tuple[Envelope, MessageMeta] | None:
         """Validate one message; return it with its meta, or None when dropped."""
