@@ -56,13 +56,18 @@ class _Resource:
         await self.store.save(self.name, item_id, item, owner)
         return item
 
-    async def _own(self, key: str, meta: MessageMeta | None) -> dict[str, Any]:
+    async def _find(self, key: str, meta: MessageMeta | None) -> dict[str, Any] | None:
+        """The item, None if there is none; ``FORBIDDEN`` if it belongs to another service."""
         item = await self.table.get(self.name, key)
+        owner = _owner(meta)
+        if item is not None and owner is not None and item.get("createdBy") != owner:
+            raise ForbiddenError(f"{self.name} {key} belongs to another service")
+        return item
+
+    async def _own(self, key: str, meta: MessageMeta | None) -> dict[str, Any]:
+        item = await self._find(key, meta)
         if item is None:
             raise ItemNotFoundError(f"{self.name} {key} does not exist")
-        owner = _owner(meta)
-        if owner is not None and item.get("createdBy") != owner:
-            raise ForbiddenError(f"{self.name} {key} belongs to another service")
         return item
 
     async def read(self, query: Any, meta: MessageMeta | None = None) -> Any:
@@ -73,7 +78,7 @@ class _Resource:
         elif isinstance(query, dict) and "id" in query and len(query) == 1:
             key = str(query["id"])
         if key is not None:
-            return await self._own(key, meta) if await self.table.get(self.name, key) is not None else None
+            return await self._find(key, meta)
         filters = query if isinstance(query, dict) else {}
         return [
             item
@@ -92,9 +97,8 @@ class _Resource:
 
     async def delete(self, item_id: Any, meta: MessageMeta | None = None) -> bool:
         key = _key(item_id)
-        if await self.table.get(self.name, key) is None:
+        if await self._find(key, meta) is None:
             return False
-        await self._own(key, meta)
         await self.table.delete(self.name, key)
         return True
 
