@@ -63,10 +63,8 @@ class Connection:
     record: dict[str, Any] = field(default_factory=dict)
     #: Takes durable messages (``ipc:message`` with an ack); see ``docs/durable.md``.
     durable: bool = False
-    #: A refusal of a reserved event name was logged for this client (logged once).
-    warned_reserved: bool = False
-    #: A refusal of an invalid packet was logged for this client (logged once).
-    warned_invalid: bool = False
+    #: The kinds of refused packets already logged for this client (each logged once).
+    warned: set[str] = field(default_factory=set)
     #: The replica behind this socket (``auth.entry.instance``), if it named one; None once it left.
     instance: str | None = None
 

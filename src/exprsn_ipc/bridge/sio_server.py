@@ -116,7 +116,7 @@ class BridgeSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             await self._refuse_packet(eio_sid, data, f"unreadable Socket.IO packet: {exc}")
 
     async def _refuse_packet(self, eio_sid: str, data: str, reason: str) -> None:
-        """Count and answer a packet python-socketio must not see (logged once per socket)."""
+        """Refuse a packet python-socketio must not see, on the namespace its header names."""
         namespace = "/"
         head = data[:300]
         start = head.find("/")
@@ -124,34 +124,29 @@ class BridgeSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             # The header is "<type>[<attachments>-]/<namespace>,...": the namespace is enough here.
             end = head.find(",", start)
             namespace = head[start:end] if end > 0 else head[start:]
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        conn = self.bridge.connections.get(f"{namespace}#{sid}") if sid is not None else None
-        self.bridge.stats.reject(conn.service if conn is not None else None, "INVALID_MESSAGE")
-        if conn is not None:
-            if not conn.warned_invalid:
-                conn.warned_invalid = True
-                log.warning("%s sent an invalid packet on %s: %s (logged once)", conn.service, namespace, reason)
-            body = {"error": "INVALID_MESSAGE", "message": reason}
-            await self.emit(SioEvent.ERROR, body, to=sid, namespace=namespace)
+        await self._refuse(eio_sid, namespace, "INVALID_MESSAGE", reason)
 
     async def _handle_event(self, eio_sid: str, namespace: str | None, id: Any, data: Any) -> None:
         name = data[0] if isinstance(data, list) and data else None
         if name in CLIENT_RESERVED_EVENTS:
-            await self._refuse_reserved(eio_sid, namespace or "/", str(name))
+            await self._refuse(
+                eio_sid, namespace or "/", "RESERVED_EVENT", f"{name!r} is a reserved Socket.IO event name"
+            )
             return
         await super()._handle_event(eio_sid, namespace, id, data)
 
-    async def _refuse_reserved(self, eio_sid: str, namespace: str, name: str) -> None:
+    async def _refuse(self, eio_sid: str, namespace: str, code: str, reason: str) -> None:
+        """Count a refused packet as ``code``, log it once per socket and kind, and answer
+        ``ipc:error`` (``INVALID_MESSAGE``) where the socket has joined ``namespace``."""
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        conn = self.bridge.connections.get(f"{namespace}#{sid}")
-        self.bridge.stats.reject(conn.service if conn is not None else None, "RESERVED_EVENT")
-        if sid is None or conn is None:
+        conn = self.bridge.connections.get(f"{namespace}#{sid}") if sid is not None else None
+        self.bridge.stats.reject(conn.service if conn is not None else None, code)
+        if conn is None:
             return
-        if not conn.warned_reserved:
-            conn.warned_reserved = True
-            log.warning("%s sent the reserved event %r on %s; refused", conn.service, name, namespace)
-        body = {"error": "INVALID_MESSAGE", "message": f"{name!r} is a reserved Socket.IO event name"}
-        await self.emit(SioEvent.ERROR, body, to=sid, namespace=namespace)
+        if code not in conn.warned:
+            conn.warned.add(code)
+            log.warning("%s sent a refused packet on %s: %s [%s] (logged once)", conn.service, namespace, reason, code)
+        await self.emit(SioEvent.ERROR, {"error": "INVALID_MESSAGE", "message": reason}, to=sid, namespace=namespace)
 
 
 #: Packets engine.io may hold for one client before delivery waits for its writer.
