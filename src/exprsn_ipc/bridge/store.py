@@ -41,9 +41,11 @@ class _Resource:
         self.table = store.table
 
     async def create(self, data: Any, meta: MessageMeta | None = None) -> dict[str, Any]:
-        if await self.table.count(self.name) >= self.store.max_items:
+        count = await self.table.count(self.name)
+        if count >= self.store.max_items:
             raise StoreFullError(f"resource {self.name!r} holds {self.store.max_items} items already")
-        names = await self.table.resources()
+        # Only a resource without items may be a new one: list the resources only then.
+        names = await self.table.resources() if count == 0 else [self.name]
         if self.name not in names and len(names) >= self.store.max_resources:
             raise StoreFullError(f"the built-in store holds {self.store.max_resources} resources already")
         item_id = await self.table.next_id()
