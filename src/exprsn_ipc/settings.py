@@ -195,8 +195,11 @@ class Settings(BaseSettings):
 
     # Construction -------------------------------------------------------------
     @classmethod
-    def load(cls, *, env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    def load(cls, *, env_file: str | Path | None = ".env", create_key: bool = True, **overrides: Any) -> Settings:
         """Read the environment (and ``env_file``), validate, and resolve the broker key.
+
+        With ``create_key=False`` a missing development key is read from
+        ``IPC_KEY_FILE`` if it exists and otherwise left unset: nothing is written.
 
         Raises:
             ConfigError: a variable has a bad value (the message names it), or the
@@ -206,9 +209,9 @@ class Settings(BaseSettings):
             settings = cls(_env_file=env_file, **overrides)
         except ValidationError as exc:
             raise ConfigError(_describe_validation_error(exc)) from None
-        return settings.with_resolved_key()
+        return settings.with_resolved_key(create=create_key)
 
-    def with_resolved_key(self) -> Settings:
+    def with_resolved_key(self, *, create: bool = True) -> Settings:
         """Return settings whose broker key is usable, generating one in development."""
         key = self.ipc_broker_key
         if key is None:
@@ -217,6 +220,11 @@ class Settings(BaseSettings):
                     f"IPC_BROKER_KEY is required when NODE_ENV={self.environment}: "
                     "run `exprsn-ipc init` or set a key of at least 32 bytes"
                 )
+            if not create:
+                existing = _read_key_file(self.ipc_key_file)
+                if existing is None:
+                    return self
+                return self.model_copy(update={"ipc_broker_key": SecretStr(existing)})
             generated = load_or_create_key_file(self.ipc_key_file)
             return self.model_copy(update={"ipc_broker_key": SecretStr(generated)})
         if len(key.get_secret_value().encode("utf-8")) < MIN_KEY_BYTES:
@@ -231,16 +239,21 @@ class Settings(BaseSettings):
         return self
 
 
+def _read_key_file(path: Path) -> str | None:
+    try:
+        text = path.read_text("utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return text or None
+
+
 def load_or_create_key_file(path: Path) -> str:
     """Return the development key stored at ``path``, creating it exactly once.
 
     Several processes may start together; ``O_EXCL`` makes one of them the
     creator and the others read its key, so all share one key.
     """
-    try:
-        text = path.read_text("utf-8").strip()
-    except FileNotFoundError:
-        text = ""
+    text = _read_key_file(path)
     if text:
         return text
     path.parent.mkdir(parents=True, exist_ok=True)

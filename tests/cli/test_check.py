@@ -90,7 +90,10 @@ async def test_run_checks_with_a_wrong_key_fails_the_socketio_check() -> None:
     status = {r.name: r.status for r in report.results}
     assert status["Bridge Health Check"] == "PASS"
     assert status["Socket.IO Connection"] == "FAIL"
-    assert report.results[1].detail == "UNAUTHORIZED: invalid broker token: invalid signature"
+    assert report.results[1].detail == (
+        "UNAUTHORIZED: invalid broker token: invalid signature: "
+        "the Bridge refused the broker token; compare IPC_BROKER_KEY with the Bridge's"
+    )
     assert not report.ok
 
 

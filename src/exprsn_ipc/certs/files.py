@@ -15,7 +15,7 @@ from typing import Any, Final, cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dh, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, PrivateKeyTypes
 
 from exprsn_ipc.errors import CertificateError
@@ -180,9 +180,20 @@ def load_ca(
         raise CertificateError(f"{key_path} does not match {cert_path}")
     if not is_ca_cert(cert):
         raise CertificateError(f"{cert_path} is not a CA certificate (basicConstraints CA=false)")
-    if isinstance(key, dh.DHPrivateKey | x25519.X25519PrivateKey | x448.X448PrivateKey):
+    # An allow-list of signing key types: naming the key-exchange types instead
+    # would touch cryptography's deprecated finite-field DH module on every load.
+    if not isinstance(key, _SIGNING_KEYS):
         raise CertificateError(f"{key_path}: a {type(key).__name__} cannot sign certificates")
     return cert, cast(CertificateIssuerPrivateKeyTypes, key)
+
+
+_SIGNING_KEYS: Final = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+)
 
 
 def dns_sans(cert: x509.Certificate) -> list[str]:

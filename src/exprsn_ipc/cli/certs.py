@@ -10,20 +10,27 @@ import typer
 from exprsn_ipc.cli._common import console, fail, load_settings
 from exprsn_ipc.errors import CertificateError
 
-certs_app = typer.Typer(help="Root CA and per-service TLS certificates.", no_args_is_help=True)
+certs_app = typer.Typer(help="Root CA and per-service TLS certificates.", no_args_is_help=True, rich_markup_mode=None)
 
 
 def _dir(value: Path | None) -> Path:
-    return value if value is not None else load_settings().certs_dir
+    return value if value is not None else load_settings(read_only=True).certs_dir
 
 
 @certs_app.command("generate")
 def generate(
-    services: Annotated[list[str] | None, typer.Option("--services", help="Extra services (repeatable).")] = None,
-    certs_dir: Annotated[Path | None, typer.Option("--dir", help="Output folder (CERTS_DIR).")] = None,
+    services: Annotated[
+        list[str] | None,
+        typer.Option("--services", metavar="NAME", help="Also issue a certificate for this service (repeatable)."),
+    ] = None,
+    certs_dir: Annotated[
+        Path | None, typer.Option("--dir", metavar="DIR", help="Output folder [default: CERTS_DIR].")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Regenerate the CA and every certificate.")] = False,
-    ca_days: Annotated[int, typer.Option("--ca-days")] = 3650,
-    leaf_days: Annotated[int, typer.Option("--leaf-days")] = 730,
+    ca_days: Annotated[int, typer.Option("--ca-days", metavar="DAYS", help="Validity of a new root CA.")] = 3650,
+    leaf_days: Annotated[
+        int, typer.Option("--leaf-days", metavar="DAYS", help="Validity of each new service certificate.")
+    ] = 730,
 ) -> None:
     """Create the root CA (kept if present), the localhost fallback and one certificate per service."""
     from exprsn_ipc.certs.authority import format_report, generate_certificates
@@ -41,8 +48,10 @@ def generate(
 
 @certs_app.command("show")
 def show(
-    service: Annotated[str, typer.Argument(help="Service name, 'localhost' or 'ca'.")],
-    certs_dir: Annotated[Path | None, typer.Option("--dir")] = None,
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="Service name, 'localhost' or 'ca'.")],
+    certs_dir: Annotated[
+        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
+    ] = None,
 ) -> None:
     """Show one certificate and check its chain and expiry."""
     from exprsn_ipc.certs.authority import cert_paths, certificate_info, verify_certificate
@@ -65,14 +74,21 @@ def show(
 
 
 @certs_app.command("verify")
-def verify(certs_dir: Annotated[Path | None, typer.Option("--dir")] = None) -> None:
+def verify(
+    certs_dir: Annotated[
+        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
+    ] = None,
+) -> None:
     """Check every certificate's chain, key and expiry (warns under 30 days)."""
     from exprsn_ipc.certs.authority import verify_all
 
+    folder = _dir(certs_dir)
     try:
-        results = verify_all(_dir(certs_dir))
+        results = verify_all(folder)
     except CertificateError as exc:
-        fail(str(exc), 1)
+        fail(f"{exc}: run `exprsn-ipc certs generate` (or point --dir/CERTS_DIR at them)", 1)
+    if not results:
+        fail(f"no certificates in {folder}: run `exprsn-ipc certs generate`", 1)
     for result in results:
         _print_result(result.name, result.ok, result.problems, result.warning)
     if not all(r.ok for r in results):

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import socketio
 
+from exprsn_ipc.cli._common import explain_refusal, explain_unreachable
 from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
@@ -97,9 +98,12 @@ class _Checker:
 
     async def health(self) -> tuple[bool, str]:
         try:
-            body = (await self.http.get(f"{self.base}/health")).json()
-        except (httpx.HTTPError, ValueError) as exc:
-            return False, str(exc)
+            response = await self.http.get(f"{self.base}/health")
+            body = response.json()
+        except httpx.HTTPError as exc:
+            return False, explain_unreachable(exc, self.base, self.settings)
+        except ValueError:
+            return False, f"{self.base}/health answered HTTP {response.status_code} without JSON: is it a Bridge?"
         return body.get("status") == "healthy", f"{body.get('service')} {body.get('version')}"
 
     async def connect(self) -> tuple[bool, str]:
@@ -110,7 +114,11 @@ class _Checker:
 
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.verify))
         client = self.client = socketio.AsyncClient(
-            reconnection=False, ssl_verify=self.verify is not False, http_session=self._session, logger=False
+            reconnection=False,
+            ssl_verify=self.verify is not False,
+            http_session=self._session,
+            logger=False,
+            handle_sigint=False,
         )
         refusals: list[str] = []
 
@@ -128,7 +136,9 @@ class _Checker:
                 wait_timeout=10,
             )
         except socketio.exceptions.ConnectionError as exc:
-            return False, refusals[-1] if refusals else str(exc)
+            if refusals:
+                return False, explain_refusal(refusals[-1])
+            return False, explain_unreachable(exc, self.base, self.settings)
         return self.namespace in client.namespaces, f"connected to {self.namespace}"
 
     @property

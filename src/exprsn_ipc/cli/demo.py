@@ -423,16 +423,19 @@ async def run_demo(
 
 def demo(
     directory: Annotated[
-        Path, typer.Option("--dir", help="Working folder for certificates, SQLite files and the demo's key.")
+        Path,
+        typer.Option("--dir", metavar="DIR", help="Working folder for certificates, SQLite files and the demo's key."),
     ] = DEFAULT_DIR,
     port_offset: Annotated[
-        int, typer.Option("--port-offset", help="Add N to every port (Bridge 3010, auth 3001, ...).")
+        int, typer.Option("--port-offset", metavar="N", help="Add N to every port (Bridge 3010, auth 3001, ...).")
     ] = 0,
     once: Annotated[bool, typer.Option("--once", help="Exit after the journey: 0 only if every step passed.")] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds each step waits for its events.")
+        float, typer.Option("--timeout", metavar="SECONDS", help="Seconds each step waits for its events.")
     ] = STEP_TIMEOUT_S,
-    log_level: Annotated[str, typer.Option("--log-level")] = "WARNING",
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR.")
+    ] = "WARNING",
 ) -> None:
     """Run the Bridge and five example services over HTTPS and walk a user journey through them."""
     configure_logging(log_level)

@@ -32,9 +32,16 @@ from exprsn_ipc.transport.redis import (
 
 __all__ = ["dlq_app"]
 
-dlq_app = typer.Typer(help="Dead letters of durable delivery (Redis streams ipc:dlq:<service>).", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Dead letters of durable delivery (Redis streams ipc:dlq:<service>).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
-RedisUrl = Annotated[str | None, typer.Option("--redis-url", help="Redis to use (default: REDIS_URL / REDIS_*).")]
+RedisUrl = Annotated[
+    str | None,
+    typer.Option("--redis-url", metavar="URL", help="Redis to use [default: REDIS_URL, or REDIS_HOST/PORT/DB]."),
+]
 
 
 def _service(name: str) -> str:
@@ -68,14 +75,16 @@ def _when(ms: int) -> str:
 
 @dlq_app.command("list")
 def list_command(
-    service: Annotated[str, typer.Argument(help="Service name, e.g. exprsn-herald.")],
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Show at most this many (oldest first).")] = 50,
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="Service name, e.g. exprsn-herald.")],
+    count: Annotated[
+        int, typer.Option("--count", "-n", min=1, metavar="N", help="Show at most this many (oldest first).")
+    ] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     redis_url: RedisUrl = None,
 ) -> None:
     """List the dead letters of SERVICE, oldest first."""
     name = _service(service)
-    settings = load_settings(redis_url=redis_url)
+    settings = load_settings(read_only=True, redis_url=redis_url)
 
     async def action(client: Redis) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         return await durable_status(client, name), await list_dead_letters(client, name, count)
@@ -108,9 +117,9 @@ def list_command(
 
 @dlq_app.command("replay")
 def replay_command(
-    service: Annotated[str, typer.Argument(help="Service name, e.g. exprsn-herald.")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="Service name, e.g. exprsn-herald.")],
     ids: Annotated[
-        list[str] | None, typer.Option("--id", help="Dead-letter id to replay (repeatable; default all).")
+        list[str] | None, typer.Option("--id", metavar="ID", help="Dead-letter id to replay (repeatable; default all).")
     ] = None,
     resign: Annotated[
         bool,
@@ -119,7 +128,9 @@ def replay_command(
             help="Sign each envelope again with IPC_BROKER_KEY (for expired tokens; the message gets a new token id).",
         ),
     ] = False,
-    ttl: Annotated[int | None, typer.Option("--ttl", min=1, help="Token lifetime with --resign (s).")] = None,
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", min=1, metavar="SECONDS", help="Token lifetime with --resign (s).")
+    ] = None,
     redis_url: RedisUrl = None,
 ) -> None:
     """Move dead letters of SERVICE back to its stream for another round of delivery."""

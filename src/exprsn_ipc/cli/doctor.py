@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from exprsn_ipc.cli._common import client_ssl, console, load_settings
+from exprsn_ipc.cli._common import client_ssl, console, explain_unreachable, load_settings
 from exprsn_ipc.protocol.constants import KNOWN_SERVICES, full_service_name, short_service_name
 from exprsn_ipc.settings import Settings
 
@@ -43,10 +43,10 @@ async def run_doctor(
     if settings.redis_configured:
         items.append(await _redis(settings))
     async with httpx.AsyncClient(verify=verify, timeout=5) as http:
-        items.append(await _bridge(http, bridge_url))
+        items.append(await _bridge(http, bridge_url, settings))
         items.append(await _connected(http, bridge_url, service))
         items.append(_bypass(settings))
-        items.append(await _health(http, service_url or f"https://localhost:{port}", service))
+        items.append(await _health(http, service_url or f"https://localhost:{port}", service, settings))
     return items
 
 
@@ -90,7 +90,7 @@ def _safe_url(url: str) -> str:
     return url
 
 
-async def _bridge(http: httpx.AsyncClient, url: str) -> DoctorItem:
+async def _bridge(http: httpx.AsyncClient, url: str, settings: Settings) -> DoctorItem:
     name = "Bridge reachable over HTTPS"
     fix = "start the Bridge first (exprsn-ipc bridge), check BRIDGE_URL and that certs/ca-cert.pem is trusted"
     if not url.startswith("https://"):
@@ -100,10 +100,12 @@ async def _bridge(http: httpx.AsyncClient, url: str) -> DoctorItem:
     try:
         response = await http.get(f"{url.rstrip('/')}/health")
         body = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return DoctorItem(name, False, f"{url}: {exc}", fix)
+    except httpx.HTTPError as exc:
+        return DoctorItem(name, False, explain_unreachable(exc, url, settings), fix)
+    except ValueError:
+        return DoctorItem(name, False, f"{url}/health → HTTP {response.status_code}, not JSON", fix)
     ok = response.status_code == 200 and body.get("status") == "healthy"
-    return DoctorItem(name, ok, f"{url} {body.get('status')}", "" if ok else fix)
+    return DoctorItem(name, ok, f"{url} → HTTP {response.status_code} {body.get('status')}", "" if ok else fix)
 
 
 async def _connected(http: httpx.AsyncClient, url: str, service: str) -> DoctorItem:
@@ -138,28 +140,55 @@ def _bypass(settings: Settings) -> DoctorItem:
     return DoctorItem(name, True, "disabled: every request needs real authentication")
 
 
-async def _health(http: httpx.AsyncClient, url: str, service: str) -> DoctorItem:
+async def _health(http: httpx.AsyncClient, url: str, service: str, settings: Settings) -> DoctorItem:
     name = f"{service} HTTPS /health"
-    fix = f"check that {service} runs with TLS on that port and that its certificate chains to certs/ca-cert.pem"
+    target = f"{url.rstrip('/')}/health"
     try:
-        response = await http.get(f"{url.rstrip('/')}/health")
+        response = await http.get(target)
+    except httpx.HTTPError as exc:
+        cause = explain_unreachable(exc, url, settings)
+        if "nothing answers" in cause:
+            return DoctorItem(name, False, f"{target}: nothing listens there", f"start {service} on that port")
+        return DoctorItem(name, False, cause, f"serve {service} with its certificate from {settings.certs_dir}")
+    status = response.status_code
+    try:
         body = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return DoctorItem(name, False, f"{url}: {exc}", fix)
-    ok = response.status_code == 200 and body.get("status") == "healthy" and url.startswith("https://")
-    return DoctorItem(name, ok, f"{url} → {body.get('status')} ({body.get('service')})", "" if ok else fix)
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    if status == 404:
+        return DoctorItem(
+            name,
+            False,
+            f"{target} → HTTP 404: the service has no /health",
+            "serve the app with HTTPSServerManager or `exprsn-ipc serve` (both add /health), or add the route",
+        )
+    ok = status == 200 and body.get("status") == "healthy" and url.startswith("https://")
+    detail = f"{target} → HTTP {status} {body.get('status')} ({body.get('service')})"
+    fix = "" if ok else f"{service} answered but is not healthy: see its log"
+    if not url.startswith("https://"):
+        fix = "serve it over HTTPS (TLS_ENABLED=true with its certificate)"
+    return DoctorItem(name, ok, detail, fix)
 
 
 def doctor(
-    service: Annotated[str, typer.Option("--service", help="The service to check, e.g. exprsn-timeline.")],
+    service: Annotated[
+        str, typer.Option("--service", metavar="NAME", help="The service to check, e.g. exprsn-timeline.")
+    ],
     port: Annotated[
-        int | None, typer.Option("--port", help="The service's HTTPS port (default: its known port).")
+        int | None, typer.Option("--port", metavar="PORT", help="The service's HTTPS port [default: its known port].")
     ] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Bridge URL (BRIDGE_URL).")] = None,
-    service_url: Annotated[str | None, typer.Option("--service-url", help="Base URL of the service.")] = None,
+    url: Annotated[
+        str | None, typer.Option("--url", metavar="URL", help="The Bridge's URL [default: BRIDGE_URL].")
+    ] = None,
+    service_url: Annotated[
+        str | None,
+        typer.Option("--service-url", metavar="URL", help="Base URL of the service [default: https://localhost:PORT]."),
+    ] = None,
 ) -> None:
     """Run the guide's migration checklist for one service."""
-    settings = load_settings()
+    settings = load_settings(read_only=True)
     name = full_service_name(service)
     items = asyncio.run(
         run_doctor(

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from exprsn_ipc.cli._common import configure_logging, fail, load_settings
-from exprsn_ipc.errors import ConfigError, IPCError
+from exprsn_ipc.cli._common import configure_logging, console, fail, load_settings, run_job
+from exprsn_ipc.errors import ConfigError
 from exprsn_ipc.protocol.constants import KNOWN_SERVICES, full_service_name
 
 
@@ -40,17 +40,24 @@ def import_app(spec: str) -> Any:
 
 
 def serve(
-    app: Annotated[str, typer.Argument(help="The ASGI app, as module:attribute.")],
-    service: Annotated[str, typer.Option("--service", help="The exact service name, e.g. exprsn-timeline.")],
-    port: Annotated[int | None, typer.Option("--port", help="HTTPS port (default: the service's known port).")] = None,
-    http_port: Annotated[int | None, typer.Option("--http-port", help="Also redirect HTTP on this port.")] = None,
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    app: Annotated[str, typer.Argument(metavar="MODULE:APP", help="The ASGI app, as module:attribute.")],
+    service: Annotated[
+        str, typer.Option("--service", metavar="NAME", help="The exact service name, e.g. exprsn-timeline.")
+    ],
+    port: Annotated[
+        int | None, typer.Option("--port", metavar="PORT", help="HTTPS port [default: the service's known port].")
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option("--http-port", metavar="PORT", help="Also redirect HTTP on this port.")
+    ] = None,
+    host: Annotated[str, typer.Option("--host", metavar="HOST", help="Interface to bind.")] = "127.0.0.1",
     factory: Annotated[bool, typer.Option("--factory", help="Call the attribute to build the app.")] = False,
-    log_level: Annotated[str | None, typer.Option("--log-level")] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR [default: LOG_LEVEL]."),
+    ] = None,
 ) -> None:
     """Serve any ASGI app as a migrated service: IPC, bypass, HTTPS, graceful shutdown."""
-    import asyncio
-
     settings = load_settings()
     configure_logging(log_level or settings.log_level)
     name = full_service_name(service)
@@ -61,23 +68,27 @@ def serve(
             target = target()
     except ConfigError as exc:
         fail(str(exc))
-    try:
-        asyncio.run(_run(target, name, listen_port, http_port, host, settings))
-    except IPCError as exc:
-        fail(str(exc), 1)
-    except KeyboardInterrupt:
-        pass
+    run_job(_run(target, name, listen_port, http_port, host, settings))
 
 
 async def _run(app: Any, service: str, port: int, http_port: int | None, host: str, settings: Any) -> None:
     from exprsn_ipc.web.bypass import log_bypass_status
     from exprsn_ipc.web.https import HTTPSServerManager
-    from exprsn_ipc.web.integration import migrate_app
+    from exprsn_ipc.web.integration import app_worker, migrate_app
     from exprsn_ipc.web.tls import ensure_dev_certificates
     from exprsn_ipc.worker.core import IPCWorker
 
-    log_bypass_status(settings)  # step 2
-    ipc = IPCWorker(service, settings=settings)
+    ipc = app_worker(app)
+    if ipc is None:
+        log_bypass_status(settings)  # step 2; an app with its own worker has logged it
+        ipc = IPCWorker(service, settings=settings)
+    elif ipc.service_name != service:
+        raise ConfigError(
+            f"the app wires its own IPC worker for {ipc.service_name}, not {service}: "
+            f"run with --service {ipc.service_name}"
+        )
+    else:
+        console.print(f"using the app's own IPC worker for {service} (FastAPI(lifespan=ipc.lifespan))")
     ensure_dev_certificates(settings, service)
     manager = HTTPSServerManager(
         service,

@@ -10,6 +10,7 @@ from typing import Any
 
 import socketio
 
+from exprsn_ipc.cli._common import explain_refusal, explain_unreachable
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
@@ -43,6 +44,7 @@ async def tail_events(
     url: str,
     verify: ssl.SSLContext | bool,
     show: Callable[[str, Any, Any], None],
+    ready: Callable[[], None] = lambda: None,
 ) -> None:
     """Print every event reaching ``service`` through the Bridge until cancelled."""
     tokens = BrokerTokenManager(service_name=service, settings=settings)
@@ -51,12 +53,21 @@ async def tail_events(
         import aiohttp
 
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=verify))
-    client = socketio.AsyncClient(ssl_verify=verify is not False, http_session=session, logger=False)
+    client = socketio.AsyncClient(
+        ssl_verify=verify is not False, http_session=session, logger=False, handle_sigint=False
+    )
     namespace = f"/ipc/{service}"
 
     @client.on("*", namespace=namespace)
     async def on_any(event: str, data: Any = None, meta: Any = None) -> None:
         show(event, data, meta)
+
+    refusals: list[str] = []
+
+    @client.on("connect_error", namespace=namespace)
+    async def on_refused(data: Any = None) -> None:
+        # The Bridge says why it refused, e.g. "UNAUTHORIZED: invalid broker token: ...".
+        refusals.append(str(data.get("message") if isinstance(data, dict) else data))
 
     try:
         try:
@@ -68,8 +79,11 @@ async def tail_events(
                 wait_timeout=10,
             )
         except socketio.exceptions.ConnectionError as exc:
-            raise TransportError(f"cannot connect to {url}{namespace}: {exc}") from exc
-        log.info("listening as %s on %s (Ctrl-C to stop)", service, url)
+            if refusals:
+                refused = f"{url}{namespace} refused the connection: {refusals[-1]}"
+                raise TransportError(explain_refusal(refused)) from exc
+            raise TransportError(explain_unreachable(exc, url, settings)) from exc
+        ready()
         await asyncio.Event().wait()
     finally:
         await client.disconnect()

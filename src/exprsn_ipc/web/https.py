@@ -40,6 +40,7 @@ from exprsn_ipc.certs.authority import certificate_info
 from exprsn_ipc.errors import CertificateError, ConfigError, ServerStartError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.settings import Settings
+from exprsn_ipc.web.health import HealthFallback
 from exprsn_ipc.web.servers import (
     HTTPSRedirectApp,
     ManagedServer,
@@ -249,6 +250,7 @@ class HTTPSServerManager:
         if self._state != "new":
             raise ServerStartError(f"{self.service_name}: start() called on a manager that is {self._state}")
         self._state = "starting"
+        app = HealthFallback(app, self.service_name)  # every migrated service has /health
         plans: list[_Plan] = []
         try:
             plans = self._plan(app)
