@@ -20,9 +20,7 @@ import asyncio
 import contextlib
 from typing import Any, Final
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from exprsn_ipc.errors import NotConnectedError, TransportError
@@ -31,12 +29,13 @@ from exprsn_ipc.protocol.constants import REGISTRY_REFRESH_S, REGISTRY_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.base import DurableBacklog, Transport, TransportPeer
+from exprsn_ipc.transport.redis.consumer import start_durable_consumer
 from exprsn_ipc.transport.redis.deadletters import durable_status
 from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions
+from exprsn_ipc.transport.redis.endpoints import RedisEndpoint, redact_url
 from exprsn_ipc.transport.redis.instances import RedisInstances
 from exprsn_ipc.transport.redis.keys import TOKEN_KEY_PREFIX, UNREGISTER_SCRIPT, registry_key
 from exprsn_ipc.transport.redis.publisher import RespPublisher
-from exprsn_ipc.transport.redis.resp import RedisAddress
 from exprsn_ipc.transport.redis.stores import (
     RATE_LIMIT_PREFIX,
     REVOCATION_CHANNEL,
@@ -45,7 +44,7 @@ from exprsn_ipc.transport.redis.stores import (
     RedisStateStore,
     glob_escape,
 )
-from exprsn_ipc.transport.redis.streams import append_durable_entry, open_reader, read_registry
+from exprsn_ipc.transport.redis.streams import append_durable_entry, read_registry
 from exprsn_ipc.transport.redis.subscriber import (
     COMMAND_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -53,8 +52,6 @@ from exprsn_ipc.transport.redis.subscriber import (
     REDIS_ERRORS,
     RedisSubscriber,
     as_text,
-    connection_options,
-    redact_url,
 )
 
 __all__ = [
@@ -77,20 +74,6 @@ MAX_CONNECTIONS: Final = 32
 REVOCATION_SCAN_S: Final = 5.0
 #: Keyspace events waiting for a revocation check; beyond this a full SCAN replaces them.
 MAX_PENDING_CHECKS: Final = 10_000
-
-
-async def start_durable_consumer(
-    client: Redis, url: str, peer: TransportPeer, options: DurableOptions, *, client_name: str | None
-) -> DurableConsumer:
-    """A started :class:`DurableConsumer` of ``peer``'s stream, on a blocking reader of its own."""
-    reader = open_reader(url, block_ms=options.block_ms, client_name=client_name)
-    consumer = DurableConsumer(client, reader, peer, options)
-    try:
-        await consumer.start()
-    except BaseException:
-        await consumer.close()
-        raise
-    return consumer
 
 
 class RedisTransport(Transport):
@@ -127,23 +110,21 @@ class RedisTransport(Transport):
     ) -> None:
         self.settings = settings
         self.url = url or settings.effective_redis_url
-        self.safe_url = redact_url(self.url)
-        # Commands: one quick retry, so the first command after a Redis restart
-        # replaces its stale pooled connection; a real outage still fails fast.
-        # A blocking pool: a burst of commands waits for a connection instead of
-        # failing with "Too many connections" (redis-py's default pool raises).
-        pool = BlockingConnectionPool.from_url(
-            self.url,
+        #: Where Redis is: one server, a Sentinel master or a Cluster (``endpoints.py``).
+        self.endpoint = RedisEndpoint.from_url(self.url)
+        self.safe_url = self.endpoint.describe
+        self.client_name = client_name
+        # Commands: one quick retry, so the first command after a restart or a failover
+        # replaces its stale pooled connection; a real outage still fails fast. The pool
+        # blocks when exhausted instead of failing with "Too many connections".
+        self.client: Redis = self.endpoint.client(
+            client_name=client_name,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            connect_timeout=CONNECT_TIMEOUT_S,
             max_connections=MAX_CONNECTIONS,
-            timeout=COMMAND_TIMEOUT_S,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            **connection_options(client_name),
         )
-        self.client: Redis = Redis(connection_pool=pool)
-        self.client.auto_close_connection_pool = True
-        self.address = RedisAddress.from_url(self.url)
         self._publisher = RespPublisher(
-            self.address,
+            self.endpoint,
             describe=self.safe_url,
             client_name=client_name,
             connect_timeout=CONNECT_TIMEOUT_S,
@@ -151,8 +132,9 @@ class RedisTransport(Transport):
         )
         self.revocations: RedisRevocationStore = RedisRevocationStore(self.client)
         self.states: RedisStateStore = RedisStateStore(self.client)
-        self.db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
-        self.keyspace_notifications = keyspace_notifications
+        self.db = self.endpoint.address.db
+        # A cluster node sends keyspace events only for its own keys: scan there instead.
+        self.keyspace_notifications = keyspace_notifications and self.endpoint.kind != "cluster"
         self._keyspace_pattern = f"__keyspace@{self.db}__:{glob_escape(TOKEN_KEY_PREFIX)}*"
         self._keyspace_head = f"__keyspace@{self.db}__:{TOKEN_KEY_PREFIX}"
         self._peer: TransportPeer | None = None
@@ -279,15 +261,24 @@ class RedisTransport(Transport):
         """
         if self._peer is None or self._closed:
             raise NotConnectedError("the Redis transport is not connected")
-        await append_durable_entry(self.client, target, raw, maxlen=self.durable_options.maxlen, describe=self.safe_url)
+        await append_durable_entry(
+            self.client,
+            target,
+            raw,
+            maxlen=self.durable_options.maxlen,
+            describe=self.safe_url,
+            replicas=self.settings.ipc_durable_replicas,
+            wait_ms=self.settings.ipc_durable_replica_wait_ms,
+        )
         return 1
 
     async def _start_durable(self, peer: TransportPeer) -> None:
         """Consume the worker's own durable stream (``docs/durable.md``)."""
         if not self.durable_options.enabled:
             return
-        name = self.client.connection_pool.connection_kwargs.get("client_name")
-        self.durable = await start_durable_consumer(self.client, self.url, peer, self.durable_options, client_name=name)
+        self.durable = await start_durable_consumer(
+            self.client, self.url, peer, self.durable_options, client_name=self.client_name
+        )
 
     async def subscribe(self, channel: str) -> None:
         """Receive ``channel`` too; returns once Redis confirmed the subscription.
