@@ -10,8 +10,10 @@ with RedisCluster3() as c: # three masters, slots spread by redis-cli --cluster 
 
 from __future__ import annotations
 
+import random
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -148,12 +150,27 @@ class SentinelSet:
         self.close()
 
 
+def cluster_port() -> int:
+    """A free port whose cluster-bus port (+10000) is free too (both must be below 65536)."""
+    for _ in range(200):
+        port = random.randint(20_000, 45_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisCluster3:
     """Three cluster-enabled masters joined by ``redis-cli --cluster create`` (no replicas)."""
 
     def __init__(self) -> None:
         self.nodes = [
             RedisServer(
+                cluster_port(),
                 extra_args=(
                     "--cluster-enabled",
                     "yes",
@@ -161,7 +178,7 @@ class RedisCluster3:
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
-                )
+                ),
             )
             for _ in range(3)
         ]

@@ -280,3 +280,15 @@ def _connection_kwargs(url: str) -> dict[str, Any]:
     for name in ("host", "port", "path"):
         kwargs.pop(name, None)
     return kwargs
+
+
+def is_cluster(client: Redis) -> bool:
+    """True for a client :meth:`RedisEndpoint.client` made for a Cluster."""
+    return isinstance(client, RedisCluster)
+
+
+async def mget_any(client: Redis, keys: list[Any]) -> list[Any]:
+    """MGET on any endpoint: in a Cluster, one MGET per slot (not atomic across slots)."""
+    if isinstance(client, RedisCluster):
+        return list(await client.mget_nonatomic(keys))
+    return list(await client.mget(keys))

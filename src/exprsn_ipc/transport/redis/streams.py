@@ -18,7 +18,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.protocol.tokens import decode_unverified
-from exprsn_ipc.transport.redis.endpoints import RedisEndpoint
+from exprsn_ipc.transport.redis.endpoints import RedisEndpoint, mget_any
 from exprsn_ipc.transport.redis.keys import REGISTRY_PREFIX, stream_key
 from exprsn_ipc.transport.redis.stores import glob_escape
 
@@ -125,7 +125,7 @@ async def read_registry(client: Redis, describe: str) -> list[dict[str, Any]]:
         keys = [k async for k in client.scan_iter(match=f"{glob_escape(REGISTRY_PREFIX)}*", count=500)]
         values: list[Any] = []
         for start in range(0, len(keys), 500):
-            values.extend(await client.mget(keys[start : start + 500]))
+            values.extend(await mget_any(client, keys[start : start + 500]))
     except (RedisError, OSError) as exc:
         raise TransportError(f"service discovery on {describe} failed: {exc}") from exc
     services: list[dict[str, Any]] = []
