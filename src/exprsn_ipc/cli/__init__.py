@@ -16,6 +16,7 @@ from exprsn_ipc.cli.certs import certs_app
 from exprsn_ipc.cli.demo import demo
 from exprsn_ipc.cli.dlq import dlq_app
 from exprsn_ipc.cli.doctor import doctor
+from exprsn_ipc.cli.redis_acl import redis_app
 from exprsn_ipc.cli.serve import serve
 from exprsn_ipc.errors import IPCError
 
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.add_typer(certs_app, name="certs")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(redis_app, name="redis")
 app.command()(serve)
 app.command()(doctor)
 app.command()(demo)
