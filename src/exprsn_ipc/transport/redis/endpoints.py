@@ -34,16 +34,17 @@ from redis.connection import parse_url
 from redis.crc import key_slot
 
 from exprsn_ipc.errors import ConfigError, TransportError
+from exprsn_ipc.protocol.constants import BROADCAST, channel_for
 from exprsn_ipc.transport.redis.resp import RedisAddress, RespConnection
 
 __all__ = ["PUBSUB_HOME", "EndpointKind", "RedisEndpoint", "redact_url"]
 
 EndpointKind = Literal["single", "sentinel", "cluster"]
 
-#: In a cluster, classic pub/sub lives on the node serving this name's slot: a
-#: PUBLISH counts only the subscribers of the node it reached, so every publisher
-#: and subscriber must meet on one node for the receiver counts to mean anything.
-PUBSUB_HOME: Final = "ipc:broadcast"
+#: In a cluster, classic pub/sub lives on the node serving this name's slot (the
+#: broadcast channel's): a PUBLISH counts only the subscribers of the node it reached,
+#: so every publisher and subscriber must meet on one node for the counts to mean anything.
+PUBSUB_HOME: Final = channel_for(BROADCAST)
 #: Timeouts of one question to a sentinel or a cluster node.
 _ASK_TIMEOUT_S: Final = 1.0
 
