@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import suite_bridge, suite_memory, suite_redis, suite_replicas, suite_tokens
+from . import suite_bridge, suite_cluster, suite_memory, suite_redis, suite_replicas, suite_tokens
 from .common import FULL, QUICK, ROOT, Profile, Row, Unavailable, machine_busy_seconds, own_seconds, payload_size
 
 SUITES: dict[str, ModuleType] = {
@@ -27,6 +27,7 @@ SUITES: dict[str, ModuleType] = {
     "bridge": suite_bridge,
     "redis": suite_redis,
     "replicas": suite_replicas,
+    "cluster": suite_cluster,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Warn when other processes used more than this many cores on average during a suite.

@@ -17,6 +17,7 @@ from exprsn_ipc.transport.redis.transport import RedisTransport
 
 from .errorlog import ErrorLog
 from .redis_server import RedisServer
+from .redis_topologies import RedisCluster3
 
 #: ``await make(name, settings=None, setup=None, **transport_options)``.
 RedisWorkerFactory = Callable[..., Awaitable[IPCWorker]]
@@ -40,6 +41,23 @@ def redis_url(redis_server: RedisServer) -> str:
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster3]:
+    """One three-master Redis Cluster for the whole session, started by the first test that needs it."""
+    cluster = RedisCluster3().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster3) -> str:
+    """The session cluster's ``redis+cluster://`` URL, emptied (FLUSHALL on every node) before the test."""
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture

@@ -61,8 +61,17 @@ def ping(port: int, timeout: float = 0.2) -> bool:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1; ``restart()`` keeps the port."""
 
-    def __init__(self, port: int | None = None, *, startup_timeout: float = 10.0, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        startup_timeout: float = 10.0,
+        appendonly: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.binary = find_redis_server()
+        #: More ``--option value`` arguments (replicaof, cluster-enabled, ACL files, TLS ...).
+        self.extra_args = extra_args
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.appendonly = appendonly
@@ -99,6 +108,7 @@ class RedisServer:
             str(self.log_path),
             "--daemonize",
             "no",
+            *self.extra_args,
         ]
         deadline = time.monotonic() + self.startup_timeout
         while True:
@@ -137,6 +147,10 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """SIGKILL (a crashed host, as far as its clients can tell) and wait."""
+        self._kill()
 
     def _kill(self) -> None:
         process, self.process = self.process, None

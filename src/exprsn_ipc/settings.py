@@ -74,7 +74,16 @@ class Settings(BaseSettings):
     redis_host: str = "localhost"
     redis_port: int = Field(6379, gt=0, lt=65536)
     redis_password: SecretStr | None = None
+    redis_username: str | None = None
     redis_db: int = Field(0, ge=0)
+    #: ``host:port,...`` of the sentinels; the master is ``redis_sentinel_master``.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
+    #: ``host:port,...`` of some Redis Cluster nodes (seeds).
+    redis_cluster_nodes: str | None = None
+    #: Replicas that must have a durable message before the emit returns (Redis ``WAIT``).
+    ipc_durable_replicas: int = Field(0, ge=0)
+    ipc_durable_replica_wait_ms: int = Field(1000, gt=0)
 
     # Bridge -------------------------------------------------------------------
     bridge_url: str = "https://localhost:3010"
@@ -99,7 +108,17 @@ class Settings(BaseSettings):
     ipc_socket_buffer_bytes: int = Field(16 * 1024 * 1024, gt=0)
     ipc_tls_verify: bool = True
 
-    @field_validator("node_env", "redis_url", "cors_origin", "ipc_allowed_services", mode="before")
+    @field_validator(
+        "node_env",
+        "redis_url",
+        "redis_username",
+        "redis_sentinels",
+        "redis_sentinel_master",
+        "redis_cluster_nodes",
+        "cors_origin",
+        "ipc_allowed_services",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -112,6 +131,16 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value:
             return None
         return value
+
+    @model_validator(mode="after")
+    def _one_redis_topology(self) -> Settings:
+        if self.redis_sentinels and self.redis_cluster_nodes:
+            raise ValueError("set REDIS_SENTINELS or REDIS_CLUSTER_NODES, not both")
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError("REDIS_SENTINELS needs REDIS_SENTINEL_MASTER (the master's name in Sentinel)")
+        if self.redis_cluster_nodes and self.ipc_durable_replicas:
+            raise ValueError("IPC_DURABLE_REPLICAS is supported on one server or Sentinel, not on a Cluster")
+        return self
 
     @model_validator(mode="after")
     def _budgets_hold_a_message(self) -> Settings:
@@ -166,20 +195,44 @@ class Settings(BaseSettings):
 
     @property
     def effective_redis_url(self) -> str:
-        """``REDIS_URL``, or one built from ``REDIS_HOST/PORT/PASSWORD/DB``."""
-        if self.redis_url:
-            return self.redis_url
-        auth = ""
-        if self.redis_password is not None:
-            from urllib.parse import quote
+        """The URL every Redis connection starts from.
 
-            auth = f":{quote(self.redis_password.get_secret_value(), safe='')}@"
-        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+        ``REDIS_URL``, or one built from ``REDIS_HOST/PORT/DB``; with ``REDIS_SENTINELS``
+        a ``redis+sentinel://`` URL (the master's name and db in the path), with
+        ``REDIS_CLUSTER_NODES`` a ``redis+cluster://`` one, both keeping ``REDIS_URL``'s
+        TLS scheme and options. ``REDIS_USERNAME``/``REDIS_PASSWORD`` go in when the
+        URL names no user or password of its own.
+        """
+        from urllib.parse import quote, urlsplit, urlunsplit
+
+        base = self.redis_url or f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+        parts = urlsplit(base)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        if not at and (self.redis_username or self.redis_password is not None):
+            userinfo = quote(self.redis_username or "", safe="")
+            if self.redis_password is not None:
+                userinfo += ":" + quote(self.redis_password.get_secret_value(), safe="")
+        tls = parts.scheme == "rediss"
+        path = parts.path
+        if self.redis_sentinels:
+            scheme, hosts = ("rediss" if tls else "redis") + "+sentinel", self.redis_sentinels.replace(" ", "")
+            db = parts.path.strip("/") or "0"
+            path = f"/{quote(self.redis_sentinel_master or '', safe='')}/{db}"
+        elif self.redis_cluster_nodes:
+            scheme, hosts, path = (
+                ("rediss" if tls else "redis") + "+cluster",
+                self.redis_cluster_nodes.replace(" ", ""),
+                "",
+            )
+        else:
+            scheme = parts.scheme
+        netloc = f"{userinfo}@{hosts}" if userinfo else hosts
+        return urlunsplit((scheme, netloc, path, parts.query, parts.fragment))
 
     @property
     def redis_configured(self) -> bool:
-        """Redis is used by the Bridge when ``REDIS_URL`` is set."""
-        return self.redis_url is not None
+        """Redis is used by the Bridge when ``REDIS_URL``, ``REDIS_SENTINELS`` or ``REDIS_CLUSTER_NODES`` is set."""
+        return self.redis_url is not None or bool(self.redis_sentinels) or bool(self.redis_cluster_nodes)
 
     @property
     def allowed_services(self) -> frozenset[str] | None:

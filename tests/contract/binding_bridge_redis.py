@@ -28,6 +28,9 @@ async def _harness(name: str, url: str, settings: Settings, bridge_urls: list[st
 
 
 def _settings(url: str) -> Settings:
+    if url.startswith("redis+cluster://"):
+        nodes = url.removeprefix("redis+cluster://")
+        return make_test_settings(ipc_transport="bridge", redis_cluster_nodes=nodes, ipc_rate_max=100_000)
     return make_test_settings(ipc_transport="bridge", redis_url=url, ipc_rate_max=100_000)
 
 
@@ -42,9 +45,11 @@ async def bridge_redis_binding(request: pytest.FixtureRequest) -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def two_bridges_redis_binding(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    """Two Bridges on one redis-server; each new worker connects to the next Bridge in turn."""
-    url: str = request.getfixturevalue("redis_url")
+async def two_bridges_redis_binding(
+    request: pytest.FixtureRequest, *, url_fixture: str = "redis_url"
+) -> AsyncIterator[Harness]:
+    """Two Bridges on one redis-server (or cluster); each new worker connects to the next Bridge in turn."""
+    url: str = request.getfixturevalue(url_fixture)
     settings = _settings(url)
     async with (
         serve(create_app(settings)) as first,

@@ -104,6 +104,18 @@ def _two_bridges_redis(request: pytest.FixtureRequest) -> contextlib.AbstractAsy
     return two_bridges_redis_binding(request)
 
 
+def _redis_cluster(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextManager[Harness]:
+    from .binding_redis import redis_cluster_binding
+
+    return redis_cluster_binding(request)
+
+
+def _two_bridges_redis_cluster(request: pytest.FixtureRequest) -> contextlib.AbstractAsyncContextManager[Harness]:
+    from .binding_bridge_redis import two_bridges_redis_binding
+
+    return two_bridges_redis_binding(request, url_fixture="redis_cluster_url")
+
+
 BINDINGS: dict[str, Binding] = {
     "memory": memory_binding,
     "bus": bus_binding,
@@ -112,4 +124,6 @@ BINDINGS: dict[str, Binding] = {
     "redis": _redis,
     "bridge-redis": _bridge_redis,
     "two-bridges-redis": _two_bridges_redis,
+    "redis-cluster": _redis_cluster,
+    "two-bridges-redis-cluster": _two_bridges_redis_cluster,
 }

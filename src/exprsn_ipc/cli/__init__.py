@@ -20,12 +20,26 @@ from exprsn_ipc.cli.demo import demo
 from exprsn_ipc.cli.dlq import dlq_app
 from exprsn_ipc.cli.doctor import doctor
 from exprsn_ipc.cli.envfile import init
+from exprsn_ipc.cli.redis_acl import redis_app
 from exprsn_ipc.cli.serve import serve
 
 __all__ = ["app", "main"]
 
 #: The guide's order: prerequisites, start the Bridge, then the service, then verify.
-COMMAND_ORDER = ("certs", "init", "bridge", "serve", "check", "stats", "doctor", "emit", "listen", "dlq", "demo")
+COMMAND_ORDER = (
+    "certs",
+    "init",
+    "bridge",
+    "serve",
+    "check",
+    "stats",
+    "doctor",
+    "emit",
+    "listen",
+    "dlq",
+    "redis",
+    "demo",
+)
 
 
 class _GuideOrder(TyperGroup):
@@ -94,6 +108,7 @@ app.command()(doctor)
 app.command()(emit)
 app.command()(listen)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(redis_app, name="redis")
 app.command()(demo)
 
 

@@ -22,6 +22,7 @@ from exprsn_ipc.protocol.envelope import Envelope, validate_service_name
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.redis import (
+    RedisEndpoint,
     dlq_key,
     durable_status,
     list_dead_letters,
@@ -55,7 +56,7 @@ def _run(settings: Settings, action: Callable[[Redis], Any]) -> Any:
     url = settings.effective_redis_url
 
     async def main() -> Any:
-        client = Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        client = RedisEndpoint.from_url(url).client(client_name=None, socket_timeout=5.0, connect_timeout=2.0)
         try:
             return await action(client)
         finally:

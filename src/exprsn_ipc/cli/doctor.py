@@ -68,10 +68,13 @@ def _certificates(settings: Settings, service: str) -> DoctorItem:
 
 
 async def _redis(settings: Settings) -> DoctorItem:
-    import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
-    client = aioredis.from_url(settings.effective_redis_url, socket_connect_timeout=3, socket_timeout=3)
+    from exprsn_ipc.transport.redis import RedisEndpoint
+
+    client = RedisEndpoint.from_url(settings.effective_redis_url).client(
+        client_name=None, socket_timeout=3, connect_timeout=3
+    )
     try:
         await client.ping()
         return DoctorItem("Redis reachable", True, _safe_url(settings.effective_redis_url))

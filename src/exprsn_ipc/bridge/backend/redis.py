@@ -29,8 +29,6 @@ from typing import Any, Final
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from exprsn_ipc.errors import TransportError
@@ -49,7 +47,7 @@ from exprsn_ipc.transport.redis import (
     UNREGISTER_SCRIPT,
     DurableConsumer,
     DurableOptions,
-    RedisAddress,
+    RedisEndpoint,
     RedisInstances,
     RedisRateLimiter,
     RedisReplayGuard,
@@ -59,9 +57,7 @@ from exprsn_ipc.transport.redis import (
     RedisTransport,
     RespPublisher,
     append_durable_entry,
-    connection_options,
     read_registry,
-    redact_url,
     registry_key,
     start_durable_consumer,
 )
@@ -100,12 +96,11 @@ class RedisBackend:
     def __init__(self, settings: Settings, *, url: str | None = None) -> None:
         self.settings = settings
         self.url = url or settings.effective_redis_url
-        self.safe_url = redact_url(self.url)
-        # Commands: one quick retry replaces a connection gone stale with a Redis restart.
-        self.client: Redis = Redis.from_url(
-            self.url,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            **connection_options("exprsn-bridge"),
+        self.endpoint = RedisEndpoint.from_url(self.url)
+        self.safe_url = self.endpoint.describe
+        # Commands: one quick retry replaces a connection gone stale with a restart or failover.
+        self.client: Redis = self.endpoint.client(
+            client_name="exprsn-bridge", socket_timeout=COMMAND_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S
         )
         # The Bridge's own worker; its transport keeps the revocation cache current
         # (keyspace notifications or SCAN, and Python workers' notices), so the
@@ -113,7 +108,7 @@ class RedisBackend:
         self._transport = RedisTransport(settings, url=self.url, client_name="exprsn-bridge")
         self._transport_taken = False
         self._publisher = RespPublisher(
-            RedisAddress.from_url(self.url),
+            self.endpoint,
             describe=self.safe_url,
             client_name="exprsn-bridge",
             connect_timeout=CONNECT_TIMEOUT_S,
@@ -324,7 +319,15 @@ class RedisBackend:
         Raises:
             TransportError: Redis failed (nothing was appended).
         """
-        await append_durable_entry(self.client, target, raw, maxlen=self.durable_options.maxlen, describe=self.safe_url)
+        await append_durable_entry(
+            self.client,
+            target,
+            raw,
+            maxlen=self.durable_options.maxlen,
+            describe=self.safe_url,
+            replicas=self.settings.ipc_durable_replicas,
+            wait_ms=self.settings.ipc_durable_replica_wait_ms,
+        )
         return 1
 
     async def consume_durable(self, service: str, key: str, send: DurableSend) -> None:

@@ -2,15 +2,18 @@
 
 This package's public API is what the rest of exprsn-ipc (the Bridge's Redis backend,
 the CLI) uses; its modules are internal: ``keys`` (every key, channel and script),
-``resp`` (the lean RESP connections), ``publisher``/``subscriber`` (the per-message
-paths), ``stores`` (revocations, state, rate limits), ``streams``/``durable``/
-``deadletters`` (durable delivery) and ``transport`` (the worker's ``RedisTransport``).
+``endpoints`` (one server, Sentinel or Cluster), ``resp`` (the lean RESP
+connections), ``publisher``/``subscriber`` (the per-message paths), ``stores``
+(revocations, state, rate limits), ``streams``/``durable``/``deadletters``/``consumer``
+(durable delivery) and ``transport`` (the worker's ``RedisTransport``).
 """
 
 from __future__ import annotations
 
+from exprsn_ipc.transport.redis.consumer import start_durable_consumer
 from exprsn_ipc.transport.redis.deadletters import durable_status, list_dead_letters, replay_dead_letters
 from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions
+from exprsn_ipc.transport.redis.endpoints import RedisEndpoint
 from exprsn_ipc.transport.redis.instances import RedisInstances
 from exprsn_ipc.transport.redis.keys import UNREGISTER_SCRIPT, dlq_key, registry_key, stream_key
 from exprsn_ipc.transport.redis.publisher import RespPublisher
@@ -35,7 +38,6 @@ from exprsn_ipc.transport.redis.transport import (
     RedisTransport,
     append_durable_entry,
     read_registry,
-    start_durable_consumer,
 )
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "DurableConsumer",
     "DurableOptions",
     "RedisAddress",
+    "RedisEndpoint",
     "RedisInstances",
     "RedisRateLimiter",
     "RedisReplayGuard",

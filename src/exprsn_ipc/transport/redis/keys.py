@@ -47,7 +47,7 @@ TOKEN_KEY_PREFIX: Final = "ipc:data:token:"
 STATE_KEY_PREFIX: Final = "ipc:data:state:"
 #: Default key prefix of the Redis rate limiter (the original IPCRouter's).
 RATE_LIMIT_PREFIX: Final = "ipc:router:ratelimit:"
-#: The dead letters of a service: ``ipc:dlq:<service>``.
+#: The dead letters of a service: ``ipc:dlq:{<service>}``.
 DLQ_PREFIX: Final = "ipc:dlq:"
 #: Durable messages a service has handled, by token id, shared by its replicas (24 h).
 DONE_PREFIX: Final = "ipc:durable:done:"
@@ -55,10 +55,11 @@ DONE_PREFIX: Final = "ipc:durable:done:"
 INSTANCES_PREFIX: Final = "ipc:data:instances:"
 #: Claims shared by replicas (a shared handler's event, a request that reached every replica).
 CLAIM_PREFIX: Final = "ipc:claim:"
-#: The Bridges' built-in CRUD store: ``<prefix>items:<resource>`` (hash id -> item),
+#: The Bridges' built-in CRUD store, hash-tagged so that its multi-key transactions stay
+#: in one Cluster slot: ``<prefix>items:<resource>`` (hash id -> item),
 #: ``<prefix>meta:<resource>`` (hash id -> owner and size), ``<prefix>usage`` (hash owner ->
 #: bytes), ``<prefix>resources`` (set) and ``<prefix>ids`` (counter).
-STORE_PREFIX: Final = "ipc:store:"
+STORE_PREFIX: Final = "ipc:{store}:"
 #: Token ids of envelopes the Bridges accepted, each until its token expires (replay guard).
 REPLAY_PREFIX: Final = "ipc:replay:"
 
@@ -78,19 +79,24 @@ def instances_key(service: str) -> str:
     return f"{INSTANCES_PREFIX}{service}"
 
 
+# A service's stream, dead letters and done markers share the hash tag ``{<service>}``:
+# in a Redis Cluster they live in one slot, so the scripts and transactions that touch
+# several of them (dead-lettering, replaying, acking with a marker) stay valid there.
+
+
 def stream_key(service: str) -> str:
-    """``ipc:stream:<service>``: where durable messages for ``service`` wait."""
-    return f"{STREAM_PREFIX}{service}"
+    """``ipc:stream:{<service>}``: where durable messages for ``service`` wait."""
+    return f"{STREAM_PREFIX}{{{service}}}"
 
 
 def done_key(service: str, token_id: str) -> str:
-    """``ipc:durable:done:<service>:<token id>``: ``service`` has handled that durable message."""
-    return f"{DONE_PREFIX}{service}:{token_id}"
+    """``ipc:durable:done:{<service>}:<token id>``: ``service`` has handled that durable message."""
+    return f"{DONE_PREFIX}{{{service}}}:{token_id}"
 
 
 def dlq_key(service: str) -> str:
-    """``ipc:dlq:<service>``: the dead letters of ``service``."""
-    return f"{DLQ_PREFIX}{service}"
+    """``ipc:dlq:{<service>}``: the dead letters of ``service``."""
+    return f"{DLQ_PREFIX}{{{service}}}"
 
 
 # Scripts ---------------------------------------------------------------------------

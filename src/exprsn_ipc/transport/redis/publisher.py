@@ -13,7 +13,8 @@ import asyncio
 from typing import Any
 
 from exprsn_ipc.errors import TransportError
-from exprsn_ipc.transport.redis.resp import RedisAddress, RespConnection
+from exprsn_ipc.transport.redis.endpoints import RedisEndpoint
+from exprsn_ipc.transport.redis.resp import RespConnection
 
 __all__ = ["RespPublisher"]
 
@@ -22,7 +23,8 @@ class RespPublisher:
     """Publishes on one lazily (re)opened :class:`RespConnection`.
 
     Args:
-        address: the server.
+        endpoint: where Redis is; asked again before every (re)connection, so a
+            Sentinel failover is followed.
         describe: names it in errors (no password).
         client_name: ``CLIENT SETNAME`` of the connection.
         connect_timeout / reply_timeout: seconds.
@@ -30,14 +32,14 @@ class RespPublisher:
 
     def __init__(
         self,
-        address: RedisAddress,
+        endpoint: RedisEndpoint,
         *,
         describe: str,
         client_name: str | None,
         connect_timeout: float,
         reply_timeout: float,
     ) -> None:
-        self.address = address
+        self.endpoint = endpoint
         self.describe = describe
         self.client_name = client_name
         self.connect_timeout = connect_timeout
@@ -76,7 +78,7 @@ class RespPublisher:
             connection = self._connection
             if connection is None or connection.closed:
                 connection = await RespConnection.open(
-                    self.address,
+                    await self.endpoint.resolve(),
                     describe=self.describe,
                     client_name=self.client_name,
                     connect_timeout=self.connect_timeout,

@@ -23,6 +23,7 @@ from exprsn_ipc.protocol.constants import MAX_TOKEN_ID_LEN, REVOCATION_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.protocol.ratelimit import RateDecision
 from exprsn_ipc.protocol.stores import MemoryRevocationStore
+from exprsn_ipc.transport.redis.endpoints import is_cluster, mget_any
 from exprsn_ipc.transport.redis.keys import (
     RATE_LIMIT_PREFIX,
     RATE_LIMIT_SCRIPT,
@@ -134,10 +135,15 @@ class RedisRevocationStore:
             record["revoked"] = True
             record["revokedAt"] = time.time_ns() // 1_000_000
             notice = orjson.dumps({"id": token_id, "ttl": ttl})
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(key, dumps(record), ex=ttl)
-                pipe.publish(self.channel, notice)
-                await pipe.execute()
+            if is_cluster(self.client):
+                # A Cluster has no MULTI across a key and a keyless PUBLISH: the record first.
+                await self.client.set(key, dumps(record), ex=ttl)
+                await self.client.publish(self.channel, notice)
+            else:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    pipe.set(key, dumps(record), ex=ttl)
+                    pipe.publish(self.channel, notice)
+                    await pipe.execute()
         except RedisError as exc:
             raise _wrap("revocation", exc) from exc
         return True
@@ -195,7 +201,7 @@ class RedisRevocationStore:
         return found
 
     async def _load_batch(self, ids: list[str]) -> int:
-        values = await self.client.mget([self.key(t) for t in ids])
+        values = await mget_any(self.client, [self.key(t) for t in ids])
         revoked = [t for t, raw in zip(ids, values, strict=True) if _revoked_record(raw)]
         return await self.check(revoked) if revoked else 0
 
@@ -298,7 +304,7 @@ class RedisRateLimiter:
             result: dict[str, int] = {}
             for start in range(0, len(keys), SCAN_COUNT):
                 chunk = keys[start : start + SCAN_COUNT]
-                for k, v in zip(chunk, await self.client.mget(chunk), strict=True):
+                for k, v in zip(chunk, await mget_any(self.client, chunk), strict=True):
                     if v is not None:
                         result[_text(k)[len(head) :]] = int(v)
         except RedisError as exc:

@@ -14,12 +14,11 @@ from typing import Any, Final
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.protocol.tokens import decode_unverified
+from exprsn_ipc.transport.redis.endpoints import RedisEndpoint, mget_any
 from exprsn_ipc.transport.redis.keys import REGISTRY_PREFIX, stream_key
 from exprsn_ipc.transport.redis.stores import glob_escape
 
@@ -56,15 +55,12 @@ def as_text(value: Any) -> str:
 
 def open_reader(url: str, *, block_ms: int, client_name: str | None = None) -> Redis:
     """A client for XREADGROUP BLOCK alone: its own connection, no hidden retries,
-    a read timeout longer than the block time."""
-    return Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_connect_timeout=READER_TIMEOUT_S,
-        socket_timeout=block_ms / 1000 + READER_TIMEOUT_S,
-        socket_keepalive=True,
+    a read timeout longer than the block time (on any endpoint kind: ``endpoints.py``)."""
+    return RedisEndpoint.from_url(url).client(
         client_name=client_name,
-        retry=Retry(NoBackoff(), 0),
+        socket_timeout=block_ms / 1000 + READER_TIMEOUT_S,
+        connect_timeout=READER_TIMEOUT_S,
+        retries=0,
     )
 
 
@@ -89,16 +85,32 @@ async def append_durable(client: Redis, service: str, raw: bytes, *, maxlen: int
     return as_text(entry_id)
 
 
-async def append_durable_entry(client: Redis, target: str, raw: bytes, *, maxlen: int, describe: str) -> None:
-    """XADD ``raw`` to ``ipc:stream:<target>``.
+async def append_durable_entry(
+    client: Redis, target: str, raw: bytes, *, maxlen: int, describe: str, replicas: int = 0, wait_ms: int = 1000
+) -> None:
+    """XADD ``raw`` to ``ipc:stream:<target>``; with ``replicas``, then WAIT until that many
+    replicas have it (on the same connection: WAIT counts that connection's writes).
 
     Raises:
-        TransportError: Redis failed (nothing was appended).
+        TransportError: Redis failed (nothing was appended), or fewer than ``replicas``
+            replicas confirmed within ``wait_ms`` (the entry may still be delivered:
+            the sender must treat it as unacknowledged, not as lost).
     """
     try:
-        await append_durable(client, target, raw, maxlen=maxlen)
+        if replicas <= 0:
+            await append_durable(client, target, raw, maxlen=maxlen)
+            return
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.xadd(stream_key(target), {ENVELOPE_FIELD: raw}, maxlen=maxlen, approximate=True)
+            pipe.wait(replicas, wait_ms)
+            _, confirmed = await pipe.execute()
     except (RedisError, OSError) as exc:
         raise TransportError(f"XADD to the durable stream of {target} on {describe} failed: {exc}") from exc
+    if int(confirmed) < replicas:
+        raise TransportError(
+            f"the durable message to {target} reached {int(confirmed)} of {replicas} replicas "
+            f"within {wait_ms} ms (IPC_DURABLE_REPLICAS) on {describe}: not acknowledged"
+        )
 
 
 async def read_registry(client: Redis, describe: str) -> list[dict[str, Any]]:
@@ -113,7 +125,7 @@ async def read_registry(client: Redis, describe: str) -> list[dict[str, Any]]:
         keys = [k async for k in client.scan_iter(match=f"{glob_escape(REGISTRY_PREFIX)}*", count=500)]
         values: list[Any] = []
         for start in range(0, len(keys), 500):
-            values.extend(await client.mget(keys[start : start + 500]))
+            values.extend(await mget_any(client, keys[start : start + 500]))
     except (RedisError, OSError) as exc:
         raise TransportError(f"service discovery on {describe} failed: {exc}") from exc
     services: list[dict[str, Any]] = []

@@ -24,13 +24,13 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.exceptions import RedisError
 
 from exprsn_ipc.errors import TransportError
 from exprsn_ipc.logsafe import get_logger
-from exprsn_ipc.transport.redis.resp import RedisAddress, RespConnection
+from exprsn_ipc.transport.redis.endpoints import RedisEndpoint, redact_url
+from exprsn_ipc.transport.redis.resp import RespConnection
 
 __all__ = [
     "BACKOFF_INITIAL_S",
@@ -75,16 +75,6 @@ Hook = Callable[[], Awaitable[None]]
 def as_text(value: Any) -> str:
     """``value`` as ``str`` (bytes decoded as UTF-8, invalid bytes replaced)."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def connection_options(client_name: str | None) -> dict[str, Any]:
@@ -138,8 +128,8 @@ class RedisSubscriber:
         lock: asyncio.Lock | None = None,
         name: str = "Redis subscriber",
     ) -> None:
-        self.address = RedisAddress.from_url(url)
-        self.describe = redact_url(url)
+        self.endpoint = RedisEndpoint.from_url(url)
+        self.describe = self.endpoint.describe
         self.client_name = client_name
         self.name = name
         self._on_message = message
@@ -271,7 +261,7 @@ class RedisSubscriber:
         if self._prepare is not None:
             await self._prepare()
         pubsub = await RespConnection.open(
-            self.address,
+            await self.endpoint.resolve(),
             describe=self.describe,
             client_name=self.client_name,
             connect_timeout=CONNECT_TIMEOUT_S,

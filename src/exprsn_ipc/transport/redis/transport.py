@@ -7,11 +7,8 @@ serves commands; PUBLISH has a RESP connection of its own (:class:`RespPublisher
 and one subscription connection (a :class:`RedisSubscriber`, read by a task this
 transport owns) serves subscriptions. When Redis goes away the reader reports one
 ``error`` to the worker, reconnects with capped exponential backoff and jitter,
-then resubscribes every channel and re-registers by itself. ``docs/redis.md`` has
-the details.
-
-Plain pub/sub is at-most-once: a message published while a subscriber is
-disconnected is lost, as in the original.
+then resubscribes every channel and re-registers by itself (``docs/redis.md``).
+Plain pub/sub is at-most-once, as in the original.
 """
 
 from __future__ import annotations
@@ -20,10 +17,8 @@ import asyncio
 import contextlib
 from typing import Any, Final
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio import Redis
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from exprsn_ipc.errors import NotConnectedError, TransportError
 from exprsn_ipc.logsafe import get_logger
@@ -31,12 +26,15 @@ from exprsn_ipc.protocol.constants import REGISTRY_REFRESH_S, REGISTRY_TTL_S
 from exprsn_ipc.protocol.envelope import dumps
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.transport.base import DurableBacklog, Transport, TransportPeer
+from exprsn_ipc.transport.redis.acl import refused
+from exprsn_ipc.transport.redis.consumer import start_durable_consumer
 from exprsn_ipc.transport.redis.deadletters import durable_status
 from exprsn_ipc.transport.redis.durable import DurableConsumer, DurableOptions
+from exprsn_ipc.transport.redis.endpoints import RedisEndpoint, redact_url
 from exprsn_ipc.transport.redis.instances import RedisInstances
 from exprsn_ipc.transport.redis.keys import TOKEN_KEY_PREFIX, UNREGISTER_SCRIPT, registry_key
+from exprsn_ipc.transport.redis.keyspace import enable_keyspace_events
 from exprsn_ipc.transport.redis.publisher import RespPublisher
-from exprsn_ipc.transport.redis.resp import RedisAddress
 from exprsn_ipc.transport.redis.stores import (
     RATE_LIMIT_PREFIX,
     REVOCATION_CHANNEL,
@@ -45,16 +43,13 @@ from exprsn_ipc.transport.redis.stores import (
     RedisStateStore,
     glob_escape,
 )
-from exprsn_ipc.transport.redis.streams import append_durable_entry, open_reader, read_registry
+from exprsn_ipc.transport.redis.streams import append_durable_entry, read_registry
 from exprsn_ipc.transport.redis.subscriber import (
     COMMAND_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
     IDLE_PING_S,
     REDIS_ERRORS,
     RedisSubscriber,
-    as_text,
-    connection_options,
-    redact_url,
 )
 
 __all__ = [
@@ -77,20 +72,6 @@ MAX_CONNECTIONS: Final = 32
 REVOCATION_SCAN_S: Final = 5.0
 #: Keyspace events waiting for a revocation check; beyond this a full SCAN replaces them.
 MAX_PENDING_CHECKS: Final = 10_000
-
-
-async def start_durable_consumer(
-    client: Redis, url: str, peer: TransportPeer, options: DurableOptions, *, client_name: str | None
-) -> DurableConsumer:
-    """A started :class:`DurableConsumer` of ``peer``'s stream, on a blocking reader of its own."""
-    reader = open_reader(url, block_ms=options.block_ms, client_name=client_name)
-    consumer = DurableConsumer(client, reader, peer, options)
-    try:
-        await consumer.start()
-    except BaseException:
-        await consumer.close()
-        raise
-    return consumer
 
 
 class RedisTransport(Transport):
@@ -127,23 +108,21 @@ class RedisTransport(Transport):
     ) -> None:
         self.settings = settings
         self.url = url or settings.effective_redis_url
-        self.safe_url = redact_url(self.url)
-        # Commands: one quick retry, so the first command after a Redis restart
-        # replaces its stale pooled connection; a real outage still fails fast.
-        # A blocking pool: a burst of commands waits for a connection instead of
-        # failing with "Too many connections" (redis-py's default pool raises).
-        pool = BlockingConnectionPool.from_url(
-            self.url,
+        #: Where Redis is: one server, a Sentinel master or a Cluster (``endpoints.py``).
+        self.endpoint = RedisEndpoint.from_url(self.url)
+        self.safe_url = self.endpoint.describe
+        self.client_name = client_name
+        # Commands: one quick retry, so the first command after a restart or a failover
+        # replaces its stale pooled connection; a real outage still fails fast. The pool
+        # blocks when exhausted instead of failing with "Too many connections".
+        self.client: Redis = self.endpoint.client(
+            client_name=client_name,
+            socket_timeout=COMMAND_TIMEOUT_S,
+            connect_timeout=CONNECT_TIMEOUT_S,
             max_connections=MAX_CONNECTIONS,
-            timeout=COMMAND_TIMEOUT_S,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            **connection_options(client_name),
         )
-        self.client: Redis = Redis(connection_pool=pool)
-        self.client.auto_close_connection_pool = True
-        self.address = RedisAddress.from_url(self.url)
         self._publisher = RespPublisher(
-            self.address,
+            self.endpoint,
             describe=self.safe_url,
             client_name=client_name,
             connect_timeout=CONNECT_TIMEOUT_S,
@@ -151,8 +130,9 @@ class RedisTransport(Transport):
         )
         self.revocations: RedisRevocationStore = RedisRevocationStore(self.client)
         self.states: RedisStateStore = RedisStateStore(self.client)
-        self.db = int(self.client.connection_pool.connection_kwargs.get("db", 0) or 0)
-        self.keyspace_notifications = keyspace_notifications
+        self.db = self.endpoint.address.db
+        # A cluster node sends keyspace events only for its own keys: scan there instead.
+        self.keyspace_notifications = keyspace_notifications and self.endpoint.kind != "cluster"
         self._keyspace_pattern = f"__keyspace@{self.db}__:{glob_escape(TOKEN_KEY_PREFIX)}*"
         self._keyspace_head = f"__keyspace@{self.db}__:{TOKEN_KEY_PREFIX}"
         self._peer: TransportPeer | None = None
@@ -185,6 +165,8 @@ class RedisTransport(Transport):
         self.replicas = RedisInstances(self.client)
         self._registry_record: bytes | None = None
         self.durable_options = durable if durable is not None else DurableOptions()
+        #: Commands the Redis ACL refused this transport's user (``exprsn-ipc redis acl``).
+        self.acl_refusals = 0
         #: Reads this worker's durable stream while it is receiving (None before connect).
         self.durable: DurableConsumer | None = None
 
@@ -270,6 +252,14 @@ class RedisTransport(Transport):
             return None
         return self._publisher.publish_nowait(channel, raw)
 
+    def _refused(self, exc: BaseException, what: str) -> TransportError:
+        """The error to raise for ``exc``; a refusal by the ACL is counted and logged."""
+        if isinstance(exc, NoPermissionError) or isinstance(exc.__cause__, NoPermissionError):
+            self.acl_refusals += 1
+            log.warning("Redis ACL refused to %s (refusal %d)", what, self.acl_refusals)
+        cause = exc.__cause__ if isinstance(exc, TransportError) and exc.__cause__ is not None else exc
+        return refused(cause, what, user=self.endpoint.address.username, describe=self.safe_url)
+
     async def publish_durable(self, target: str, raw: bytes) -> int:
         """XADD ``raw`` to ``ipc:stream:<target>`` (one replica of ``target`` handles it); returns 1.
 
@@ -279,15 +269,29 @@ class RedisTransport(Transport):
         """
         if self._peer is None or self._closed:
             raise NotConnectedError("the Redis transport is not connected")
-        await append_durable_entry(self.client, target, raw, maxlen=self.durable_options.maxlen, describe=self.safe_url)
+        try:
+            await append_durable_entry(
+                self.client,
+                target,
+                raw,
+                maxlen=self.durable_options.maxlen,
+                describe=self.safe_url,
+                replicas=self.settings.ipc_durable_replicas,
+                wait_ms=self.settings.ipc_durable_replica_wait_ms,
+            )
+        except TransportError as exc:
+            if isinstance(exc.__cause__, NoPermissionError):
+                raise self._refused(exc, f"append to the durable stream of {target}") from exc
+            raise
         return 1
 
     async def _start_durable(self, peer: TransportPeer) -> None:
         """Consume the worker's own durable stream (``docs/durable.md``)."""
         if not self.durable_options.enabled:
             return
-        name = self.client.connection_pool.connection_kwargs.get("client_name")
-        self.durable = await start_durable_consumer(self.client, self.url, peer, self.durable_options, client_name=name)
+        self.durable = await start_durable_consumer(
+            self.client, self.url, peer, self.durable_options, client_name=self.client_name
+        )
 
     async def subscribe(self, channel: str) -> None:
         """Receive ``channel`` too; returns once Redis confirmed the subscription.
@@ -340,7 +344,16 @@ class RedisTransport(Transport):
             await self.client.aclose()
 
     async def backlog(self, service: str) -> DurableBacklog:
-        status = await durable_status(self.client, service)
+        """The durable backlog of ``service``.
+
+        Raises:
+            TransportError: Redis failed, or this user's ACL does not cover that stream
+                (counted in :attr:`acl_refusals`).
+        """
+        try:
+            status = await durable_status(self.client, service)
+        except (RedisError, OSError) as exc:
+            raise self._refused(exc, f"read the durable backlog of {service}") from exc
         return DurableBacklog(
             length=int(status["length"]), pending=int(status["pending"]), dead_letters=int(status["deadLetters"])
         )
@@ -371,16 +384,8 @@ class RedisTransport(Transport):
         if not self.keyspace_notifications:
             return False
         try:
-            reply = await self.client.config_get("notify-keyspace-events")
-            flags = as_text(next(iter(reply.values()), b""))
-            wanted = flags
-            if "K" not in wanted:
-                wanted += "K"
-            if "$" not in wanted and "A" not in wanted:
-                wanted += "$"
-            if wanted != flags:
-                await self.client.config_set("notify-keyspace-events", wanted)
-        except ResponseError as exc:  # CONFIG disabled, renamed or not permitted (managed Redis)
+            await enable_keyspace_events(self.client)
+        except ResponseError as exc:  # CONFIG disabled, renamed or not permitted (managed Redis, ACL users)
             if self._revocation_mode != "scan":
                 log.info("CONFIG SET notify-keyspace-events refused (%s)", exc)
             return False
