@@ -22,10 +22,14 @@ redis_app = typer.Typer(help="Redis set-up: ACL users.", no_args_is_help=True, r
 def acl(
     service: Annotated[
         list[str] | None,
-        typer.Option("--service", "-s", metavar="NAME", help="A service to make a user for (repeat; default: the known ones)."),
+        typer.Option(
+            "--service", "-s", metavar="NAME", help="A service to make a user for (repeat; default: the known ones)."
+        ),
     ] = None,
     bridge: Annotated[bool, typer.Option("--bridge/--no-bridge", help="Also the Bridge's user.")] = True,
-    db: Annotated[int, typer.Option("--db", min=0, metavar="N", help="The database the workers use (keyspace channel).")] = 0,
+    db: Annotated[
+        int, typer.Option("--db", min=0, metavar="N", help="The database the workers use (keyspace channel).")
+    ] = 0,
     aclfile: Annotated[
         bool, typer.Option("--aclfile", help="Lines for a Redis aclfile instead of ACL SETUSER commands.")
     ] = False,
