@@ -280,7 +280,7 @@ print("FAILED:" + ",".join(failed))
 
 
 @pytest.mark.timeout(240)
-def test_every_module_imports_in_a_fresh_interpreter() -> None:
+def test_every_module_imports_in_a_fresh_interpreter(tmp_path: Path) -> None:
     """Each module imported first, alone: an import that only works after another one fails here.
 
     The parent interpreter imports nothing of the package or its dependencies, and
@@ -289,7 +289,13 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
     names = [name for name in load_modules() if not name.endswith("__main__")]
     env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning:exprsn_ipc"}
     done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_EACH, *names], capture_output=True, text=True, timeout=220, env=env, check=False
+        [sys.executable, "-c", _IMPORT_EACH, *names],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        env=env,
+        check=False,
+        cwd=tmp_path,  # the README's example service reads .env and may write a development key here
     )
     failed = done.stdout.rpartition("FAILED:")[2].strip()
     assert done.returncode == 0 and failed == "", f"modules that fail to import alone: {failed}\n{done.stderr[-4000:]}"

@@ -265,19 +265,24 @@ class Settings(BaseSettings):
         return settings.with_resolved_key(create=create_key)
 
     def with_resolved_key(self, *, create: bool = True) -> Settings:
-        """Return settings whose broker key is usable, generating one in development."""
+        """Return settings whose broker key is usable, generating one in development.
+
+        With ``create=False`` (commands that only read) a missing key is not an
+        error here: it is read from the development key file if there is one,
+        and otherwise left unset for the command to report when it needs it.
+        """
+        if not self.ipc_tls_verify and not self.is_development:
+            raise ConfigError("IPC_TLS_VERIFY=false is allowed only with NODE_ENV=development")
         key = self.ipc_broker_key
         if key is None:
+            if not create:
+                existing = _read_key_file(self.ipc_key_file) if self.is_development else None
+                return self if existing is None else self.model_copy(update={"ipc_broker_key": SecretStr(existing)})
             if not self.is_development:
                 raise ConfigError(
                     f"IPC_BROKER_KEY is required when NODE_ENV={self.environment}: "
                     "run `exprsn-ipc init` or set a key of at least 32 bytes"
                 )
-            if not create:
-                existing = _read_key_file(self.ipc_key_file)
-                if existing is None:
-                    return self
-                return self.model_copy(update={"ipc_broker_key": SecretStr(existing)})
             generated = load_or_create_key_file(self.ipc_key_file)
             return self.model_copy(update={"ipc_broker_key": SecretStr(generated)})
         if len(key.get_secret_value().encode("utf-8")) < MIN_KEY_BYTES:
@@ -287,8 +292,6 @@ class Settings(BaseSettings):
                     "run `exprsn-ipc init --force` to generate a strong one"
                 )
             log.warning("IPC_BROKER_KEY is shorter than %d bytes (allowed in development only)", MIN_KEY_BYTES)
-        if not self.ipc_tls_verify and not self.is_development:
-            raise ConfigError("IPC_TLS_VERIFY=false is allowed only with NODE_ENV=development")
         return self
 
 

@@ -18,7 +18,7 @@ from exprsn_ipc.logsafe import ClipArgs
 from exprsn_ipc.settings import Settings
 
 console = Console(soft_wrap=True)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error stays one copyable line
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
