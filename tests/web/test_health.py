@@ -36,17 +36,19 @@ def hand_wired() -> tuple[FastAPI, IPCWorker]:
 
 async def test_a_hand_wired_service_answers_health(pki: PKI) -> None:
     app, ipc = hand_wired()
-    async with _running(_manager(pki), app) as servers:
-        async with httpx.AsyncClient(verify=pki.client_context(), base_url=servers.urls["https"]) as http:
-            health = await http.get("/health")
-            assert health.status_code == 200
-            body = health.json()
-            assert body["status"] == "healthy"
-            assert body["service"] == "exprsn-webtest"
-            assert body["ipc"] == {"transport": "memory", "connected": True}
-            assert (await http.get("/posts")).json() == []
-            assert (await http.get("/missing")).status_code == 404  # only /health is answered
-            assert (await http.post("/health")).status_code in (404, 405)
+    async with (
+        _running(_manager(pki), app) as servers,
+        httpx.AsyncClient(verify=pki.client_context(), base_url=servers.urls["https"]) as http,
+    ):
+        health = await http.get("/health")
+        assert health.status_code == 200
+        body = health.json()
+        assert body["status"] == "healthy"
+        assert body["service"] == "exprsn-webtest"
+        assert body["ipc"] == {"transport": "memory", "connected": True}
+        assert (await http.get("/posts")).json() == []
+        assert (await http.get("/missing")).status_code == 404  # only /health is answered
+        assert (await http.post("/health")).status_code in (404, 405)
     assert not ipc.started
 
 
@@ -57,9 +59,11 @@ async def test_the_apps_own_health_wins(pki: PKI) -> None:
     async def own() -> dict[str, str]:
         return {"status": "mine"}
 
-    async with _running(_manager(pki), app) as servers:
-        async with httpx.AsyncClient(verify=pki.client_context(), base_url=servers.urls["https"]) as http:
-            assert (await http.get("/health")).json() == {"status": "mine"}
+    async with (
+        _running(_manager(pki), app) as servers,
+        httpx.AsyncClient(verify=pki.client_context(), base_url=servers.urls["https"]) as http,
+    ):
+        assert (await http.get("/health")).json() == {"status": "mine"}
 
 
 async def test_doctor_reports_the_status_code_and_the_cause() -> None:
