@@ -151,11 +151,10 @@ async def test_bad_configuration_names_the_variable(tmp_path: Path) -> None:
     assert code == 2, out + err
     assert "IPC_RATE_WINDOW" in err
 
-    # No key outside development is refused with a pointer to `exprsn-ipc init`.
+    # A command that signs, with no key outside development, says where the key comes from.
     (tmp_path / ".env").unlink()
     code, out, err = await run_cli(
-        "stats", "--url", "http://127.0.0.1:9", env=cli_env(NODE_ENV="production"), cwd=tmp_path
+        "emit", "a:b", "--url", "http://127.0.0.1:9", env=cli_env(NODE_ENV="production"), cwd=tmp_path
     )
     assert code == 2, out + err
-    assert "IPC_BROKER_KEY" in err
-    assert "exprsn-ipc init" in err
+    assert "no broker key: set IPC_BROKER_KEY to the Bridge's key" in err
