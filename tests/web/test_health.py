@@ -7,13 +7,17 @@ no route of its own, and ``doctor`` reports the status code it got.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from exprsn_ipc import IPCWorker
 from exprsn_ipc.cli.doctor import run_doctor
+from exprsn_ipc.errors import ServerStartError, TransportError
 from exprsn_ipc.testing import make_test_settings
 from exprsn_ipc.transport.memory import MemoryBus, MemoryTransport
 
@@ -76,3 +80,19 @@ async def test_doctor_reports_the_status_code_and_the_cause() -> None:
     assert not health.ok
     assert "HTTP 404" in health.detail
     assert "/health" in health.fix and "TLS" not in health.fix
+
+
+async def test_a_failed_start_is_one_line_with_its_cause(pki: PKI, caplog: Any) -> None:
+    """A hand-wired service started while the Bridge is down: the cause, not two tracebacks."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        raise TransportError("cannot connect to the Bridge (start the Bridge first: `exprsn-ipc bridge`)")
+        yield
+
+    manager = _manager(pki)
+    with caplog.at_level(logging.INFO), pytest.raises(ServerStartError) as failed:
+        await manager.start(FastAPI(lifespan=lifespan))
+    assert "start the Bridge first" in str(failed.value)
+    assert "Traceback" not in caplog.text
+    assert "start the Bridge first" in caplog.text

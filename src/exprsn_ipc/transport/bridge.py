@@ -196,10 +196,16 @@ class BridgeTransport(Transport):
         except AuthError as exc:
             self._link = None
             log.warning("%s: the Bridge refused the connection: %s", peer.service_name, exc)
-            raise AuthError(f"the Bridge did not accept {peer.service_name} on {self._namespace}: {exc}") from None
+            raise AuthError(
+                f"the Bridge did not accept {peer.service_name} on {self._namespace}: {exc} "
+                "(compare IPC_BROKER_KEY with the Bridge's)"
+            ) from None
         except TransportError as exc:
             self._link = None
-            raise TransportError(f"cannot connect to the Bridge at {self.url}{self._namespace}: {exc}") from exc
+            raise TransportError(
+                f"cannot connect to the Bridge at {self.url}{self._namespace}: {exc} "
+                "(start the Bridge first: `exprsn-ipc bridge`; or check BRIDGE_URL)"
+            ) from exc
 
     async def _on_connect(self) -> None:
         link, peer = self._link, self._peer

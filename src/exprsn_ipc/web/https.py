@@ -51,6 +51,7 @@ from exprsn_ipc.web.servers import (
     url_host,
 )
 from exprsn_ipc.web.signals import ShutdownSignals
+from exprsn_ipc.web.startup import StartupGuard
 from exprsn_ipc.web.tls import find_service_certificate, server_ssl_context
 
 __all__ = [
@@ -250,7 +251,7 @@ class HTTPSServerManager:
         if self._state != "new":
             raise ServerStartError(f"{self.service_name}: start() called on a manager that is {self._state}")
         self._state = "starting"
-        app = HealthFallback(app, self.service_name)  # every migrated service has /health
+        app = StartupGuard(HealthFallback(app, self.service_name))  # /health; start-up errors in one line
         plans: list[_Plan] = []
         try:
             plans = self._plan(app)
@@ -284,7 +285,8 @@ class HTTPSServerManager:
         self._lifespan = lifespan
         await lifespan.startup()
         if lifespan.should_exit:
-            raise ServerStartError(f"{self.service_name}: application startup failed (see the log)")
+            reason = getattr(app, "startup_error", None) or "see the log"
+            raise ServerStartError(f"{self.service_name}: application startup failed: {reason}")
         return lifespan.state
 
     async def _start_server(self, plan: _Plan, app_state: dict[str, Any]) -> None:
