@@ -166,3 +166,10 @@ def test_reusing_certificates_prints_no_warning(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "Warning" not in done.stderr, done.stderr
+
+
+async def test_dlq_with_redis_down_says_to_start_it(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    code, out, err = await run_cli("dlq", "list", "exprsn-herald", "--redis-url", url, env=cli_env(), cwd=tmp_path)
+    assert code == 1
+    assert "start redis-server or fix REDIS_URL/--redis-url" in out + err

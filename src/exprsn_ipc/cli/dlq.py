@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from rich.table import Table
 
@@ -64,7 +65,9 @@ def _run(settings: Settings, action: Callable[[Redis], Any]) -> Any:
 
     try:
         return asyncio.run(main())
-    except (RedisError, OSError) as exc:
+    except (RedisConnectionError, OSError) as exc:
+        fail(f"cannot reach Redis at {redact_url(url)} ({exc}): start redis-server or fix REDIS_URL/--redis-url", 1)
+    except RedisError as exc:
         fail(f"Redis at {redact_url(url)}: {exc}", 1)
 
 
