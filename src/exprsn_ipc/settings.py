@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     #: Replicas that must have a durable message before the emit returns (Redis ``WAIT``).
     ipc_durable_replicas: int = Field(0, ge=0)
     ipc_durable_replica_wait_ms: int = Field(1000, gt=0)
+    #: SSUBSCRIBE/SPUBLISH (Redis 7) for the per-replica channels ``ipc:<instance>`` only
+    #: Python workers use; service and broadcast channels stay classic for the Node workers.
+    ipc_sharded_pubsub: bool = False
 
     # Bridge -------------------------------------------------------------------
     bridge_url: str = "https://localhost:3010"

@@ -22,6 +22,7 @@ from exprsn_ipc import IPCWorker, Settings
 from exprsn_ipc.errors import TokenError
 from exprsn_ipc.protocol.constants import ENVELOPE_KEYS, TOKEN_CLAIMS
 from exprsn_ipc.protocol.tokens import decode_unverified
+from exprsn_ipc.testing import make_test_settings
 
 from ..conftest import RedisWorkerFactory
 
@@ -145,6 +146,13 @@ class NodeWorker:
         for task in self._readers:
             task.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
+
+
+@pytest.fixture(params=[False, True], ids=["classic", "sharded"])
+def redis_settings(redis_url: str, request: pytest.FixtureRequest) -> Settings:
+    """Every test with ``IPC_SHARDED_PUBSUB`` off and on: sharding only touches the per-replica
+    channels, which the Node worker never uses, so both must interoperate alike."""
+    return make_test_settings(redis_url=redis_url, ipc_transport="redis", ipc_sharded_pubsub=request.param)
 
 
 @pytest.fixture

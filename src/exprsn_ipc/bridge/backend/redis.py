@@ -113,6 +113,7 @@ class RedisBackend:
             client_name="exprsn-bridge",
             connect_timeout=CONNECT_TIMEOUT_S,
             reply_timeout=COMMAND_TIMEOUT_S,
+            sharded=settings.ipc_sharded_pubsub,
         )
         self._subscribers: dict[str, dict[str, Deliver]] = {}
         self._registered: dict[str, bytes] = {}
@@ -133,6 +134,7 @@ class RedisBackend:
             idle_ping_s=lambda: self.idle_ping_s,
             lock=self._lock,
             name="Bridge",
+            sharded=settings.ipc_sharded_pubsub,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False

@@ -233,8 +233,15 @@ class RespConnection(asyncio.Protocol):
 
     def publish(self, channel: bytes, message: bytes) -> asyncio.Future[Any]:
         """``PUBLISH channel message``; the future gets the receiver count."""
+        return self._publish(b"*3\r\n$7\r\nPUBLISH\r\n", channel, message)
+
+    def spublish(self, channel: bytes, message: bytes) -> asyncio.Future[Any]:
+        """``SPUBLISH channel message`` (sharded, Redis 7); the future gets the receiver count."""
+        return self._publish(b"*3\r\n$8\r\nSPUBLISH\r\n", channel, message)
+
+    def _publish(self, command: bytes, channel: bytes, message: bytes) -> asyncio.Future[Any]:
         # Packed by hand, and the message is not copied: this runs once per emit.
-        head = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n" % (len(channel), channel, len(message))
+        head = command + b"$%d\r\n%s\r\n$%d\r\n" % (len(channel), channel, len(message))
         self._write(head, message, b"\r\n")
         return self._expect_reply()
 

@@ -12,6 +12,10 @@ reconnection:
   pattern, waits for Redis to confirm them all, runs the owner's ``ready`` hook,
   and reports ``recovered()``.
 
+With ``sharded``, per-replica channels are shard channels (``SSUBSCRIBE``, see
+``sharded.py``): on this connection for one server, on a connection per slot at its
+owner (a :class:`ShardSubscribers`) on a Cluster.
+
 Messages reach the owner through async callbacks, awaited by the reader, so an
 owner that waits (back-pressure) makes the backlog build up in the socket and in
 Redis' output buffer rather than in Python memory.
@@ -31,6 +35,7 @@ from exprsn_ipc.errors import TransportError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.transport.redis.endpoints import RedisEndpoint, redact_url
 from exprsn_ipc.transport.redis.resp import RespConnection
+from exprsn_ipc.transport.redis.sharded import ShardSubscribers, sharded_channel
 
 __all__ = [
     "BACKOFF_INITIAL_S",
@@ -65,7 +70,11 @@ REDIS_ERRORS: Final = (RedisError, OSError, TransportError)
 
 _MESSAGE: Final = b"message"
 _PMESSAGE: Final = b"pmessage"
-_CONFIRMATIONS: Final = frozenset({b"subscribe", b"unsubscribe", b"psubscribe", b"punsubscribe"})
+_SMESSAGE: Final = b"smessage"
+_SUNSUBSCRIBE: Final = b"sunsubscribe"
+_CONFIRMATIONS: Final = frozenset(
+    {b"subscribe", b"unsubscribe", b"psubscribe", b"punsubscribe", b"ssubscribe", _SUNSUBSCRIBE}
+)
 
 #: ``(channel, data)`` of one message; awaited by the reader.
 MessageHandler = Callable[[str, bytes], Awaitable[None]]
@@ -110,6 +119,9 @@ class RedisSubscriber:
         lock: if given, held around every (re)connection; hold it too to make a
             subscription change atomic with respect to reconnection.
         name: names the owner in log messages.
+        sharded: per-replica channels are shard channels (``IPC_SHARDED_PUBSUB``).
+        home: every channel is a shard channel of this one's slot, and the connection goes
+            to that slot's owner (the per-slot connections of a Cluster; set by this class).
     """
 
     def __init__(
@@ -127,6 +139,8 @@ class RedisSubscriber:
         idle_ping_s: Callable[[], float] = lambda: IDLE_PING_S,
         lock: asyncio.Lock | None = None,
         name: str = "Redis subscriber",
+        sharded: bool = False,
+        home: str | None = None,
     ) -> None:
         self.endpoint = RedisEndpoint.from_url(url)
         self.describe = self.endpoint.describe
@@ -150,12 +164,38 @@ class RedisSubscriber:
         self._closed = False
         #: Successful reconnections after outages.
         self.reconnects = 0
+        self._sharded = sharded or home is not None
+        self._home = home
+        #: A Cluster's shard channels live on their slots' owners, not on this connection.
+        self._shards: ShardSubscribers | None = None
+        if sharded and home is None and self.endpoint.kind == "cluster":
+            self._shards = ShardSubscribers(self._shard_subscriber)
+
+    def _shard(self, channel: str) -> bool:
+        return self._home is not None or (self._sharded and sharded_channel(channel))
+
+    def _shard_subscriber(self, channel: str) -> RedisSubscriber:
+        """The subscriber of ``channel``'s slot, at its owner (a Cluster with ``sharded``)."""
+        name = f"{self.name} (shard channel {channel})"
+
+        def outage(exc: BaseException) -> None:
+            log.warning("%s: lost the connection: %s; reconnecting", name, exc)
+
+        return RedisSubscriber(
+            self.endpoint.url,
+            client_name=self.client_name,
+            message=self._on_message,
+            outage=outage,
+            idle_ping_s=self._idle_ping_s,
+            name=name,
+            home=channel,
+        )
 
     # State ----------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        """True while the connection is up with every subscription confirmed."""
-        return self._connected.is_set() and not self._closed
+        """True while the connection is up with every subscription confirmed (shard channels' too)."""
+        return self._connected.is_set() and not self._closed and (self._shards is None or self._shards.connected)
 
     async def wait_connected(self) -> None:
         """Wait until (re)connected and resubscribed; bound it with ``asyncio.timeout``."""
@@ -207,6 +247,8 @@ class RedisSubscriber:
         """Drop the connection (kept closed until :meth:`connect`); the channel set stays."""
         self._connected.clear()
         await self._drop_pubsub()
+        if self._shards is not None:
+            await self._shards.close()
 
     async def close(self, error: TransportError) -> None:
         """Fail pending confirmations with ``error`` and close the connection for good.
@@ -231,8 +273,11 @@ class RedisSubscriber:
         if channel in self._channels:
             return
         self._channels[channel] = None
-        if self._connected.is_set() and self._pubsub is not None:
-            await self._confirmed(self._pubsub, "subscribe", channel)
+        shard = self._shard(channel)
+        if shard and self._shards is not None:
+            await self._shards.subscribe(channel)
+        elif self._connected.is_set() and self._pubsub is not None:
+            await self._confirmed(self._pubsub, "ssubscribe" if shard else "subscribe", channel)
 
     async def unsubscribe(self, *channels: str, confirm: bool = True) -> None:
         """Remove ``channels``; while connected, UNSUBSCRIBE (and wait for the confirmations if ``confirm``).
@@ -243,12 +288,22 @@ class RedisSubscriber:
         gone = [channel for channel in dict.fromkeys(channels) if channel in self._channels]
         for channel in gone:
             del self._channels[channel]
+        if self._shards is not None:
+            await self._shards.unsubscribe([c for c in gone if self._shard(c)], confirm=confirm)
+            gone = [c for c in gone if not self._shard(c)]
         if not gone or not self._connected.is_set() or self._pubsub is None:
             return
-        if confirm:
-            await self._confirmed(self._pubsub, "unsubscribe", *gone)
-        else:
-            self._pubsub.write("UNSUBSCRIBE", *gone)
+        for kind, group in self._by_kind(gone, "unsubscribe"):
+            if confirm:
+                await self._confirmed(self._pubsub, kind, *group)
+            else:
+                self._pubsub.write(kind.upper(), *group)
+
+    def _by_kind(self, channels: list[str], verb: str) -> list[tuple[str, list[str]]]:
+        """``channels`` split into the classic ``verb`` and its sharded ``s<verb>``, empty groups left out."""
+        shard = [c for c in channels if self._shard(c)]
+        classic = [c for c in channels if not self._shard(c)]
+        return [(kind, group) for kind, group in ((verb, classic), (f"s{verb}", shard)) if group]
 
     # Connection -------------------------------------------------------------------
     async def _establish_locked(self) -> None:
@@ -261,7 +316,7 @@ class RedisSubscriber:
         if self._prepare is not None:
             await self._prepare()
         pubsub = await RespConnection.open(
-            await self.endpoint.resolve(),
+            await self.endpoint.resolve(self._home),
             describe=self.describe,
             client_name=self.client_name,
             connect_timeout=CONNECT_TIMEOUT_S,
@@ -270,13 +325,20 @@ class RedisSubscriber:
         )
         self._pubsub = pubsub
         channels = list(dict.fromkeys([*self._always, *self._channels]))
-        wanted = {("subscribe", channel) for channel in channels}
-        if channels:
-            pubsub.write("SUBSCRIBE", *channels)
+        here = channels if self._shards is None else [c for c in channels if not self._shard(c)]
+        wanted: set[tuple[str, str]] = set()
+        for kind, group in self._by_kind(here, "subscribe"):
+            pubsub.write(kind.upper(), *group)
+            wanted.update((kind, channel) for channel in group)
         if self._patterns:
             pubsub.write("PSUBSCRIBE", *self._patterns)
             wanted.update(("psubscribe", pattern) for pattern in self._patterns)
         await self._await_confirmations(pubsub, wanted)
+        if self._shards is not None:
+            # Before ``ready`` (the registration): a replica is called only once it can hear it.
+            for channel in channels:
+                if self._shard(channel) and channel not in self._shards:
+                    await self._shards.subscribe(channel)
         if self._ready is not None:
             await self._ready()
         self._connected.set()
@@ -347,7 +409,7 @@ class RedisSubscriber:
                 if (
                     type(reply) is list
                     and len(reply) == 3
-                    and reply[0] == _MESSAGE
+                    and (reply[0] == _MESSAGE or reply[0] == _SMESSAGE)
                     and type(reply[1]) is bytes
                     and type(reply[2]) is bytes
                 ):
@@ -363,16 +425,21 @@ class RedisSubscriber:
         if not isinstance(reply, list) or not reply:
             return  # PONG outside subscribed mode
         kind = reply[0]
-        if kind in (_MESSAGE, _PMESSAGE) and not _bulks(reply):
+        if kind in (_MESSAGE, _SMESSAGE, _PMESSAGE) and not _bulks(reply):
             # Redis never sends this shape: a broken server or something else on the port.
             raise TransportError(f"Redis sent a malformed push of {len(reply)} parts")
-        if kind == _MESSAGE and len(reply) == 3:
+        if kind in (_MESSAGE, _SMESSAGE) and len(reply) == 3:
             await self._on_message(as_text(reply[1]), reply[2])
         elif kind == _PMESSAGE and len(reply) == 4:
             if self._on_pattern_message is not None:
                 await self._on_pattern_message(as_text(reply[2]), reply[3])
         elif kind in _CONFIRMATIONS and len(reply) >= 2 and isinstance(reply[1], bytes | str):
-            for future in self._waiters.pop((as_text(kind), as_text(reply[1])), []):
+            channel = as_text(reply[1])
+            waiters = self._waiters.pop((as_text(kind), channel), [])
+            if not waiters and kind == _SUNSUBSCRIBE and channel in self._channels:
+                # Nobody asked: Redis moved the channel's slot to another node (or replica).
+                raise TransportError(f"Redis moved the slot of {channel}; resubscribing at its owner")
+            for future in waiters:
                 if not future.done():
                     future.set_result(None)
 

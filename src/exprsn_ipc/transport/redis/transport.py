@@ -1,14 +1,14 @@
 """The Redis transport: direct pub/sub, wire-compatible with the original Node workers.
 
-Channels are the original's exact names (``ipc:<service>``, ``ipc:broadcast``),
-the registry lives in ``ipc:data:services:<name>`` (SETEX 60, refreshed every
-30 s) and revocations in ``ipc:data:token:<id>``. A redis-py connection pool
-serves commands; PUBLISH has a RESP connection of its own (:class:`RespPublisher`),
-and one subscription connection (a :class:`RedisSubscriber`, read by a task this
-transport owns) serves subscriptions. When Redis goes away the reader reports one
-``error`` to the worker, reconnects with capped exponential backoff and jitter,
-then resubscribes every channel and re-registers by itself (``docs/redis.md``).
-Plain pub/sub is at-most-once, as in the original.
+Channels are the original's exact names (``ipc:<service>``, ``ipc:broadcast``), the
+registry lives in ``ipc:data:services:<name>`` (SETEX 60, refreshed every 30 s) and
+revocations in ``ipc:data:token:<id>``. A redis-py connection pool serves commands;
+PUBLISH has a RESP connection of its own (:class:`RespPublisher`), and one subscription
+connection (a :class:`RedisSubscriber`, read by a task this transport owns) serves
+subscriptions. When Redis goes away the reader reports one ``error`` to the worker,
+reconnects with capped exponential backoff and jitter, then resubscribes every channel
+and re-registers by itself (``docs/redis.md``). Plain pub/sub is at-most-once, as in
+the original; ``IPC_SHARDED_PUBSUB`` shards the per-replica channels (``sharded.py``).
 """
 
 from __future__ import annotations
@@ -112,9 +112,8 @@ class RedisTransport(Transport):
         self.endpoint = RedisEndpoint.from_url(self.url)
         self.safe_url = self.endpoint.describe
         self.client_name = client_name
-        # Commands: one quick retry, so the first command after a restart or a failover
-        # replaces its stale pooled connection; a real outage still fails fast. The pool
-        # blocks when exhausted instead of failing with "Too many connections".
+        # Commands: one quick retry replaces a pooled connection gone stale with a restart or a
+        # failover (an outage still fails fast); an exhausted pool blocks, never "Too many connections".
         self.client: Redis = self.endpoint.client(
             client_name=client_name,
             socket_timeout=COMMAND_TIMEOUT_S,
@@ -127,6 +126,7 @@ class RedisTransport(Transport):
             client_name=client_name,
             connect_timeout=CONNECT_TIMEOUT_S,
             reply_timeout=COMMAND_TIMEOUT_S,
+            sharded=settings.ipc_sharded_pubsub,
         )
         self.revocations: RedisRevocationStore = RedisRevocationStore(self.client)
         self.states: RedisStateStore = RedisStateStore(self.client)
@@ -153,6 +153,7 @@ class RedisTransport(Transport):
             always=(REVOCATION_CHANNEL,),
             idle_ping_s=lambda: self.idle_ping_s,
             name=f"Redis transport at {self.safe_url}",
+            sharded=settings.ipc_sharded_pubsub,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._to_check: set[str] = set()
@@ -458,8 +459,7 @@ class RedisTransport(Transport):
     def _on_recovered(self) -> None:
         peer = self._peer
         if peer is not None:
-            count = len(self._subscriber.channels)
-            log.info("%s: reconnected to Redis; resubscribed %d channels", peer.service_name, count)
+            log.info("%s: reconnected; resubscribed %d channels", peer.service_name, len(self._subscriber.channels))
             peer.transport_event("reconnected", None)
 
     # Tasks ------------------------------------------------------------------------
