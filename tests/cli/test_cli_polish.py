@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from typer.main import get_command
+from typer.testing import CliRunner
 
 from exprsn_ipc import __version__
 from exprsn_ipc.certs.authority import generate_certificates
@@ -66,17 +67,11 @@ def test_every_option_and_argument_has_help_and_no_placeholder() -> None:
         if not getattr(param, "help", None)
     ]
     assert missing == [], f"options without help text: {missing}"
+    runner = CliRunner()
     for path, _ in [("", root), *_commands(root)]:
-        done = subprocess.run(
-            [sys.executable, "-m", "exprsn_ipc", *path.split(), "--help"],
-            capture_output=True,
-            text=True,
-            env=cli_env(),
-            timeout=60,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-        assert "<bool>" not in done.stdout and "<str>" not in done.stdout.split("Options:")[-1], done.stdout
+        done = runner.invoke(app, [*path.split(), "--help"], env={"COLUMNS": "200"})
+        assert done.exit_code == 0, done.output
+        assert "<bool>" not in done.output and "<str>" not in done.output.split("Options:")[-1], done.output
 
 
 def test_commands_are_listed_in_the_guides_order() -> None:
