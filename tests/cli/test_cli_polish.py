@@ -28,6 +28,7 @@ READ_ONLY = [
     ("check",),
     ("stats",),
     ("emit", "test:ping", "{}"),
+    ("listen",),
     ("doctor", "--service", "exprsn-timeline"),
     ("certs", "show", "exprsn-timeline"),
     ("certs", "verify"),
