@@ -16,17 +16,21 @@ __all__ = [
     "BufferFullError",
     "CertificateError",
     "ConfigError",
+    "CredentialRevokedError",
     "DemoError",
     "EnvelopeError",
     "ForbiddenError",
     "HandlerError",
     "IPCError",
+    "IdentityRequiredError",
     "ItemNotFoundError",
     "JSONLexError",
     "NoReceiversError",
     "NotConnectedError",
+    "OperatorRequiredError",
     "PacketError",
     "PayloadTooLargeError",
+    "PolicyDeniedError",
     "RateLimitError",
     "RemoteError",
     "RequestTimeoutError",
@@ -124,6 +128,34 @@ class ForbiddenError(AuthError):
     """An authenticated caller may not do this (another service's item, say)."""
 
     code = "FORBIDDEN"
+
+
+class PolicyDeniedError(ForbiddenError):
+    """The access policy (``IPC_POLICY``) does not allow this; ``rule`` names the rule that decided."""
+
+    code = "FORBIDDEN"
+
+    def __init__(self, message: str = "", *, rule: str = "default") -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class OperatorRequiredError(AuthError):
+    """An operator endpoint (stats detail, metrics, dashboard) was asked for without an operator credential."""
+
+    code = "OPERATOR_REQUIRED"
+
+
+class IdentityRequiredError(AuthError):
+    """A service with its own credential tried to connect (or speak) with the shared key only."""
+
+    code = "IDENTITY_REQUIRED"
+
+
+class CredentialRevokedError(AuthError):
+    """A service credential (its signing key) was revoked with ``exprsn-ipc certs revoke``."""
+
+    code = "CREDENTIAL_REVOKED"
 
 
 class RateLimitError(IPCError):

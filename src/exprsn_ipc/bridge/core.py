@@ -15,6 +15,7 @@ from exprsn_ipc.bridge.backend.base import BridgeBackend, create_backend
 from exprsn_ipc.bridge.budgets import ByteBudget
 from exprsn_ipc.bridge.connection import BridgeStats, Connection, Identity
 from exprsn_ipc.bridge.delivery import Delivery
+from exprsn_ipc.bridge.operator import OperatorGate
 from exprsn_ipc.bridge.replicas import BridgeReplicas
 from exprsn_ipc.bridge.requests import ClientRequests
 from exprsn_ipc.bridge.store import create_store
@@ -98,6 +99,7 @@ class Bridge:
         self.replicas = BridgeReplicas(self)
         #: See :data:`RouteListener`.
         self.route_listeners: list[RouteListener] = []
+        self.operators = OperatorGate(settings, lambda token: str(self.verifier.verify_login(token).get("source")))
 
     # Lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -467,28 +469,14 @@ class Bridge:
             await self._register(conn.service, {**remaining[-1].record, "lastSeen": int(time.time() * 1000)})
 
     # Stats ----------------------------------------------------------------------
+    async def summary(self) -> dict[str, Any]:
+        """What ``/api/ipc/stats`` shows without an operator credential: counts, no records."""
+        from exprsn_ipc.bridge.snapshot import summary
+
+        return await summary(self)
+
     async def snapshot(self) -> dict[str, Any]:
         """``/api/ipc/stats``: the original's shape plus counters."""
-        services = await self.backend.services()
-        instances = await self.backend.instances()
-        replicas = Counter(str(record.get("service")) for record in instances)
-        for entry in services:
-            entry["replicas"] = replicas.get(str(entry.get("name")), 0)
-        connections = [c.describe() for c in self.connections.values()]
-        usage = await self.limiter.snapshot() if self.limiter is not None else {}
-        return {
-            "activeServices": len(services),
-            "services": services,
-            "instances": instances,
-            "activeConnections": len(connections),
-            "connections": connections,
-            "rateLimits": {
-                "enabled": self.limiter is not None,
-                "window": self.settings.ipc_rate_window,
-                "maxRequests": self.settings.ipc_rate_max,
-                "usage": usage,
-            },
-            "counters": self.stats.as_dict(),
-            "backend": self.backend.name,
-            "uptime": round(time.time() - self.started_at, 3),
-        }
+        from exprsn_ipc.bridge.snapshot import snapshot
+
+        return await snapshot(self)

@@ -99,13 +99,26 @@ def _status_routes(router: APIRouter, bridge: Bridge) -> None:
     exporter = MetricsExporter(bridge.worker, sources=(BridgeMetrics(bridge),), own_rate_denials=False)
 
     @router.get("/metrics", tags=["metrics"], response_model=None)
-    async def metrics() -> Response:
-        """Prometheus metrics of the Bridge and its own worker (text format)."""
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of the Bridge and its own worker (text format); see ``bridge/operator.py``."""
+        try:
+            bridge.operators.check(token_from_connection(request))
+        except IPCError as exc:
+            bridge.stats.refused(None, exc)
+            return _error(exc)
         return await exporter.response()
 
     @router.get("/api/ipc/stats", tags=["ipc"])
-    async def stats() -> dict[str, Any]:
-        """Active services, connections, rate limits and message counters."""
+    async def stats(request: Request) -> dict[str, Any]:
+        """Active services, connections, rate limits and message counters.
+
+        Without an operator credential where one is required, only the counts (``restricted: true``).
+        """
+        try:
+            bridge.operators.check(token_from_connection(request))
+        except IPCError as exc:
+            bridge.stats.refused(None, exc)
+            return {"success": True, "data": {**await bridge.summary(), "restricted": True, "message": str(exc)}}
         return {"success": True, "data": await bridge.snapshot()}
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from exprsn_ipc.cli._common import client_ssl, console, explain_unreachable, load_settings
+from exprsn_ipc.cli._common import client_ssl, console, explain_unreachable, load_settings, operator_headers
 from exprsn_ipc.protocol.constants import KNOWN_SERVICES, full_service_name, short_service_name
 from exprsn_ipc.settings import Settings
 
@@ -42,7 +42,7 @@ async def run_doctor(
     items.append(_certificates(settings, service))
     if settings.redis_configured:
         items.append(await _redis(settings))
-    async with httpx.AsyncClient(verify=verify, timeout=5) as http:
+    async with httpx.AsyncClient(verify=verify, timeout=5, headers=operator_headers(settings)) as http:
         items.append(await _bridge(http, bridge_url, settings))
         items.append(await _connected(http, bridge_url, service))
         items.append(_bypass(settings))
