@@ -37,7 +37,8 @@ async def test_production_on_every_interface_hides_the_detail_without_an_operato
         for path in ("/dashboard", "/dashboard/api/state"):
             assert (await _get(bridge.url, path)).status_code == 401
         # A service's login token is no operator credential, nor is a wrong secret.
-        assert (await _get(bridge.url, "/metrics", bridge.token("exprsn-timeline", operation="connect"))).status_code == 401
+        login = bridge.token("exprsn-timeline", operation="connect")
+        assert (await _get(bridge.url, "/metrics", login)).status_code == 401
         assert (await _get(bridge.url, "/metrics", "x" * 40)).status_code == 401
 
         full = (await _get(bridge.url, "/api/ipc/stats", OPERATOR)).json()["data"]

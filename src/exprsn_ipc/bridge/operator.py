@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from exprsn_ipc.errors import OperatorRequiredError, TokenError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.settings import Settings
+
+if TYPE_CHECKING:
+    from exprsn_ipc.bridge.core import Bridge
 
 __all__ = ["OperatorGate"]
 
@@ -48,6 +52,15 @@ class OperatorGate:
         self._operators = operators
         secret = settings.ipc_operator_token
         self._secret = secret.get_secret_value().encode("utf-8") if secret is not None else None
+
+    @classmethod
+    def for_bridge(cls, bridge: Bridge) -> OperatorGate:
+        """The gate of ``bridge``: its verifier for login tokens, its policy's operators."""
+        return cls(
+            bridge.settings,
+            lambda token: str(bridge.verifier.verify_login(token).get("source")),
+            lambda: bridge.policy.policy.operators,
+        )
 
     @property
     def required(self) -> bool:

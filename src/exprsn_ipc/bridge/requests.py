@@ -55,6 +55,7 @@ class ClientRequests:
         """Request/reply on behalf of a Socket.IO client (its service is the source)."""
         validate_event_name(event)
         validate_service_name(target)  # refuses "broadcast": a request needs one target
+        self.bridge.policy.check_call(identity.service, target, event, request=True, data=data)
         if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
             return await self.serve_locally(event, data, source=identity.service)
         request_id = uuid.uuid4().hex
