@@ -111,7 +111,8 @@ class PolicyGuard:
         # another Bridge or straight onto Redis) has no known owner: allowed, see docs/security.md.
         if owner is not None and owner != source:
             exc = PolicyDeniedError(
-                f"{source} may revoke its own tokens only: token {token_id[:64]} belongs to {owner}",
+                f"{source} may revoke its own tokens only: token {token_id[:64]} belongs to {owner} "
+                f"(policy rule {OWN_TOKENS_RULE!r})",
                 rule=OWN_TOKENS_RULE,
             )
             self._denied(source, exc)

@@ -76,9 +76,11 @@ class Action:
     operation: str = ""
 
     def describe(self) -> str:
-        what = {"crud": f"{self.operation} on resource {self.resource!r}", "revoke": "revoke a token"}.get(
-            self.kind, f"{self.kind} {self.event!r}" if self.event else self.kind
-        )
+        what = {
+            "crud": f"{self.operation} on resource {self.resource!r}",
+            "revoke": "revoke a token",
+            "jsonlex": "run JSONLex",
+        }.get(self.kind, f"{self.kind} {str(self.event)!r}")
         return f"{self.source} may not {what} (target {self.target})"
 
 
