@@ -64,3 +64,13 @@ async def test_elsewhere_stats_and_metrics_answer_as_before(overrides: dict[str,
         stats = (await _get(bridge.url, "/api/ipc/stats")).json()["data"]
         assert "services" in stats and "restricted" not in stats
         assert (await _get(bridge.url, "/metrics")).status_code == 200
+
+
+async def test_the_stats_command_sends_the_operator_token(tmp_path: Any) -> None:
+    from ..cli.test_check import cli_env, key_of, run_cli
+
+    async with served_bridge(**PUBLIC) as bridge:
+        env = cli_env(IPC_BROKER_KEY=key_of(bridge.settings), NODE_ENV="production", IPC_OPERATOR_TOKEN=OPERATOR)
+        code, out, err = await run_cli("stats", "--json", "--url", bridge.url, env=env, cwd=tmp_path)
+        assert code == 0, err
+        assert '"connections"' in out and "restricted" not in out

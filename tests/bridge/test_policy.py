@@ -157,3 +157,23 @@ async def test_without_a_policy_everything_is_allowed_but_revoking_others_tokens
     assert event == "ipc:ack"
     refused: dict[str, Any] = await herald.call("ipc:revoke", {"id": str(decode_unverified(login)["id"]), "ttl": 60})
     assert refused["error"] == "FORBIDDEN" and "revoke:own-tokens-only" in refused["message"]
+
+
+async def test_http_emit_and_jsonlex_are_policed_too(policed: BridgeFixture) -> None:
+    token = policed.token("exprsn-herald", operation="connect")
+    headers = {"authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=policed.url, timeout=WAIT, headers=headers) as http:
+        emitted = await http.post("/api/ipc/emit", json={"event": "post:created", "payload": {}, "target": "broadcast"})
+        assert emitted.status_code == 403 and emitted.json()["error"] == "FORBIDDEN"
+        ran = await http.post("/api/jsonlex/execute", json={"expression": 1, "context": {}})
+        assert ran.status_code == 200 and ran.json()["result"] == 1  # the jsonlex rule allows every source
+    assert (await _denied(policed))[("exprsn-herald", "default")] == 1
+
+
+async def test_production_without_a_policy_warns_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    from exprsn_ipc.bridge import MemoryBackend, create_app
+    from exprsn_ipc.testing import make_test_settings
+
+    with caplog.at_level("WARNING", logger="exprsn_ipc.bridge"):
+        create_app(make_test_settings(node_env="production"), backend=MemoryBackend())
+    assert "no access policy (IPC_POLICY)" in caplog.text
