@@ -39,7 +39,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from exprsn_ipc.errors import ConfigError, PolicyDeniedError
 from exprsn_ipc.protocol.events import CRUD_OPERATIONS, BusEvent, crud_operation
@@ -64,9 +64,11 @@ def _short(name: str) -> str:
     return name.removeprefix("exprsn-")
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One thing a source wants to do. ``target`` is the service addressed (or ``broadcast``)."""
+class Action(NamedTuple):
+    """One thing a source wants to do. ``target`` is the service addressed (or ``broadcast``).
+
+    A named tuple, not a dataclass: one is built and hashed per message when a policy is on.
+    """
 
     kind: Kind
     source: str

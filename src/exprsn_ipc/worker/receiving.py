@@ -117,6 +117,7 @@ class Receiver:
         #: The access policy (IPC_POLICY): enforced here too, for messages that reach this worker
         #: without a Bridge's check (Redis, where the shared key's holder may publish anything).
         self.policy = load_policy(tokens.settings.ipc_policy)
+        self._policing = self.policy.configured
 
     def transport_event(self, name: str, detail: Any = None) -> None:
         if name == "error":
@@ -185,7 +186,7 @@ class Receiver:
             event=envelope.event,
             request_id=request_id if isinstance(request_id, str) else None,
         )
-        if self.policy.configured and not self._permitted(envelope, meta, channel):
+        if self._policing and not self._permitted(envelope, meta, channel):
             return None
         return envelope, meta
 
