@@ -16,13 +16,11 @@ __all__ = [
     "BufferFullError",
     "CertificateError",
     "ConfigError",
-    "CredentialRevokedError",
     "DemoError",
     "EnvelopeError",
     "ForbiddenError",
     "HandlerError",
     "IPCError",
-    "IdentityRequiredError",
     "ItemNotFoundError",
     "JSONLexError",
     "NoReceiversError",
@@ -144,18 +142,6 @@ class OperatorRequiredError(AuthError):
     """An operator endpoint (stats detail, metrics, dashboard) was asked for without an operator credential."""
 
     code = "OPERATOR_REQUIRED"
-
-
-class IdentityRequiredError(AuthError):
-    """A service with its own credential tried to connect (or speak) with the shared key only."""
-
-    code = "IDENTITY_REQUIRED"
-
-
-class CredentialRevokedError(AuthError):
-    """A service credential (its signing key) was revoked with ``exprsn-ipc certs revoke``."""
-
-    code = "CREDENTIAL_REVOKED"
 
 
 class RateLimitError(IPCError):
