@@ -25,8 +25,10 @@ __all__ = [
     "JSONLexError",
     "NoReceiversError",
     "NotConnectedError",
+    "OperatorRequiredError",
     "PacketError",
     "PayloadTooLargeError",
+    "PolicyDeniedError",
     "RateLimitError",
     "RemoteError",
     "RequestTimeoutError",
@@ -124,6 +126,22 @@ class ForbiddenError(AuthError):
     """An authenticated caller may not do this (another service's item, say)."""
 
     code = "FORBIDDEN"
+
+
+class PolicyDeniedError(ForbiddenError):
+    """The access policy (``IPC_POLICY``) does not allow this; ``rule`` names the rule that decided."""
+
+    code = "FORBIDDEN"
+
+    def __init__(self, message: str = "", *, rule: str = "default") -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class OperatorRequiredError(AuthError):
+    """An operator endpoint (stats detail, metrics, dashboard) was asked for without an operator credential."""
+
+    code = "OPERATOR_REQUIRED"
 
 
 class RateLimitError(IPCError):

@@ -162,6 +162,12 @@ class IPCCollector:
             (([name, reason], n) for reason, n in sorted(stats.rejected.items())),
         )
         yield counter(
+            "exprsn_ipc_policy_denied",
+            "IPC messages the access policy denied at this service, by rule.",
+            ["service", "rule"],
+            (([name, rule], n) for rule, n in sorted(stats.policy_denied.items())),
+        )
+        yield counter(
             "exprsn_ipc_messages_dropped",
             "Messages seen on a shared channel but addressed to another service.",
             ["service"],

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from exprsn_ipc.errors import ConfigError
 from exprsn_ipc.logsafe import get_logger
+from exprsn_ipc.net import is_loopback
 
 __all__ = ["MIN_KEY_BYTES", "Settings", "load_or_create_key_file"]
 
@@ -25,6 +26,9 @@ log = get_logger(__name__)
 MIN_KEY_BYTES = 32
 
 TransportName = Literal["bridge", "redis", "memory"]
+
+#: Variables whose values are never echoed in an error.
+_SECRETS = frozenset({"IPC_BROKER_KEY", "REDIS_PASSWORD", "IPC_OPERATOR_TOKEN"})
 
 
 class Settings(BaseSettings):
@@ -95,6 +99,12 @@ class Settings(BaseSettings):
     bridge_http_port: int | None = Field(None, gt=0, lt=65536)
     cors_origin: str | None = None
     ipc_allowed_services: str | None = None
+    #: Serve the detail of /api/ipc/stats, /metrics and /dashboard to anyone, also in production.
+    ipc_public_stats: bool = False
+    #: The operator credential for those endpoints (a bearer secret, ≥ 32 bytes).
+    ipc_operator_token: SecretStr | None = None
+    #: The access policy file (TOML); unset: everything allowed (a warning in production).
+    ipc_policy: Path | None = None
 
     # Worker -------------------------------------------------------------------
     ipc_transport: TransportName = "bridge"
@@ -128,7 +138,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("ipc_broker_key", "redis_password", mode="before")
+    @field_validator("ipc_broker_key", "redis_password", "ipc_operator_token", "ipc_policy", mode="before")
     @classmethod
     def _empty_secret_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value:
@@ -147,6 +157,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _budgets_hold_a_message(self) -> Settings:
+        if self.ipc_operator_token is not None and len(self.ipc_operator_token.get_secret_value()) < MIN_KEY_BYTES:
+            raise ValueError(f"IPC_OPERATOR_TOKEN must be at least {MIN_KEY_BYTES} characters")
         if self.ipc_socket_buffer_bytes < self.ipc_max_message_bytes:
             raise ValueError(
                 "IPC_SOCKET_BUFFER_BYTES must be at least IPC_MAX_MESSAGE_BYTES "
@@ -242,6 +254,11 @@ class Settings(BaseSettings):
         if self.ipc_allowed_services is None:
             return None
         return frozenset(s.strip() for s in self.ipc_allowed_services.split(",") if s.strip())
+
+    @property
+    def bridge_loopback_only(self) -> bool:
+        """The Bridge binds a loopback address only (``BRIDGE_HOST``), so only this machine reaches it."""
+        return self.bridge_host == "localhost" or is_loopback(self.bridge_host)
 
     @property
     def cors_origins(self) -> list[str]:
@@ -340,7 +357,11 @@ def _describe_validation_error(exc: ValidationError) -> str:
         name = ".".join(str(p) for p in err["loc"]).upper()
         value = err.get("input")
         # A check across fields gets every input, secrets included: show no value then.
-        shown = "" if not name or name in {"IPC_BROKER_KEY", "REDIS_PASSWORD"} else f" (got {value!r})"
+        shown = (
+            ""
+            if not name or name in {"IPC_BROKER_KEY", "REDIS_PASSWORD", "IPC_OPERATOR_TOKEN"}
+            else f" (got {value!r})"
+        )
         name = name or "settings"
         parts.append(f"{name}: {err['msg']}{shown}")
     return "invalid configuration: " + "; ".join(parts)

@@ -180,7 +180,9 @@ class BridgeFixture:
         return await worker.start()
 
     async def stats(self) -> dict[str, Any]:
-        async with httpx.AsyncClient(base_url=self.url, timeout=WAIT) as http:
+        secret = self.settings.ipc_operator_token
+        headers = {"authorization": f"Bearer {secret.get_secret_value()}"} if secret is not None else {}
+        async with httpx.AsyncClient(base_url=self.url, timeout=WAIT, headers=headers) as http:
             response = await http.get("/api/ipc/stats")
         assert response.status_code == 200
         body: dict[str, Any] = response.json()

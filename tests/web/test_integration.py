@@ -162,7 +162,7 @@ async def test_doctor_all_green_for_a_migrated_service_over_https(pki: PKI) -> N
             verify=pki.client_context(),
         )
         assert [(i.name, i.ok) for i in items if not i.ok] == []
-        assert len(items) == 5  # no Redis configured: that item is not run
+        assert len(items) == 6  # no Redis configured: that item is not run
         await service_manager.stop()
         items = await run_doctor(
             svc_settings,
@@ -189,3 +189,4 @@ async def test_doctor_flags_an_ignored_bypass_and_missing_certificates(tmp_path:
     assert not by_name["TLS certificates"].ok
     assert "certs generate" in by_name["TLS certificates"].fix
     assert not by_name["Bridge reachable over HTTPS"].ok
+    assert not by_name["Access policy"].ok and "IPC_POLICY" in by_name["Access policy"].fix

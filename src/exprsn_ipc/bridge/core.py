@@ -15,6 +15,8 @@ from exprsn_ipc.bridge.backend.base import BridgeBackend, create_backend
 from exprsn_ipc.bridge.budgets import ByteBudget
 from exprsn_ipc.bridge.connection import BridgeStats, Connection, Identity
 from exprsn_ipc.bridge.delivery import Delivery
+from exprsn_ipc.bridge.operator import OperatorGate
+from exprsn_ipc.bridge.policing import PolicyGuard
 from exprsn_ipc.bridge.replicas import BridgeReplicas
 from exprsn_ipc.bridge.requests import ClientRequests
 from exprsn_ipc.bridge.store import create_store
@@ -98,6 +100,9 @@ class Bridge:
         self.replicas = BridgeReplicas(self)
         #: See :data:`RouteListener`.
         self.route_listeners: list[RouteListener] = []
+        #: The access policy (IPC_POLICY) and who owns which token (bridge/policing.py).
+        self.policy = PolicyGuard(settings)
+        self.operators = OperatorGate.for_bridge(self)
 
     # Lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -172,6 +177,8 @@ class Bridge:
                 raise AuthError("broker token has no source")
             if service is not None and source != service:
                 raise AuthError(f"broker token was issued to {source}, not {service}")
+            login_id, expires = token_lifetime(claims)
+            self.policy.owners.add(login_id, source, expires)
             return Identity(source, False, claims)
         if self.settings.bypass_enabled and is_loopback(peer):
             if not same_origin:
@@ -209,12 +216,16 @@ class Bridge:
             self.stats.reject(service, RateLimitError.code, n - allowed)
         return allowed
 
-    async def revoke(self, token_id: str, *, ttl: int, by: str) -> None:
+    async def revoke(self, token_id: str, *, ttl: int, by: str, owner: str | None = None) -> None:
         """Revoke a token for the whole bus and tell every connected worker.
 
+        ``owner``: the token's source when ``by`` presented the token itself.
+
         Raises:
+            PolicyDeniedError: not ``by``'s own token and ``by`` is no operator, or the policy denies it.
             StoreFullError: ``by`` has :data:`REVOCATION_BUDGET` bytes of live revocations.
         """
+        self.policy.check_revoke(by, token_id, owner)
         # Every Bridge and every lane worker keeps each revoked id for its TTL.
         self.revocation_budget.charge(by, len(token_id), ttl=ttl)
         await self.backend.revocations.revoke(token_id, ttl=ttl)
@@ -247,6 +258,9 @@ class Bridge:
         validate_event_name(event)
         target = BROADCAST if target is None else target
         validate_service_name(target, allow_broadcast=True)
+        self.policy.check_call(
+            identity.service, target, event, request=options.get("operation") == "request", data=data
+        )
         metadata = options.get("metadata")
         ttl = options.get("ttl")
         envelope = self.signer(identity.service).sign_envelope(
@@ -341,7 +355,10 @@ class Bridge:
         validate_event_name(envelope.event)
         validate_service_name(envelope.target, allow_broadcast=not durable)
         claims = self.verifier.verify_envelope(envelope)
-        return envelope.target, route_channel(envelope.target, envelope.metadata), token_lifetime(claims)
+        self.policy.check_envelope(conn.service, envelope)
+        lifetime = token_lifetime(claims)
+        self.policy.owners.add(lifetime[0], conn.service, lifetime[1])
+        return envelope.target, route_channel(envelope.target, envelope.metadata), lifetime
 
     def _replayed(self, conn: Connection) -> TokenReplayedError:
         if conn.service not in self._warned_replay:
@@ -467,28 +484,14 @@ class Bridge:
             await self._register(conn.service, {**remaining[-1].record, "lastSeen": int(time.time() * 1000)})
 
     # Stats ----------------------------------------------------------------------
+    async def summary(self) -> dict[str, Any]:
+        """What ``/api/ipc/stats`` shows without an operator credential: counts, no records."""
+        from exprsn_ipc.bridge.snapshot import summary
+
+        return await summary(self)
+
     async def snapshot(self) -> dict[str, Any]:
         """``/api/ipc/stats``: the original's shape plus counters."""
-        services = await self.backend.services()
-        instances = await self.backend.instances()
-        replicas = Counter(str(record.get("service")) for record in instances)
-        for entry in services:
-            entry["replicas"] = replicas.get(str(entry.get("name")), 0)
-        connections = [c.describe() for c in self.connections.values()]
-        usage = await self.limiter.snapshot() if self.limiter is not None else {}
-        return {
-            "activeServices": len(services),
-            "services": services,
-            "instances": instances,
-            "activeConnections": len(connections),
-            "connections": connections,
-            "rateLimits": {
-                "enabled": self.limiter is not None,
-                "window": self.settings.ipc_rate_window,
-                "maxRequests": self.settings.ipc_rate_max,
-                "usage": usage,
-            },
-            "counters": self.stats.as_dict(),
-            "backend": self.backend.name,
-            "uptime": round(time.time() - self.started_at, 3),
-        }
+        from exprsn_ipc.bridge.snapshot import snapshot
+
+        return await snapshot(self)

@@ -31,7 +31,8 @@ from exprsn_ipc.protocol.constants import (
     MAX_TOKEN_ID_LEN,
 )
 from exprsn_ipc.protocol.envelope import MISSING, encoded_size, validate_service_name
-from exprsn_ipc.protocol.events import SioEvent, crud_event
+from exprsn_ipc.protocol.events import BusEvent, SioEvent, crud_event
+from exprsn_ipc.protocol.policy import Action
 
 __all__ = ["ENVELOPE_PROTOCOL", "OTHER_EVENT", "BridgeEvents", "Handler", "emit_target", "handles"]
 
@@ -122,6 +123,7 @@ class BridgeEvents:
             context = payload.get("context") or {}
             if not isinstance(context, dict):
                 raise EnvelopeError(f"{SioEvent.JSONLEX} context must be an object")
+            self.bridge.policy.check(Action("jsonlex", conn.service, BRIDGE_SERVICE, BusEvent.JSONLEX_EXECUTE))
             return evaluate_jsonlex(payload["expression"], context)
 
         return await self._guarded(conn, act, "result")
@@ -161,11 +163,23 @@ class BridgeEvents:
         ttl = ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and 0 < ttl <= 86_400 else 86_400
         try:
             await self.bridge.check_rate(conn.service)
-            await self.bridge.revoke(body["id"], ttl=ttl, by=conn.service)
+            owner = self._token_owner(body, body["id"])
+            await self.bridge.revoke(body["id"], ttl=ttl, by=conn.service, owner=owner)
         except IPCError as exc:
             self.bridge.stats.refused(conn.service, exc)
             return _failure(exc)
         return {"success": True, "id": body["id"]}
+
+    def _token_owner(self, body: dict[str, Any], token_id: str) -> str | None:
+        """The source of the token a revoker presents as ``token`` (it proves whose the id is)."""
+        token = body.get("token")
+        if not isinstance(token, str):
+            return None
+        claims = self.bridge.verifier.verify_token(token)  # TokenError: a forged or expired token proves nothing
+        if claims.get("id") != token_id:
+            raise EnvelopeError("the token presented is not the one whose id is revoked")
+        source = claims.get("source")
+        return source if isinstance(source, str) else None
 
     # The IPC workers' raw envelopes --------------------------------------------------
     @handles(SioEvent.PUBLISH)

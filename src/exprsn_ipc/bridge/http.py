@@ -18,8 +18,10 @@ from exprsn_ipc.jsonlex.evaluator import evaluate as evaluate_jsonlex
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.metrics import MetricsExporter
 from exprsn_ipc.net import is_same_origin
-from exprsn_ipc.protocol.constants import KNOWN_SERVICES
+from exprsn_ipc.protocol.constants import BRIDGE_SERVICE, KNOWN_SERVICES
 from exprsn_ipc.protocol.envelope import MISSING, loads
+from exprsn_ipc.protocol.events import BusEvent
+from exprsn_ipc.protocol.policy import Action
 
 __all__ = ["build_router"]
 
@@ -96,16 +98,29 @@ def _status_routes(router: APIRouter, bridge: Bridge) -> None:
             body["reason"] = reason
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    exporter = MetricsExporter(bridge.worker, sources=(BridgeMetrics(bridge),), own_rate_denials=False)
+    exporter = MetricsExporter(bridge.worker, sources=(BridgeMetrics(bridge), bridge.policy), own_rate_denials=False)
 
     @router.get("/metrics", tags=["metrics"], response_model=None)
-    async def metrics() -> Response:
-        """Prometheus metrics of the Bridge and its own worker (text format)."""
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of the Bridge and its own worker (text format); see ``bridge/operator.py``."""
+        try:
+            bridge.operators.check(token_from_connection(request))
+        except IPCError as exc:
+            bridge.stats.refused(None, exc)
+            return _error(exc)
         return await exporter.response()
 
     @router.get("/api/ipc/stats", tags=["ipc"])
-    async def stats() -> dict[str, Any]:
-        """Active services, connections, rate limits and message counters."""
+    async def stats(request: Request) -> dict[str, Any]:
+        """Active services, connections, rate limits and message counters.
+
+        Without an operator credential where one is required, only the counts (``restricted: true``).
+        """
+        try:
+            bridge.operators.check(token_from_connection(request))
+        except IPCError as exc:
+            bridge.stats.refused(None, exc)
+            return {"success": True, "data": {**await bridge.summary(), "restricted": True, "message": str(exc)}}
         return {"success": True, "data": await bridge.snapshot()}
 
 
@@ -143,6 +158,7 @@ def _ipc_routes(router: APIRouter, bridge: Bridge) -> None:
             context = body.get("context") or {}
             if not isinstance(context, dict):
                 raise EnvelopeError("context must be an object")
+            bridge.policy.check(Action("jsonlex", identity.service, BRIDGE_SERVICE, BusEvent.JSONLEX_EXECUTE))
             result = evaluate_jsonlex(body.get("expression"), context)
         except IPCError as exc:
             bridge.stats.refused(None, exc)

@@ -57,6 +57,7 @@ class ClientRequests:
         validate_service_name(target)  # refuses "broadcast": a request needs one target
         if target in (BRIDGE_SERVICE, BRIDGE_ALIAS):
             return await self.serve_locally(event, data, source=identity.service)
+        self.bridge.policy.check_call(identity.service, target, event, request=True, data=data)
         request_id = uuid.uuid4().hex
         signer, chooser = self.bridge.signer(identity.service), self.bridge.replicas.chooser
 
@@ -94,6 +95,7 @@ class ClientRequests:
 
     async def serve_locally(self, event: str, data: Any, *, source: str) -> Any:
         """CRUD on the built-in store and JSONLex for ``source``, without a bus round trip."""
+        self.bridge.policy.check_call(source, BRIDGE_SERVICE, event, request=True, data=data)
         if event == BusEvent.JSONLEX_EXECUTE:
             if not isinstance(data, dict):
                 raise TypeError(f"{BusEvent.JSONLEX_EXECUTE} needs {{expression, context}}")

@@ -20,6 +20,7 @@ from exprsn_ipc.cli.demo import demo
 from exprsn_ipc.cli.dlq import dlq_app
 from exprsn_ipc.cli.doctor import doctor
 from exprsn_ipc.cli.envfile import init
+from exprsn_ipc.cli.policy import policy_app
 from exprsn_ipc.cli.redis_acl import redis_app
 from exprsn_ipc.cli.serve import serve
 
@@ -38,6 +39,7 @@ COMMAND_ORDER = (
     "listen",
     "dlq",
     "redis",
+    "policy",
     "demo",
 )
 
@@ -109,6 +111,7 @@ app.command()(emit)
 app.command()(listen)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(redis_app, name="redis")
+app.add_typer(policy_app, name="policy")
 app.command()(demo)
 
 

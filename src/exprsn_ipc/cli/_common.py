@@ -146,3 +146,9 @@ def client_ssl(settings: Settings, *, insecure: bool = False) -> ssl.SSLContext 
     if ca.is_file():
         return ssl.create_default_context(cafile=str(ca))
     return True
+
+
+def operator_headers(settings: Settings) -> dict[str, str]:
+    """``Authorization`` with ``IPC_OPERATOR_TOKEN`` when set: operators see a production Bridge's detail."""
+    secret = settings.ipc_operator_token
+    return {"authorization": f"Bearer {secret.get_secret_value()}"} if secret is not None else {}

@@ -19,6 +19,7 @@ from exprsn_ipc.cli._common import (
     explain_unreachable,
     fail,
     load_settings,
+    operator_headers,
     require_broker_key,
     run_job,
 )
@@ -74,7 +75,8 @@ def stats(
     settings = load_settings(read_only=True)
     base = (url or settings.bridge_url).rstrip("/")
     try:
-        response = httpx.get(f"{base}/api/ipc/stats", verify=client_ssl(settings, insecure=insecure), timeout=5)
+        verify = client_ssl(settings, insecure=insecure)
+        response = httpx.get(f"{base}/api/ipc/stats", verify=verify, timeout=5, headers=operator_headers(settings))
         body = response.json()
     except httpx.HTTPError as exc:
         fail(explain_unreachable(exc, base, settings), 1)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import socketio
 
-from exprsn_ipc.cli._common import explain_refusal, explain_unreachable
+from exprsn_ipc.cli._common import explain_refusal, explain_unreachable, operator_headers
 from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
@@ -85,7 +85,7 @@ class _Checker:
         self.verify = verify
         self.timeout = timeout
         self.namespace = f"/ipc/{SERVICE}"
-        self.http = httpx.AsyncClient(verify=verify, timeout=timeout)
+        self.http = httpx.AsyncClient(verify=verify, timeout=timeout, headers=operator_headers(settings))
         self.client: socketio.AsyncClient | None = None
         self._session: Any = None
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from exprsn_ipc.cli._common import client_ssl, console, explain_unreachable, load_settings
+from exprsn_ipc.cli._common import client_ssl, console, explain_unreachable, load_settings, operator_headers
 from exprsn_ipc.protocol.constants import KNOWN_SERVICES, full_service_name, short_service_name
 from exprsn_ipc.settings import Settings
 
@@ -42,10 +42,11 @@ async def run_doctor(
     items.append(_certificates(settings, service))
     if settings.redis_configured:
         items.append(await _redis(settings))
-    async with httpx.AsyncClient(verify=verify, timeout=5) as http:
+    async with httpx.AsyncClient(verify=verify, timeout=5, headers=operator_headers(settings)) as http:
         items.append(await _bridge(http, bridge_url, settings))
         items.append(await _connected(http, bridge_url, service))
         items.append(_bypass(settings))
+        items.append(_policy(settings))
         items.append(await _health(http, service_url or f"https://localhost:{port}", service, settings))
     return items
 
@@ -65,6 +66,24 @@ def _certificates(settings: Settings, service: str) -> DoctorItem:
     if result.warning:
         detail += f", {result.warning}"
     return DoctorItem(name, True, detail)
+
+
+def _policy(settings: Settings) -> DoctorItem:
+    """IPC_POLICY: valid when set; required in production (without it every service may do anything)."""
+    from exprsn_ipc.errors import ConfigError
+    from exprsn_ipc.protocol.policy import load_policy
+
+    name = "Access policy"
+    fix = "write a policy (docs/security.md), check it with `exprsn-ipc policy check FILE`, set IPC_POLICY=FILE"
+    if settings.ipc_policy is None:
+        if settings.is_production:
+            return DoctorItem(name, False, "no IPC_POLICY: every authenticated service may do anything", fix)
+        return DoctorItem(name, True, f"none: everything allowed (NODE_ENV={settings.environment})")
+    try:
+        policy = load_policy(settings.ipc_policy)
+    except ConfigError as exc:
+        return DoctorItem(name, False, str(exc), fix)
+    return DoctorItem(name, True, f"{settings.ipc_policy}: {len(policy.rules)} rule(s)")
 
 
 async def _redis(settings: Settings) -> DoctorItem:

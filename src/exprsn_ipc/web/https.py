@@ -40,6 +40,7 @@ from exprsn_ipc.certs.authority import certificate_info
 from exprsn_ipc.errors import CertificateError, ConfigError, ServerStartError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.settings import Settings
+from exprsn_ipc.web import tls
 from exprsn_ipc.web.health import HealthFallback
 from exprsn_ipc.web.servers import (
     HTTPSRedirectApp,
@@ -196,6 +197,7 @@ class HTTPSServerManager:
         """
         if self.cert_path is None or self.key_path is None:
             raise ConfigError("TLS is not enabled: no certificate (or TLS_ENABLED=false)")
+        tls.check_serving_certificate(self.settings, self.service_name, self.cert_path)
         return server_ssl_context(self.cert_path, self.key_path, mtls=self.mtls, ca_path=self.ca_path)
 
     def get_certificate_info(self) -> dict[str, Any] | None:
@@ -225,11 +227,8 @@ class HTTPSServerManager:
                 f"(TLS_ENABLED={str(self.settings.tls_enabled).lower()}, certificate found: no)"
             )
         if not self.tls_enabled:
-            if self.settings.tls_enabled:
-                log.warning(
-                    "TLS not enabled - certificates not found",
-                    extra={"service": self.service_name, "certs_dir": str(self.certs_dir)},
-                )
+            if self.settings.tls_enabled:  # fails closed in production
+                tls.refuse_plain_http(self.settings, self.service_name, self.certs_dir)
             if self.enable_http and self.http_port:
                 log.info("%s: TLS is off, so the app is served on port %d, not http_port", self.service_name, self.port)
             return [_Plan("http", app, self.port, None)]

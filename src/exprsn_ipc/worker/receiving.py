@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from exprsn_ipc import jsonlex
-from exprsn_ipc.errors import EnvelopeError, IPCError, TokenError, TokenReplayedError
+from exprsn_ipc.errors import EnvelopeError, IPCError, PolicyDeniedError, TokenError, TokenReplayedError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import BROADCAST
 from exprsn_ipc.protocol.envelope import Envelope
 from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent, crud_operation
 from exprsn_ipc.protocol.instances import INSTANCE_KEY, REPLY_TO_KEY, valid_instance
+from exprsn_ipc.protocol.policy import classify, load_policy
 from exprsn_ipc.protocol.stores import MemoryReplayGuard
 from exprsn_ipc.protocol.tokens import BrokerTokenManager, token_lifetime
 from exprsn_ipc.transport import Transport
@@ -113,6 +114,10 @@ class Receiver:
         #: When a message last arrived on this replica's own channel (``time.monotonic``).
         self.last_call_at = 0.0
         self._warned: set[str] = set()
+        #: The access policy (IPC_POLICY): enforced here too, for messages that reach this worker
+        #: without a Bridge's check (Redis, where the shared key's holder may publish anything).
+        self.policy = load_policy(tokens.settings.ipc_policy)
+        self._policing = self.policy.configured
 
     def transport_event(self, name: str, detail: Any = None) -> None:
         if name == "error":
@@ -181,7 +186,29 @@ class Receiver:
             event=envelope.event,
             request_id=request_id if isinstance(request_id, str) else None,
         )
+        if self._policing and not self._permitted(envelope, meta, channel):
+            return None
         return envelope, meta
+
+    def _permitted(self, envelope: Envelope, meta: MessageMeta, channel: str) -> bool:
+        """Check the policy; a denied request is answered ``FORBIDDEN`` so its caller need not time out."""
+        request = envelope.operation == "request" or meta.request_id is not None
+        action = classify(envelope.source, envelope.target, envelope.event, request=request, data=envelope.data)
+        if action is None:
+            return True
+        try:
+            self.policy.check(action)
+        except PolicyDeniedError as exc:
+            self.stats.rejected[exc.code] += 1
+            self.stats.policy_denied[exc.rule] += 1
+            key = f"policy:{envelope.source}:{exc.rule}"
+            self._warn_once(key, "%s: policy: %s (logged once per source and rule)", self.service_name, exc)
+            self._local.emit("error", exc)
+            if meta.request_id is not None:
+                body = {"success": False, "error": exc.code, "message": str(exc)}
+                self.inbox.adopt(self._send_reply(*self._reply_envelope(envelope, meta, body)))
+            return False
+        return True
 
     def _reject(self, exc: IPCError, channel: str, envelope: Envelope | None = None) -> None:
         self.stats.rejected[exc.code] += 1

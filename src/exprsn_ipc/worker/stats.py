@@ -49,6 +49,8 @@ class WorkerStats:
     transport_errors: int = 0
     dropped: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    #: Messages the access policy denied here, by rule.
+    policy_denied: Counter[str] = field(default_factory=Counter)
     sent_by_event: Counter[str] = field(default_factory=Counter)
     received_by_event: Counter[str] = field(default_factory=Counter)
     handler_seconds: dict[str, DurationHistogram] = field(default_factory=dict)
@@ -74,4 +76,5 @@ class WorkerStats:
             "transport_errors": self.transport_errors,
             "dropped": self.dropped,
             "rejected": dict(self.rejected),
+            "policy_denied": dict(self.policy_denied),
         }

@@ -209,6 +209,8 @@ class DashboardFeed:
     # Access -----------------------------------------------------------------------
     def check_access(self, peer: str | None, token: str | None) -> str | None:
         """None when allowed, else why not."""
+        if self.bridge.operators.required:  # production, reachable from other machines: operators only
+            return None if self.bridge.operators.is_operator(token) else "the dashboard needs an operator credential"
         if token and token != "true":
             try:
                 self.bridge.verifier.verify_login(token)
