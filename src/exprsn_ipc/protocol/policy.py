@@ -4,7 +4,7 @@ A TOML file, read with :mod:`tomllib`::
 
     default = "deny"                 # when no rule matches ("allow" or "deny"; default "deny")
     operators = ["exprsn-admin"]     # may revoke any token and read the operator endpoints
-    shared_key = ["exprsn-legacy"]   # services still allowed to speak with the shared key only
+    shared_key = ["exprsn-legacy"]   # reserved for per-service identity: read, shown, NOT enforced yet
 
     [[rules]]
     name = "posts-to-everyone"       # named in every denial, counted per rule in /metrics
@@ -184,7 +184,8 @@ class Policy:
         lines.append(f"  {DEFAULT_RULE}: {'allow' if self.default_allow else 'deny'} anything else")
         lines.append(f"operators: {', '.join(sorted(self.operators)) or 'none'}")
         if self.shared_key is not None:
-            lines.append(f"shared-key services: {', '.join(sorted(self.shared_key)) or 'none'}")
+            names = ", ".join(sorted(self.shared_key)) or "none"
+            lines.append(f"shared-key services: {names} (not enforced yet: every service may use the shared key)")
         return lines
 
     @classmethod
