@@ -261,21 +261,26 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
 
 _IMPORT_EACH = r"""
 import os, sys, traceback
-names = sys.argv[1:]
-failed = []
-for name in names:
-    pid = os.fork()
-    if pid == 0:
-        try:
-            __import__(name)
-        except BaseException:
-            traceback.print_exc()
-            os._exit(1)
-        os._exit(0)
-    _, status = os.waitpid(pid, 0)
+pending = list(reversed(sys.argv[1:]))
+running, failed = {}, []
+width = max(1, os.cpu_count() or 1)  # one child per core: the imports are CPU-bound
+while pending or running:
+    while pending and len(running) < width:
+        name = pending.pop()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                __import__(name)
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+            os._exit(0)
+        running[pid] = name
+    pid, status = os.wait()
+    name = running.pop(pid)
     if status != 0:
         failed.append(name)
-print("FAILED:" + ",".join(failed))
+print("FAILED:" + ",".join(sorted(failed)))
 """
 
 
