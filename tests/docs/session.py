@@ -84,9 +84,11 @@ class Session:
                         self.start_background(line, block)
                     else:
                         self._expect_printed(line, self.shell(line, block), block)
-            finally:
-                # The reader stops what a block started before going on (Ctrl-C in that terminal).
-                problems = self.stop_background(started)
+            except BaseException:
+                self.stop_background(started)  # the first failure is the one to report
+                raise
+            # The reader stops what a block started before going on (Ctrl-C in that terminal).
+            problems = self.stop_background(started)
             assert problems == [], f"{block.where}:\n" + "\n".join(problems)
 
     def shell(self, command: str, block: Block) -> str:
