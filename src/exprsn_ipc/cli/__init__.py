@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from exprsn_ipc import __version__
-from exprsn_ipc.cli._common import configure_logging, console, load_settings, run_job
+from exprsn_ipc.cli._common import LogLevelOption, configure_logging, console, load_settings, run_job
 from exprsn_ipc.cli.bus import check, emit, listen, stats
 from exprsn_ipc.cli.certs import certs_app
 from exprsn_ipc.cli.demo import demo
@@ -60,11 +60,6 @@ app = typer.Typer(
     # Plain help: the rich layout prints a <bool> placeholder after every flag.
     rich_markup_mode=None,
 )
-
-LogLevelOption = Annotated[
-    str | None,
-    typer.Option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR [default: LOG_LEVEL]."),
-]
 
 
 def _print_version(value: bool) -> None:

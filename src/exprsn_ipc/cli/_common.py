@@ -8,7 +8,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Coroutine
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,6 +19,15 @@ from exprsn_ipc.settings import Settings
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)  # an error stays one copyable line
+
+
+#: ``--url`` of the commands that talk to a running Bridge.
+UrlOption = Annotated[str | None, typer.Option("--url", metavar="URL", help="The Bridge's URL [default: BRIDGE_URL].")]
+#: ``--log-level`` of the commands that run servers.
+LogLevelOption = Annotated[
+    str | None,
+    typer.Option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR [default: LOG_LEVEL]."),
+]
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -60,9 +69,15 @@ def explain_unreachable(exc: BaseException, url: str, settings: Settings) -> str
             else f"there is no {ca} here: run in the folder that holds certs/ or set CERTS_DIR"
         )
         return f"the certificate of {url} is not trusted ({_clip(text)}): {where}; --insecure skips the check"
-    if _caused_by(exc, ConnectionRefusedError) or "connection attempts failed" in text.lower() or "refused" in text:
+    if connection_refused(exc):
         return f"nothing answers at {url}: start the Bridge first (`exprsn-ipc bridge`) or set BRIDGE_URL/--url"
     return f"cannot reach {url}: {_clip(text)}"
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """Whether nothing listens where ``exc`` tried to connect (httpx, aiohttp or a plain socket)."""
+    text = str(exc)
+    return _caused_by(exc, ConnectionRefusedError) or "connection attempts failed" in text.lower() or "refused" in text
 
 
 def explain_refusal(message: str) -> str:

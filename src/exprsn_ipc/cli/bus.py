@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from exprsn_ipc.cli._common import (
+    UrlOption,
     client_ssl,
     configure_logging,
     console,
@@ -27,7 +28,6 @@ from exprsn_ipc.settings import Settings
 
 __all__ = ["check", "emit", "listen", "stats"]
 
-UrlOption = Annotated[str | None, typer.Option("--url", metavar="URL", help="The Bridge's URL [default: BRIDGE_URL].")]
 InsecureOption = Annotated[
     bool,
     typer.Option("--insecure", help="Do not verify the Bridge's certificate (development only)."),

@@ -13,7 +13,15 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from exprsn_ipc.cli._common import client_ssl, console, explain_unreachable, load_settings, operator_headers
+from exprsn_ipc.cli._common import (
+    UrlOption,
+    client_ssl,
+    connection_refused,
+    console,
+    explain_unreachable,
+    load_settings,
+    operator_headers,
+)
 from exprsn_ipc.protocol.constants import KNOWN_SERVICES, full_service_name, short_service_name
 from exprsn_ipc.settings import Settings
 
@@ -168,9 +176,9 @@ async def _health(http: httpx.AsyncClient, url: str, service: str, settings: Set
     try:
         response = await http.get(target)
     except httpx.HTTPError as exc:
-        cause = explain_unreachable(exc, url, settings)
-        if "nothing answers" in cause:
+        if connection_refused(exc):
             return DoctorItem(name, False, f"{target}: nothing listens there", f"start {service} on that port")
+        cause = explain_unreachable(exc, url, settings)
         return DoctorItem(name, False, cause, f"serve {service} with its certificate from {settings.certs_dir}")
     status = response.status_code
     try:
@@ -201,9 +209,7 @@ def doctor(
     port: Annotated[
         int | None, typer.Option("--port", metavar="PORT", help="The service's HTTPS port [default: its known port].")
     ] = None,
-    url: Annotated[
-        str | None, typer.Option("--url", metavar="URL", help="The Bridge's URL [default: BRIDGE_URL].")
-    ] = None,
+    url: UrlOption = None,
     service_url: Annotated[
         str | None,
         typer.Option("--service-url", metavar="URL", help="Base URL of the service [default: https://localhost:PORT]."),

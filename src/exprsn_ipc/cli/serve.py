@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from exprsn_ipc.cli._common import configure_logging, console, fail, load_settings, run_job
+from exprsn_ipc.cli._common import LogLevelOption, configure_logging, console, fail, load_settings, run_job
 from exprsn_ipc.errors import ConfigError
 from exprsn_ipc.protocol.constants import KNOWN_SERVICES, full_service_name
 
@@ -52,10 +52,7 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option("--host", metavar="HOST", help="Interface to bind.")] = "127.0.0.1",
     factory: Annotated[bool, typer.Option("--factory", help="Call the attribute to build the app.")] = False,
-    log_level: Annotated[
-        str | None,
-        typer.Option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR [default: LOG_LEVEL]."),
-    ] = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Serve any ASGI app as a migrated service: IPC, bypass, HTTPS, graceful shutdown."""
     settings = load_settings()
