@@ -16,6 +16,12 @@ __all__ = [
     "BufferFullError",
     "CertificateError",
     "ConfigError",
+    "CredentialError",
+    "CredentialExpiredError",
+    "CredentialMismatchError",
+    "CredentialRequiredError",
+    "CredentialRevokedError",
+    "CredentialUntrustedError",
     "DemoError",
     "EnvelopeError",
     "ForbiddenError",
@@ -142,6 +148,44 @@ class OperatorRequiredError(AuthError):
     """An operator endpoint (stats detail, metrics, dashboard) was asked for without an operator credential."""
 
     code = "OPERATOR_REQUIRED"
+
+
+class CredentialError(AuthError):
+    """A service credential (``exprsn-ipc certs issue``) was presented and is not valid: a bad
+    signature, a handshake token that is malformed, stale or used twice."""
+
+    code = "CREDENTIAL_INVALID"
+
+
+class CredentialRequiredError(CredentialError):
+    """The service has its own credential (or is not on the shared-key list), so the
+    shared broker key alone cannot speak for it."""
+
+    code = "CREDENTIAL_REQUIRED"
+
+
+class CredentialMismatchError(CredentialError):
+    """A valid credential of one service was presented for another."""
+
+    code = "CREDENTIAL_MISMATCH"
+
+
+class CredentialUntrustedError(CredentialError):
+    """The credential was not issued by this Bridge's root CA."""
+
+    code = "CREDENTIAL_UNTRUSTED"
+
+
+class CredentialExpiredError(CredentialError):
+    """The credential's certificate is expired (or not valid yet)."""
+
+    code = "CREDENTIAL_EXPIRED"
+
+
+class CredentialRevokedError(CredentialError):
+    """The credential was revoked (``exprsn-ipc certs revoke``)."""
+
+    code = "CREDENTIAL_REVOKED"
 
 
 class RateLimitError(IPCError):

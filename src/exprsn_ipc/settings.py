@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     ipc_operator_token: SecretStr | None = None
     #: The access policy file (TOML); unset: everything allowed (a warning in production).
     ipc_policy: Path | None = None
+    #: Services the shared broker key may still speak for: ``*`` (every service without a
+    #: credential of its own), ``none``, or a comma list; unset: the policy's ``shared_key``, else ``*``.
+    ipc_shared_key_services: str | None = None
+    #: Seconds between the Bridge's checks of the credentials' revocation list.
+    ipc_credential_recheck: float = Field(2.0, gt=0)
 
     # Worker -------------------------------------------------------------------
     ipc_transport: TransportName = "bridge"
@@ -120,6 +125,9 @@ class Settings(BaseSettings):
     #: Bytes the Bridge may hold for one socket that does not keep up before it closes it.
     ipc_socket_buffer_bytes: int = Field(16 * 1024 * 1024, gt=0)
     ipc_tls_verify: bool = True
+    #: This service's credential key (``exprsn-ipc certs issue``); unset:
+    #: ``CERTS_DIR/credentials/<service>.key`` when that file exists.
+    ipc_credential: Path | None = None
 
     @field_validator(
         "node_env",
@@ -130,6 +138,7 @@ class Settings(BaseSettings):
         "redis_cluster_nodes",
         "cors_origin",
         "ipc_allowed_services",
+        "ipc_shared_key_services",
         mode="before",
     )
     @classmethod
@@ -138,7 +147,9 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("ipc_broker_key", "redis_password", "ipc_operator_token", "ipc_policy", mode="before")
+    @field_validator(
+        "ipc_broker_key", "redis_password", "ipc_operator_token", "ipc_policy", "ipc_credential", mode="before"
+    )
     @classmethod
     def _empty_secret_is_unset(cls, value: Any) -> Any:
         if isinstance(value, str) and not value:

@@ -11,7 +11,7 @@ from typing import Any
 from exprsn_ipc.bridge.connection import Connection, SocketLink
 from exprsn_ipc.bridge.core import Bridge
 from exprsn_ipc.bridge.entries import clean_entry, clean_peer
-from exprsn_ipc.errors import AuthError, EnvelopeError, ForbiddenError, IPCError
+from exprsn_ipc.errors import AuthError, CredentialError, EnvelopeError, ForbiddenError, IPCError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL, full_service_name
 from exprsn_ipc.protocol.envelope import validate_service_name
@@ -51,7 +51,9 @@ async def admit(
     except AuthError as exc:
         bridge.stats.reject(service, exc.code)
         log.warning("refused a connection to %s from %s: %s", namespace, peer, exc)
-        raise AuthError(f"UNAUTHORIZED: {exc}", code=exc.code) from None
+        # A refused credential names its own code; the rest keep the original's "UNAUTHORIZED".
+        prefix = exc.code if isinstance(exc, CredentialError) else "UNAUTHORIZED"
+        raise AuthError(f"{prefix}: {exc}", code=exc.code) from None
     options = auth if isinstance(auth, dict) else {}
     mode = "envelope" if options.get("protocol") == ENVELOPE_PROTOCOL else "socket"
     try:
@@ -74,9 +76,12 @@ async def admit(
         bypass=identity.bypass,
         link=link,
         durable=mode == "envelope" and options.get("durable") is True,
+        trust=identity.trust,
+        serial=identity.serial,
+        not_after=identity.not_after,
     )
     await bridge.add_connection(conn, entry)
-    log.info("%s connected to %s (%s%s)", service, namespace, mode, ", dev bypass" if identity.bypass else "")
+    log.info("%s connected to %s (%s, %s)", service, namespace, mode, identity.trust)
     return conn
 
 

@@ -31,11 +31,18 @@ class SocketLink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who is calling: the authenticated service, or the development bypass."""
+    """Who is calling: the authenticated service, or the development bypass.
+
+    ``trust``: ``"credential"`` (its own key), ``"shared-key"`` or ``"bypass"``; ``serial`` and
+    ``not_after`` (a timestamp) describe the credential when there is one.
+    """
 
     service: str
     bypass: bool = False
     claims: dict[str, Any] | None = None
+    trust: str = "shared-key"
+    serial: int | None = None
+    not_after: float | None = None
 
 
 @dataclass
@@ -67,6 +74,11 @@ class Connection:
     warned: set[str] = field(default_factory=set)
     #: The replica behind this socket (``auth.entry.instance``), if it named one; None once it left.
     instance: str | None = None
+    #: How the connection proved its service (see :class:`Identity`).
+    trust: str = "shared-key"
+    #: The serial and end of validity (timestamp) of the credential it connected with.
+    serial: int | None = None
+    not_after: float | None = None
 
     @property
     def short(self) -> str:
@@ -86,6 +98,7 @@ class Connection:
             "connected": self.connected,
             "lastActivity": self.last_activity,
             "bypass": self.bypass,
+            "trust": self.trust,
         }
 
 

@@ -15,6 +15,7 @@ from exprsn_ipc.bridge.backend.base import BridgeBackend, create_backend
 from exprsn_ipc.bridge.budgets import ByteBudget
 from exprsn_ipc.bridge.connection import BridgeStats, Connection, Identity
 from exprsn_ipc.bridge.delivery import Delivery
+from exprsn_ipc.bridge.identity import Authenticator
 from exprsn_ipc.bridge.operator import OperatorGate
 from exprsn_ipc.bridge.policing import PolicyGuard
 from exprsn_ipc.bridge.replicas import BridgeReplicas
@@ -26,12 +27,9 @@ from exprsn_ipc.errors import (
     IPCError,
     PayloadTooLargeError,
     RateLimitError,
-    TokenError,
-    TokenPurposeError,
     TokenReplayedError,
 )
 from exprsn_ipc.logsafe import get_logger
-from exprsn_ipc.net import is_loopback
 from exprsn_ipc.protocol.constants import (
     BRIDGE_ALIAS,
     BRIDGE_SERVICE,
@@ -50,7 +48,6 @@ __all__ = ["Bridge", "BridgeStats", "Connection", "Identity", "RouteListener"]
 
 log = get_logger("exprsn_ipc.bridge")
 
-DEV_BYPASS_SOURCE = "exprsn-dev-bypass"
 #: How often the registry entries of connected services are refreshed (they expire after REGISTRY_TTL_S).
 REGISTRY_REFRESH_S: float = REGISTRY_TTL_S / 2
 
@@ -103,6 +100,8 @@ class Bridge:
         #: The access policy (IPC_POLICY) and who owns which token (bridge/policing.py).
         self.policy = PolicyGuard(settings)
         self.operators = OperatorGate.for_bridge(self)
+        #: Who may connect as which service (credentials, the shared-key list, the bypass).
+        self.auth = Authenticator(self)
 
     # Lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,6 +112,9 @@ class Bridge:
         self._running = True
         self._heartbeat = asyncio.create_task(self._refresh_registrations(), name="bridge-registry-heartbeat")
         self.replicas.start()
+        watcher = asyncio.create_task(self.auth.watch(), name="bridge-credential-watch")
+        self._tasks.add(watcher)
+        watcher.add_done_callback(self._tasks.discard)
         log.info("Bridge started (backend: %s, rate limit: %s)", self.backend.name, self._limit_text())
 
     async def stop(self) -> None:
@@ -158,35 +160,14 @@ class Bridge:
     def authenticate(
         self, token: str | None, peer: str | None, *, service: str | None = None, same_origin: bool = True
     ) -> Identity:
-        """Check a broker token, or admit the development bypass from loopback
-        (``same_origin``: the caller is no web page of another site).
+        """Check a handshake token (the service's own credential) or a broker token, or admit the
+        development bypass from loopback (``same_origin``: the caller is no web page of another site).
 
         Raises:
-            AuthError: no valid token, or a token issued to another service.
+            AuthError: no valid credential or token, one of another service, or the shared
+                key for a service it may no longer speak for (``bridge/identity.py``).
         """
-        if token and token != "true":
-            try:
-                claims = self.verifier.verify_login(token)
-            except TokenPurposeError as exc:
-                # A token lifted from a message: refused with its own code, so it shows in the counters.
-                raise AuthError(f"invalid broker token: {exc}", code=exc.code) from None
-            except TokenError as exc:
-                raise AuthError(f"invalid broker token: {exc}") from None
-            source = claims.get("source")
-            if not isinstance(source, str):
-                raise AuthError("broker token has no source")
-            if service is not None and source != service:
-                raise AuthError(f"broker token was issued to {source}, not {service}")
-            login_id, expires = token_lifetime(claims)
-            self.policy.owners.add(login_id, source, expires)
-            return Identity(source, False, claims)
-        if self.settings.bypass_enabled and is_loopback(peer):
-            if not same_origin:
-                raise AuthError("the development bypass is not for web pages of other sites (cross-site Origin)")
-            return Identity(service or DEV_BYPASS_SOURCE, True, None)
-        if self.settings.dev_bypass and not self.settings.bypass_enabled:
-            raise AuthError("missing broker token (DEV_BYPASS is ignored unless NODE_ENV=development)")
-        raise AuthError("missing broker token")
+        return self.auth.authenticate(token, peer, service=service, same_origin=same_origin)
 
     def signer(self, service: str) -> BrokerTokenManager:
         signer = self._signers.get(service)

@@ -184,7 +184,8 @@ def load_ca(
     # would touch cryptography's deprecated finite-field DH module on every load.
     if not isinstance(key, _SIGNING_KEYS):
         raise CertificateError(f"{key_path}: a {type(key).__name__} cannot sign certificates")
-    return cert, cast(CertificateIssuerPrivateKeyTypes, key)
+    # Redundant for some cryptography releases, needed for others (their issuer-key unions differ).
+    return cert, cast(CertificateIssuerPrivateKeyTypes, key)  # type: ignore[redundant-cast, unused-ignore]
 
 
 _SIGNING_KEYS: Final = (

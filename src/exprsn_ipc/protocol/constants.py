@@ -92,6 +92,13 @@ STREAM_PREFIX: Final = "ipc:stream:"
 #: ``protocol`` query parameter that selects the Bridge's worker lane): it exchanges raw
 #: signed envelopes with the Bridge.
 ENVELOPE_PROTOCOL: Final = "exprsn-ipc/1"
+#: Envelope metadata key of a message's own-key signature (``certs/identity.py``):
+#: ``"<signing service>:<credential serial, hex>.<Ed25519 signature of the broker token>"``.
+CREDENTIAL_META_KEY: Final = "credential"
+#: Handlers' ``meta.trust``: what vouches for a message's ``source``.
+TRUST_CREDENTIAL: Final = "credential"
+TRUST_SHARED_KEY: Final = "shared-key"
+TRUST_BYPASS: Final = "bypass"
 
 #: Envelopes per Socket.IO batch between IPC workers and the Bridge (``ipc:publish_batch``,
 #: ``ipc:messages``), and about this many bytes: far below either side's websocket limit.

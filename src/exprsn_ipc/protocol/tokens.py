@@ -13,6 +13,7 @@ import binascii
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
@@ -25,7 +26,13 @@ from exprsn_ipc.errors import (
     TokenPurposeError,
     TokenRevokedError,
 )
-from exprsn_ipc.protocol.constants import LOGIN_OPERATION, REVOCATION_TTL_S, TOKEN_TYPE, TOKEN_VERSION
+from exprsn_ipc.protocol.constants import (
+    CREDENTIAL_META_KEY,
+    LOGIN_OPERATION,
+    REVOCATION_TTL_S,
+    TOKEN_TYPE,
+    TOKEN_VERSION,
+)
 from exprsn_ipc.protocol.envelope import MISSING, Envelope, dumps
 from exprsn_ipc.protocol.jsonvalues import json_equal
 from exprsn_ipc.protocol.stores import MemoryRevocationStore, MemoryStateStore, RevocationStore, StateStore
@@ -105,8 +112,11 @@ class BrokerTokenManager:
         settings: Settings,
         revocations: RevocationStore | None = None,
         states: StateStore | None = None,
+        countersign: Callable[[str], str] | None = None,
     ) -> None:
         self.service_name = service_name
+        #: Signs each message's token with the service's own key (``metadata.credential``).
+        self.countersign = countersign
         self.settings = settings
         self._key = settings.broker_key_bytes
         self.default_ttl = settings.ipc_token_ttl
@@ -196,16 +206,20 @@ class BrokerTokenManager:
         if operation == LOGIN_OPERATION:
             raise EnvelopeError(f"a message cannot have operation {LOGIN_OPERATION!r} (that marks a login token)")
         meta = dict(metadata or {})
+        meta.pop(CREDENTIAL_META_KEY, None)
         claims = self.build_claims(
             data, target_service=target, operation=operation, ttl=ttl, metadata={"event": event, **meta}
         )
+        token = self.sign_claims(claims)
+        if self.countersign is not None:
+            meta[CREDENTIAL_META_KEY] = self.countersign(token)
         return Envelope(
             event=event,
             source=self.service_name,
             target=target,
             data=data,
             operation=operation,
-            token=self.sign_claims(claims),
+            token=token,
             require_ack=require_ack,
             metadata=meta,
         )

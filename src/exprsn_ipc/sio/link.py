@@ -176,7 +176,12 @@ class SocketIOLink:
                 return
             if packet.type == sp.CONNECT_ERROR:
                 detail = packet.data.get("message") if isinstance(packet.data, dict) else packet.data
-                raise AuthError(f"the server refused {self.namespace}: {detail}")
+                # The Bridge's refusals start with their code ("CREDENTIAL_MISMATCH: ...").
+                code = str(detail).partition(":")[0]
+                raise AuthError(
+                    f"the server refused {self.namespace}: {detail}",
+                    code=code if code.isupper() and code.replace("_", "").isalpha() else None,
+                )
 
     # Running --------------------------------------------------------------------
     async def _run(self) -> None:

@@ -20,6 +20,9 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from exprsn_ipc.certs.credentials import Credential
+from exprsn_ipc.certs.handshake import sign_handshake
+from exprsn_ipc.certs.identity import find_credential
 from exprsn_ipc.errors import (
     AuthError,
     BufferFullError,
@@ -50,6 +53,12 @@ log = get_logger("exprsn_ipc.transport.bridge")
 
 #: ``publish`` returns this for an emit buffered while the Bridge is unreachable.
 BUFFERED = -1
+
+
+def _refusal_hint(exc: AuthError, credentialed: bool) -> str:
+    if exc.code.startswith("CREDENTIAL_") or credentialed:
+        return "(see `exprsn-ipc certs list` and docs/security.md, service credentials)"
+    return "(compare IPC_BROKER_KEY with the Bridge's)"
 
 
 def _remote_error(reply: Any) -> IPCError:
@@ -130,6 +139,8 @@ class BridgeTransport(Transport):
         self._flusher: asyncio.Task[None] | None = None
         self._was_connected = False
         self._tokens: BrokerTokenManager | None = None
+        #: The service's own credential: its handshake proves the connection is really it.
+        self._credential: Credential | None = None
         self._in_flight = 0
         self._batch: list[tuple[bytes, asyncio.Future[int]]] = []
         self._batch_bytes = 0
@@ -156,8 +167,12 @@ class BridgeTransport(Transport):
 
     async def _auth(self) -> dict[str, Any]:
         assert self._peer is not None and self._tokens is not None
+        # Each (re)connection signs a new one: a handshake token is good once.
+        credential = self._credential
         return {
-            "token": self._tokens.generate_token(operation="connect"),
+            "token": sign_handshake(credential)
+            if credential is not None
+            else self._tokens.generate_token(operation="connect"),
             "protocol": ENVELOPE_PROTOCOL,
             "entry": self._peer.registry_entry(),
             "durable": self.durable,
@@ -166,6 +181,7 @@ class BridgeTransport(Transport):
     async def connect(self, peer: TransportPeer, channels: list[str]) -> None:
         self._peer = peer
         self._tokens = BrokerTokenManager(service_name=peer.service_name, settings=self.settings)
+        self._credential = find_credential(self.settings.certs_dir, peer.service_name, self.settings.ipc_credential)
         self._namespace = f"/ipc/{peer.service_name}"
         # The Bridge subscribes these itself (the instance's from auth.entry.instance).
         defaults = {channel_for(peer.service_name, peer.namespace), channel_for(BROADCAST, peer.namespace)}
@@ -198,7 +214,7 @@ class BridgeTransport(Transport):
             log.warning("%s: the Bridge refused the connection: %s", peer.service_name, exc)
             raise AuthError(
                 f"the Bridge did not accept {peer.service_name} on {self._namespace}: {exc} "
-                "(compare IPC_BROKER_KEY with the Bridge's)"
+                + _refusal_hint(exc, self._credential is not None)
             ) from None
         except TransportError as exc:
             self._link = None

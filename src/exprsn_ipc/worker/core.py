@@ -36,6 +36,7 @@ from exprsn_ipc.transport import Transport, create_transport
 from exprsn_ipc.transport.base import Ack
 from exprsn_ipc.worker.calls import Calls
 from exprsn_ipc.worker.handlers import Handler, LocalEmitter
+from exprsn_ipc.worker.identity import WorkerIdentity
 from exprsn_ipc.worker.leaving import leave
 from exprsn_ipc.worker.receiving import Outbox, Receiver
 from exprsn_ipc.worker.replicas import ReplicaChooser
@@ -88,11 +89,14 @@ class IPCWorker:
         self.namespace = namespace
         self.settings = settings if settings is not None else Settings.load()
         self.transport = transport if transport is not None else create_transport(self.settings)
+        #: Its own credential, if issued, and who may speak for whom (worker/identity.py).
+        self.identity = WorkerIdentity(self.service_name, self.settings)
         self.tokens = BrokerTokenManager(
             service_name=self.service_name,
             settings=self.settings,
             revocations=self.transport.revocations,
             states=self.transport.states,
+            countersign=self.identity.countersign,
         )
         self.aliases = frozenset(aliases)
         self.max_bytes = self.settings.ipc_max_message_bytes
@@ -128,6 +132,7 @@ class IPCWorker:
             max_bytes=self.max_bytes,
             max_concurrency=self.max_concurrency,
             tokens=self.tokens,
+            identity=self.identity,
             stats=self.stats,
             resources=self.resources,
             local=self._local,
@@ -185,16 +190,9 @@ class IPCWorker:
             self._handlers.remove(event, handler)
 
     def resource(self, name: str) -> Callable[[Any], Any]:
-        """Serve CRUD for ``name`` with a class or object having ``create``,
-        ``read``, ``update`` and/or ``delete`` methods (each sync or async)::
-
-            @ipc.resource("posts")
-            class Posts:
-                async def create(self, data, meta): ...
-                async def read(self, query, meta): ...
-                async def update(self, id, data, meta): ...
-                async def delete(self, id, meta): ...
-        """
+        """Serve CRUD for ``name`` with a class or object having ``create(data, meta)``,
+        ``read(query, meta)``, ``update(id, data, meta)`` and/or ``delete(id, meta)``
+        (each sync or async); usable as a class decorator: ``@ipc.resource("posts")``."""
         return self.resources.decorator(name)
 
     def serve_jsonlex(self, enabled: bool = True) -> None:

@@ -32,6 +32,9 @@ class MessageMeta:
     target: str = ""
     event: str = ""
     request_id: str | None = None
+    #: What vouches for ``source``: ``"credential"`` (its own key), ``"shared-key"`` (only the
+    #: shared broker key: its holder may claim any source) or ``"bypass"``.
+    trust: str = "shared-key"
 
     def __getitem__(self, key: str) -> Any:
         # The guide's handlers read meta.source; dict-style access keeps

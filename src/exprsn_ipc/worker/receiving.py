@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from exprsn_ipc import jsonlex
-from exprsn_ipc.errors import EnvelopeError, IPCError, PolicyDeniedError, TokenError, TokenReplayedError
+from exprsn_ipc.errors import (
+    CredentialError,
+    EnvelopeError,
+    IPCError,
+    PolicyDeniedError,
+    TokenError,
+    TokenReplayedError,
+)
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.protocol.constants import BROADCAST
 from exprsn_ipc.protocol.envelope import Envelope
@@ -33,6 +40,7 @@ from exprsn_ipc.transport import Transport
 from exprsn_ipc.transport.base import Ack
 from exprsn_ipc.worker.dispatch import Inbox
 from exprsn_ipc.worker.handlers import EventHandlers, Handler, LocalEmitter, MessageMeta
+from exprsn_ipc.worker.identity import WorkerIdentity
 from exprsn_ipc.worker.replies import PendingRequests, failure_body, reply_body
 from exprsn_ipc.worker.resources import ResourceTable
 from exprsn_ipc.worker.stats import WorkerStats
@@ -83,6 +91,7 @@ class Receiver:
         max_bytes: int,
         max_concurrency: int,
         tokens: BrokerTokenManager,
+        identity: WorkerIdentity,
         stats: WorkerStats,
         resources: ResourceTable,
         local: LocalEmitter,
@@ -93,6 +102,7 @@ class Receiver:
         self.aliases = aliases
         self.max_bytes = max_bytes
         self.tokens = tokens
+        self.identity = identity
         self.stats = stats
         self.resources = resources
         self.out = outbox
@@ -170,7 +180,8 @@ class Receiver:
             return None
         try:
             claims = self.tokens.verify_envelope(envelope)
-        except TokenError as exc:
+            trust = self.identity.trust_of(envelope)
+        except (TokenError, CredentialError) as exc:
             self._reject(exc, channel, envelope)
             return None
         self.stats.count_received(envelope.event)
@@ -185,6 +196,7 @@ class Receiver:
             target=target,
             event=envelope.event,
             request_id=request_id if isinstance(request_id, str) else None,
+            trust=trust,
         )
         if self._policing and not self._permitted(envelope, meta, channel):
             return None
