@@ -199,6 +199,8 @@ async def test_node_to_python_targeted_and_broadcast(node: NodeWorker, python: A
     data, meta = await asyncio.wait_for(validate.get(), WAIT)
     assert data == {"userId": 1, "sessionId": "s"}
     assert meta.source == NODE_NAME
+    # The original's model: only the shared key vouches for a Node worker's source.
+    assert meta.trust == "shared-key"
     assert meta.channel == "ipc:exprsn-auth"
     assert meta.token["id"] == sent["tokenId"]
     assert meta.token["source"] == NODE_NAME and meta.token["target"] == "exprsn-auth"

@@ -164,7 +164,10 @@ def issue_credential(
     if days < 1:
         raise CertificateError(f"--days must be at least 1 (got {days})")
     name = normalize_service_name(service)
-    ca_cert, ca_key = load_ca(certs_dir)
+    try:
+        ca_cert, ca_key = load_ca(certs_dir)
+    except CertificateError as exc:
+        raise CertificateError(f"{exc} (the root CA comes from `exprsn-ipc certs generate`)") from None
     cert_path, key_path = credential_paths(certs_dir, name)
     if cert_path.is_file():
         old = load_cert(cert_path)

@@ -100,3 +100,82 @@ def _print_result(name: str, ok: bool, problems: tuple[str, ...], warning: str |
     console.print(f"{mark} {name}" + (f"  [yellow]⚠ {warning}[/]" if warning else ""))
     for problem in problems:
         console.print(f"    [red]{problem}[/]")
+
+
+# Service credentials (docs/security.md) ---------------------------------------------
+
+
+@certs_app.command("issue")
+def issue(
+    service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service the credential speaks for.")],
+    certs_dir: Annotated[
+        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
+    ] = None,
+    days: Annotated[int, typer.Option("--days", metavar="DAYS", help="Validity of the credential.")] = 90,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Revoke the service's current credential and issue a new one.")
+    ] = False,
+) -> None:
+    """Issue a service its own credential (an Ed25519 key certified by the root CA).
+
+    From then on the Bridge admits the service only with it: the shared key can no
+    longer speak for it.
+    """
+    from exprsn_ipc.certs.credentials import credential_paths, issue_credential
+
+    folder = _dir(certs_dir)
+    try:
+        record = issue_credential(folder, service, days=days, replace=replace)
+    except CertificateError as exc:
+        fail(str(exc), 1)
+    key = credential_paths(folder, record.service)[1]
+    console.print(f"✓ issued {record.service} credential {record.serial_hex}, valid until {record.not_after:%Y-%m-%d}")
+    console.print(f"  key (private, for {record.service}'s hosts only): {key}", highlight=False)
+    console.print(f"  certificate (public): {record.cert_path}", highlight=False)
+
+
+@certs_app.command("list")
+def list_(
+    certs_dir: Annotated[
+        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
+    ] = None,
+) -> None:
+    """List the service credentials: service, serial, expiry and status."""
+    from exprsn_ipc.certs.credentials import list_credentials
+
+    folder = _dir(certs_dir)
+    try:
+        records = list_credentials(folder)
+    except CertificateError as exc:
+        fail(str(exc), 1)
+    if not records:
+        console.print(f"no service credentials in {folder}: issue one with `exprsn-ipc certs issue SERVICE`")
+        return
+    for record in records:
+        mark = "[green]✓[/]" if record.status == "valid" else "[red]✗[/]"
+        console.print(
+            f"{mark} {record.service:<24} {record.serial_hex:<42} until {record.not_after:%Y-%m-%d}  {record.status}",
+            highlight=False,
+        )
+
+
+@certs_app.command("revoke")
+def revoke(
+    credential: Annotated[
+        str, typer.Argument(metavar="SERVICE|SERIAL", help="The service, or the credential's serial (hex).")
+    ],
+    certs_dir: Annotated[
+        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
+    ] = None,
+) -> None:
+    """Revoke a service credential: Bridges close its live connections and refuse new ones."""
+    from exprsn_ipc.certs.credentials import revoke_credential
+
+    try:
+        record = revoke_credential(_dir(certs_dir), credential)
+    except CertificateError as exc:
+        fail(str(exc), 1)
+    console.print(
+        f"✓ revoked {record.service} credential {record.serial_hex}: running Bridges close its connections "
+        "within IPC_CREDENTIAL_RECHECK seconds"
+    )

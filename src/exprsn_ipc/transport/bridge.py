@@ -214,7 +214,8 @@ class BridgeTransport(Transport):
             log.warning("%s: the Bridge refused the connection: %s", peer.service_name, exc)
             raise AuthError(
                 f"the Bridge did not accept {peer.service_name} on {self._namespace}: {exc} "
-                + _refusal_hint(exc, self._credential is not None)
+                + _refusal_hint(exc, self._credential is not None),
+                code=exc.code,
             ) from None
         except TransportError as exc:
             self._link = None
