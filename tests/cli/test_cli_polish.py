@@ -32,6 +32,7 @@ READ_ONLY = [
     ("doctor", "--service", "exprsn-timeline"),
     ("certs", "show", "exprsn-timeline"),
     ("certs", "verify"),
+    ("certs", "list"),
     ("dlq", "list", "exprsn-herald"),
 ]
 

@@ -55,6 +55,7 @@ async def run_doctor(
         items.append(await _connected(http, bridge_url, service))
         items.append(_bypass(settings))
         items.append(_policy(settings))
+        items.append(_identity(settings, service))
         items.append(await _health(http, service_url or f"https://localhost:{port}", service, settings))
     return items
 
@@ -92,6 +93,29 @@ def _policy(settings: Settings) -> DoctorItem:
     except ConfigError as exc:
         return DoctorItem(name, False, str(exc), fix)
     return DoctorItem(name, True, f"{settings.ipc_policy}: {len(policy.rules)} rule(s)")
+
+
+def _identity(settings: Settings, service: str) -> DoctorItem:
+    """The service's own credential, or whether the shared key may still speak for it."""
+    from exprsn_ipc.certs.identity import ServiceIdentities, find_credential, parse_shared_key_list
+    from exprsn_ipc.errors import IPCError
+    from exprsn_ipc.protocol.policy import load_policy
+
+    name = "Service identity"
+    fix = f"exprsn-ipc certs issue {service} --dir {settings.certs_dir}"
+    try:
+        credential = find_credential(settings.certs_dir, service, settings.ipc_credential)
+        shared = parse_shared_key_list(settings.ipc_shared_key_services, load_policy(settings.ipc_policy).shared_key)
+        identities = ServiceIdentities(settings.certs_dir, shared_key=shared)
+        if credential is not None:
+            identities.trust.verify(credential.certificate, credential.service)
+            until = credential.certificate.not_valid_after_utc
+            return DoctorItem(name, True, f"own credential {credential.serial:x}, valid until {until:%Y-%m-%d}")
+        identities.check_shared_key(service)
+    except IPCError as exc:
+        return DoctorItem(name, False, str(exc), fix)
+    allowed = "every service without a credential" if shared is None else ", ".join(sorted(shared))
+    return DoctorItem(name, True, f"the shared broker key (still allowed for: {allowed})")
 
 
 async def _redis(settings: Settings) -> DoctorItem:

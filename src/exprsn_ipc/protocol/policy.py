@@ -4,7 +4,7 @@ A TOML file, read with :mod:`tomllib`::
 
     default = "deny"                 # when no rule matches ("allow" or "deny"; default "deny")
     operators = ["exprsn-admin"]     # may revoke any token and read the operator endpoints
-    shared_key = ["exprsn-legacy"]   # reserved for per-service identity: read, shown, NOT enforced yet
+    shared_key = ["exprsn-legacy"]   # the only services the shared broker key may still speak for
 
     [[rules]]
     name = "posts-to-everyone"       # named in every denial, counted per rule in /metrics
@@ -185,7 +185,10 @@ class Policy:
         lines.append(f"operators: {', '.join(sorted(self.operators)) or 'none'}")
         if self.shared_key is not None:
             names = ", ".join(sorted(self.shared_key)) or "none"
-            lines.append(f"shared-key services: {names} (not enforced yet: every service may use the shared key)")
+            lines.append(
+                f"shared-key services: {names} (every other service needs its own credential; "
+                "IPC_SHARED_KEY_SERVICES, when set, wins)"
+            )
         return lines
 
     @classmethod
