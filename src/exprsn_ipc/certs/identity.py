@@ -127,7 +127,9 @@ class ServiceIdentities:
         """True when the shared key alone may not speak for ``service``."""
         if service in self.trust.credentialed():
             return True
-        return self.shared_key is not None and service not in self.shared_key
+        # The Bridge answers CRUD and JSONLex as exprsn-bridge: it keeps the shared key until
+        # it has a credential of its own (`exprsn-ipc certs issue bridge`).
+        return self.shared_key is not None and service not in self.shared_key and service != BRIDGE_SERVICE
 
     def check_shared_key(self, service: str) -> None:
         """Raise :class:`CredentialRequiredError` if the shared key may not speak for ``service``."""
