@@ -70,8 +70,9 @@ def test_which_tokens_are_message_tokens(claims: dict[str, Any], message: bool) 
 
 
 async def lifted_token(bridge: BridgeFixture) -> str:
-    """The token of a broadcast from exprsn-auth, as any listening worker receives it."""
-    listener = await bridge.worker("exprsn-herald")
+    """The token of a broadcast from exprsn-auth, as any listening worker that checks signatures
+    receives it (the Bridge signs lane messages for those)."""
+    listener = await bridge.worker("exprsn-herald", lane=False)
     got = recorder(listener, "user:deleted")
     sender = await bridge.worker("exprsn-auth")
     await sender.emit("user:deleted", {"id": 7}, target="broadcast")

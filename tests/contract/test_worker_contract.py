@@ -230,7 +230,9 @@ async def test_signed_acks_reach_ack_handlers(harness: Harness) -> None:
     acks = Inbox(sender, "ack")
     result = await sender.emit("notification:trigger", {"n": 1}, target="exprsn-herald", require_ack=True)
     data, meta = await acks.get()
-    assert data == {"originalEvent": "notification:trigger", "originalId": result.envelope.token}
+    # The message's token, or its messageId where the lane carries it without one.
+    original = result.envelope.token or result.envelope.metadata["messageId"]
+    assert data == {"originalEvent": "notification:trigger", "originalId": original}
     assert meta.source == "exprsn-herald"
     assert meta.token["source"] == "exprsn-herald"
 
@@ -282,7 +284,8 @@ async def test_tampered_and_forged_messages_are_rejected(harness: Harness) -> No
     errors: asyncio.Queue[Exception] = asyncio.Queue()
     victim.on("error", errors.put_nowait)
 
-    good = sender.build_envelope("user:validate", {"userId": 1}, target="exprsn-auth")
+    # Signed as on Redis (a lane with identity at the connection sends none of its own).
+    good = sender.tokens.sign_envelope("user:validate", {"userId": 1}, target="exprsn-auth")
     tampered = [
         _replace(good, data={"userId": 2}),
         _replace(good, event="user:deleted"),
@@ -315,7 +318,7 @@ async def test_expired_and_revoked_tokens_are_rejected(harness: Harness) -> None
     await harness.inject("ipc:exprsn-auth", expired.encode())
     assert (await asyncio.wait_for(errors.get(), WAIT)).code == "TOKEN_EXPIRED"
 
-    revoked = sender.build_envelope("user:validate", {"n": 2}, target="exprsn-auth")
+    revoked = sender.tokens.sign_envelope("user:validate", {"n": 2}, target="exprsn-auth")
     from exprsn_ipc.protocol.tokens import decode_unverified
 
     token_id = decode_unverified(revoked.token or "")["id"]
@@ -355,11 +358,12 @@ async def test_message_for_another_service_is_dropped_before_verification(harnes
 
     victim.tokens.verify_envelope = counting  # type: ignore[method-assign]
     # Signed for exprsn-herald but published on auth's channel: must be dropped, not verified.
-    stray = sender.build_envelope("user:validate", {}, target="exprsn-herald")
+    stray = sender.tokens.sign_envelope("user:validate", {}, target="exprsn-herald")
     forged = _replace(stray, token="garbage")
     await harness.inject("ipc:exprsn-auth", forged.encode())
     marker = Inbox(victim, "test:marker")
-    await sender.emit("test:marker", {}, target="exprsn-auth")
+    signed_marker = sender.tokens.sign_envelope("test:marker", {}, target="exprsn-auth")
+    await harness.inject("ipc:exprsn-auth", signed_marker.encode())
     await marker.get()
     assert victim.stats.dropped == 1
     assert calls == 1  # only the marker was verified

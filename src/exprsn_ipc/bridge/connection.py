@@ -79,6 +79,9 @@ class Connection:
     #: The serial and end of validity (timestamp) of the credential it connected with.
     serial: int | None = None
     not_after: float | None = None
+    #: Identity at the connection: its envelopes go without broker tokens, and it gets
+    #: others' that way (``IDENTITY_AT_CONNECTION``, an embedded Bridge's lane only).
+    unsigned: bool = False
 
     @property
     def short(self) -> str:

@@ -35,12 +35,13 @@ from exprsn_ipc.protocol.constants import (
     BRIDGE_SERVICE,
     BROADCAST,
     REGISTRY_TTL_S,
+    TRUST_KEY,
     channel_for,
 )
 from exprsn_ipc.protocol.envelope import Envelope, validate_event_name, validate_service_name
 from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.protocol.instances import route_channel
-from exprsn_ipc.protocol.tokens import BrokerTokenManager, token_lifetime
+from exprsn_ipc.protocol.tokens import BrokerTokenManager, token_lifetime, vouched_claims
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.worker.core import IPCWorker
 
@@ -262,7 +263,7 @@ class Bridge:
         """
         await self.check_rate(conn.service)
         target, channel, token = self._checked_target(conn, raw, durable=durable)
-        if not (await self.backend.replays.claim([token]))[0]:
+        if token is not None and not (await self.backend.replays.claim([token]))[0]:
             raise self._replayed(conn)
         if durable:
             return await self._publish_durable(conn.service, target, raw)
@@ -276,7 +277,7 @@ class Bridge:
         pipelined where the backend can (Redis).
         """
         allowed = await self.rate_allowance(conn.service, len(raws))
-        checked: list[tuple[str, str, bytes] | IPCError] = []
+        checked: list[tuple[str, str, bytes, bool] | IPCError] = []
         tokens: list[tuple[str, float]] = []
         for index, item in enumerate(raws):
             try:
@@ -286,8 +287,9 @@ class Bridge:
                     raise EnvelopeError("a batch holds encoded envelopes (strings)")
                 raw = item.encode("utf-8")
                 target, channel, token = self._checked_target(conn, raw)
-                checked.append((target, channel, raw))
-                tokens.append(token)
+                checked.append((target, channel, raw, token is not None))
+                if token is not None:
+                    tokens.append(token)
             except IPCError as exc:
                 checked.append(exc)
         # One round trip for the whole batch on Redis.
@@ -297,10 +299,10 @@ class Bridge:
             if isinstance(entry, IPCError):
                 outcomes.append(entry)
                 continue
-            if not next(first_uses):
+            target, channel, raw, signed = entry
+            if signed and not next(first_uses):
                 outcomes.append(self._replayed(conn))
                 continue
-            target, channel, raw = entry
             try:
                 sent = self.backend.publish_nowait(channel, raw)
                 if sent is None:
@@ -326,15 +328,22 @@ class Bridge:
 
     def _checked_target(
         self, conn: Connection, raw: bytes, *, durable: bool = False
-    ) -> tuple[str, str, tuple[str, float]]:
+    ) -> tuple[str, str, tuple[str, float] | None]:
         """Decode and verify a worker's envelope: its target, the channel it goes on (its
-        replica's, when it names one), and its token's id and expiry for the replay guard.
-        Raises the specific IPCError."""
+        replica's, when it names one), and its token's id and expiry for the replay guard
+        (None: no token, the connection's identity stands for it). Raises the specific IPCError."""
         envelope = Envelope.decode(raw, max_bytes=self.max_bytes)
         if envelope.source != conn.service:
             raise AuthError(f"{conn.service} may not publish as {envelope.source}")
         validate_event_name(envelope.event)
         validate_service_name(envelope.target, allow_broadcast=not durable)
+        if envelope.token is None and conn.unsigned and not durable:
+            # Identity at the connection: the stamp must be the connection's own.
+            if envelope.metadata.get(TRUST_KEY) != conn.trust:
+                raise AuthError(f"{conn.service}'s connection is {conn.trust}, not {envelope.metadata.get(TRUST_KEY)}")
+            vouched_claims(envelope)
+            self.policy.check_envelope(conn.service, envelope)
+            return envelope.target, route_channel(envelope.target, envelope.metadata), None
         claims = self.verifier.verify_envelope(envelope)
         self.policy.check_envelope(conn.service, envelope)
         lifetime = token_lifetime(claims)

@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Final
 
 from exprsn_ipc.errors import IPCError, TokenError
 from exprsn_ipc.logsafe import get_logger
-from exprsn_ipc.protocol.constants import BATCH_MAX_ITEMS, BROADCAST, batch_byte_cap
+from exprsn_ipc.protocol.constants import BATCH_MAX_ITEMS, BROADCAST, MESSAGE_ID_KEY, TRUST_KEY, batch_byte_cap
 from exprsn_ipc.protocol.envelope import MISSING, Envelope
 from exprsn_ipc.protocol.events import BusEvent, SioEvent
+from exprsn_ipc.protocol.tokens import vouched_claims
 
 if TYPE_CHECKING:
     from exprsn_ipc.bridge.connection import Connection
     from exprsn_ipc.bridge.core import Bridge
 
-__all__ = ["SOCKET_QUEUE_LIMIT", "Delivery"]
+__all__ = ["SOCKET_QUEUE_LIMIT", "Delivery", "OnBehalf"]
 
 log = get_logger("exprsn_ipc.bridge")
 
@@ -50,6 +51,7 @@ class Delivery:
         self.budget = bridge.settings.ipc_socket_buffer_bytes
         self._warned: set[str] = set()
         self._closing: set[asyncio.Task[None]] = set()
+        self.signer = OnBehalf(bridge)
 
     def enqueue(self, conn: Connection, channel: str, raw: bytes) -> None:
         """The backend's delivery callback for ``conn`` (never blocks the bus).
@@ -152,6 +154,9 @@ class Delivery:
                 log.exception("failed to deliver a message to socket %s of %s", conn.sid, conn.service)
 
     async def _send_envelopes(self, conn: Connection, batch: list[tuple[str, bytes]]) -> None:
+        if not conn.unsigned and self.bridge.backend.vouches:
+            # A worker that signs and checks each message gets the others' signed too.
+            batch = [(channel, self.signer.signed(raw)) for channel, raw in batch]
         if len(batch) == 1:
             channel, raw = batch[0]
             await conn.link.emit(SioEvent.MESSAGE, channel, raw.decode("utf-8"))
@@ -169,7 +174,8 @@ class Delivery:
         if envelope.target not in (conn.service, BROADCAST):
             return
         try:
-            bridge.verifier.verify_envelope(envelope)
+            if envelope.token is not None or not bridge.backend.vouches:
+                bridge.verifier.verify_envelope(envelope)
         except TokenError as exc:
             bridge.stats.reject(conn.service, exc.code)
             log.warning("not forwarding %r from %s to %s: %s", envelope.event, envelope.source, conn.service, exc)
@@ -177,13 +183,17 @@ class Delivery:
         if envelope.event == BusEvent.REPLY:
             bridge.requests.resolve_reply(envelope)
             return
+        metadata = envelope.metadata
+        if envelope.token is None:
+            # The Bridge's stamp is for workers; a client sees the metadata as the sender gave it.
+            metadata = {k: v for k, v in metadata.items() if k not in (TRUST_KEY, MESSAGE_ID_KEY)}
         meta = {
             "source": envelope.source,
             "target": envelope.target,
             "event": envelope.event,
             "channel": channel,
             "timestamp": envelope.timestamp,
-            "metadata": envelope.metadata,
+            "metadata": metadata,
         }
         data = None if envelope.data is MISSING else envelope.data
         await conn.link.emit(envelope.event, data, meta)
@@ -193,3 +203,47 @@ class Delivery:
         stats = self.bridge.stats
         stats.delivered += n
         stats.count(conn.service, "delivered", n)
+
+
+class OnBehalf:
+    """Signs, for the sockets that want every envelope signed, the envelopes that crossed this
+    Bridge's lane without a broker token (identity at the connection). A broadcast reaches many
+    sockets as one bytes object, so the last results are kept."""
+
+    _KEEP: Final = 256
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+        self._done: dict[int, tuple[bytes, bytes]] = {}
+
+    def signed(self, raw: bytes) -> bytes:
+        known = self._done.get(id(raw))
+        if known is not None and known[0] is raw:
+            return known[1]
+        out = self._sign(raw)
+        if len(self._done) >= self._KEEP:
+            self._done.pop(next(iter(self._done)))
+        self._done[id(raw)] = (raw, out)
+        return out
+
+    def _sign(self, raw: bytes) -> bytes:
+        try:
+            envelope = Envelope.decode(raw, max_bytes=self.bridge.max_bytes)
+        except IPCError:
+            return raw  # the receiver refuses it and counts it, as any garbage
+        if envelope.token is not None:
+            return raw
+        try:
+            vouched_claims(envelope)
+        except TokenError:
+            return raw  # no Bridge stamped it: the receiver refuses it ("no broker token")
+        metadata = {k: v for k, v in envelope.metadata.items() if k not in (TRUST_KEY, MESSAGE_ID_KEY)}
+        signed = self.bridge.signer(envelope.source).sign_envelope(
+            envelope.event,
+            envelope.data,
+            target=envelope.target,
+            operation=envelope.operation,
+            require_ack=envelope.require_ack,
+            metadata=metadata,
+        )
+        return signed.encode()

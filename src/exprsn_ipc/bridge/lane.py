@@ -36,7 +36,7 @@ from exprsn_ipc.bridge.events import OTHER_EVENT, Handler
 from exprsn_ipc.errors import AuthError, TransportError
 from exprsn_ipc.logsafe import get_logger
 from exprsn_ipc.net import is_same_origin
-from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL
+from exprsn_ipc.protocol.constants import ENVELOPE_PROTOCOL, IDENTITY_AT_CONNECTION, IDENTITY_OPTION, TRUST_KEY
 from exprsn_ipc.protocol.events import SioEvent
 from exprsn_ipc.sio import packets as sp
 
@@ -290,7 +290,12 @@ class LaneSocket:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
-        await self.write(sp.encode(sp.CONNECT, namespace, {"sid": self.sid}))
+        granted: dict[str, Any] = {"sid": self.sid}
+        if auth.get(IDENTITY_OPTION) == IDENTITY_AT_CONNECTION and self.bridge.backend.vouches:
+            # Only on a bus no one else writes to; behind Redis each envelope keeps its token.
+            conn.unsigned = True
+            granted |= {IDENTITY_OPTION: IDENTITY_AT_CONNECTION, TRUST_KEY: conn.trust}
+        await self.write(sp.encode(sp.CONNECT, namespace, granted))
         await link.opened()
 
     async def _refuse(self, reason: str) -> None:

@@ -99,6 +99,16 @@ CREDENTIAL_META_KEY: Final = "credential"
 TRUST_CREDENTIAL: Final = "credential"
 TRUST_SHARED_KEY: Final = "shared-key"
 TRUST_BYPASS: Final = "bypass"
+TRUST_LEVELS: Final = frozenset({TRUST_CREDENTIAL, TRUST_SHARED_KEY, TRUST_BYPASS})
+#: Identity at the connection (the worker lane of an embedded Bridge): a worker asks with
+#: ``auth.identity = "connection"``; granted, the CONNECT packet says ``{"identity": "connection",
+#: "trust": ...}`` and the worker's envelopes go without a broker token. The Bridge checks
+#: ``source`` against the connection and ``metadata.trust`` against its trust level;
+#: ``metadata.messageId`` names the message where a token id would (claims, acks).
+IDENTITY_OPTION: Final = "identity"
+IDENTITY_AT_CONNECTION: Final = "connection"
+MESSAGE_ID_KEY: Final = "messageId"
+TRUST_KEY: Final = "trust"
 
 #: Envelopes per Socket.IO batch between IPC workers and the Bridge (``ipc:publish_batch``,
 #: ``ipc:messages``), and about this many bytes: far below either side's websocket limit.

@@ -29,16 +29,20 @@ from exprsn_ipc.errors import (
 from exprsn_ipc.protocol.constants import (
     CREDENTIAL_META_KEY,
     LOGIN_OPERATION,
+    MAX_TOKEN_ID_LEN,
+    MESSAGE_ID_KEY,
     REVOCATION_TTL_S,
     TOKEN_TYPE,
     TOKEN_VERSION,
+    TRUST_KEY,
+    TRUST_LEVELS,
 )
 from exprsn_ipc.protocol.envelope import MISSING, Envelope, dumps
 from exprsn_ipc.protocol.jsonvalues import json_equal
 from exprsn_ipc.protocol.stores import MemoryRevocationStore, MemoryStateStore, RevocationStore, StateStore
 from exprsn_ipc.settings import Settings
 
-__all__ = ["BrokerTokenManager", "decode_unverified", "is_message_token", "token_lifetime"]
+__all__ = ["BrokerTokenManager", "decode_unverified", "is_message_token", "token_lifetime", "vouched_claims"]
 
 _HEADER: Final = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
 
@@ -224,6 +228,35 @@ class BrokerTokenManager:
             metadata=meta,
         )
 
+    def unsigned_envelope(
+        self,
+        event: str,
+        data: Any = MISSING,
+        *,
+        target: str,
+        trust: str,
+        operation: str = "event",
+        require_ack: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> Envelope:
+        """An envelope without a broker token, for a connection whose identity the Bridge
+        verified (``IDENTITY_AT_CONNECTION``): the Bridge stamps it, receivers trust the Bridge."""
+        if operation == LOGIN_OPERATION:
+            raise EnvelopeError(f"a message cannot have operation {LOGIN_OPERATION!r} (that marks a login token)")
+        meta = dict(metadata or {})
+        meta.pop(CREDENTIAL_META_KEY, None)
+        meta[MESSAGE_ID_KEY] = secrets.token_hex(16)
+        meta[TRUST_KEY] = trust
+        return Envelope(
+            event=event,
+            source=self.service_name,
+            target=target,
+            data=data,
+            operation=operation,
+            require_ack=require_ack,
+            metadata=meta,
+        )
+
     # Verification ---------------------------------------------------------------
     def verify_token(self, token: str) -> dict[str, Any]:
         """Verify ``token`` and return its claims.
@@ -324,3 +357,26 @@ class BrokerTokenManager:
 
     async def delete_state(self, token_id: str) -> bool:
         return await self.states.delete_state(token_id)
+
+
+def vouched_claims(envelope: Envelope) -> tuple[dict[str, Any], str]:
+    """The claims and trust level of an envelope a Bridge vouched for (no broker token).
+
+    Raises:
+        TokenError: it names no message id or no known trust level.
+    """
+    meta = envelope.metadata
+    message_id, trust = meta.get(MESSAGE_ID_KEY), meta.get(TRUST_KEY)
+    if not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_TOKEN_ID_LEN:
+        raise TokenError("message carries no broker token")
+    if trust not in TRUST_LEVELS:
+        raise TokenError(f"a message without a broker token names no trust level ({TRUST_KEY})")
+    claims = {
+        "id": message_id,
+        "source": envelope.source,
+        "target": envelope.target,
+        "operation": envelope.operation,
+        "metadata": {"event": envelope.event},
+        TRUST_KEY: trust,
+    }
+    return claims, str(trust)

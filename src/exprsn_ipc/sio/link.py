@@ -71,6 +71,8 @@ class SocketIOLink:
         self.url = url.rstrip("/")
         self.namespace = namespace
         self.handlers: dict[str, Handler] = {}
+        #: The data of the server's last CONNECT packet for the namespace.
+        self.connect_data: dict[str, Any] = {}
         self._auth = auth
         self._query = {"EIO": "4", "transport": "websocket", **(query or {})}
         self._ssl = ssl_context
@@ -172,6 +174,8 @@ class SocketIOLink:
             if packet.namespace != self.namespace:
                 continue
             if packet.type == sp.CONNECT:
+                # What the server says about the connection (the Bridge: identity at the connection).
+                self.connect_data = packet.data if isinstance(packet.data, dict) else {}
                 self._arm_watchdog(ws)
                 return
             if packet.type == sp.CONNECT_ERROR:

@@ -146,6 +146,14 @@ class Transport(ABC):
     revocations: RevocationStore | None = None
     states: StateStore | None = None
 
+    #: Everything this transport delivers was checked by a Bridge: an envelope without a
+    #: broker token is one the Bridge vouches for (identity at the connection).
+    vouched: bool = False
+    #: This worker's envelopes may go without a broker token (the Bridge granted identity at
+    #: the connection); ``lane_trust`` is the trust level the Bridge gave the connection.
+    sends_unsigned: bool = False
+    lane_trust: str = "shared-key"
+
     @abstractmethod
     async def connect(self, peer: TransportPeer, channels: list[str]) -> None:
         """Connect, subscribe to ``channels`` and register ``peer`` for discovery."""

@@ -36,7 +36,12 @@ from exprsn_ipc.protocol.constants import (
     BATCH_MAX_ITEMS,
     BROADCAST,
     ENVELOPE_PROTOCOL,
+    IDENTITY_AT_CONNECTION,
+    IDENTITY_OPTION,
     STREAM_PREFIX,
+    TRUST_KEY,
+    TRUST_LEVELS,
+    TRUST_SHARED_KEY,
     batch_byte_cap,
     channel_for,
 )
@@ -176,6 +181,7 @@ class BridgeTransport(Transport):
             "protocol": ENVELOPE_PROTOCOL,
             "entry": self._peer.registry_entry(),
             "durable": self.durable,
+            IDENTITY_OPTION: IDENTITY_AT_CONNECTION,
         }
 
     async def connect(self, peer: TransportPeer, channels: list[str]) -> None:
@@ -227,6 +233,12 @@ class BridgeTransport(Transport):
     async def _on_connect(self) -> None:
         link, peer = self._link, self._peer
         assert link is not None and peer is not None
+        # Granted by an embedded Bridge's lane: no per-message signatures either way. A Bridge
+        # on Redis (or an older one) does not grant it, and each envelope is signed again.
+        granted = link.connect_data.get(IDENTITY_OPTION) == IDENTITY_AT_CONNECTION
+        trust = link.connect_data.get(TRUST_KEY)
+        self.vouched = self.sends_unsigned = granted and trust in TRUST_LEVELS
+        self.lane_trust = str(trust) if self.sends_unsigned else TRUST_SHARED_KEY
         for channel in sorted(self._extra_channels):
             await link.emit(SioEvent.SUBSCRIBE, channel)
         if self._was_connected:
@@ -238,6 +250,8 @@ class BridgeTransport(Transport):
             self._flusher = asyncio.create_task(self._flush(), name="bridge-flush-buffer")
 
     async def _on_disconnect(self) -> None:
+        # What is buffered until the next connection is signed: that Bridge may not vouch.
+        self.sends_unsigned = False
         was = self._connected.is_set()
         self._connected.clear()
         if was and self._receiving and self._peer is not None:

@@ -119,8 +119,10 @@ class MemoryTransport(Transport):
 
     name = "memory"
 
-    def __init__(self, bus: MemoryBus | None = None) -> None:
+    def __init__(self, bus: MemoryBus | None = None, *, vouched: bool = False) -> None:
         self.bus = bus if bus is not None else default_bus()
+        #: The embedded Bridge's own bus: only what the Bridge checked is published on it.
+        self.vouched = vouched
         self.revocations = self.bus.revocations
         self.states = self.bus.states
         self._peer: TransportPeer | None = None

@@ -342,9 +342,11 @@ class IPCWorker:
         ttl: int | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Envelope:
-        """Sign an envelope without publishing it."""
-        return self.tokens.sign_envelope(
-            event, data, target=target, operation=operation, require_ack=require_ack, ttl=ttl, metadata=metadata
+        """Sign an envelope without publishing it (on a lane with identity at the connection,
+        build it without a signature: the Bridge stamps it)."""
+        options: dict[str, Any] = {"operation": operation, "require_ack": require_ack, "ttl": ttl}
+        return self.identity.build(
+            self.tokens, self.transport, event, data, target=target, metadata=metadata, **options
         )
 
     async def emit(

@@ -15,7 +15,9 @@ from exprsn_ipc.certs.credentials import Credential
 from exprsn_ipc.certs.identity import ServiceIdentities, find_credential, parse_shared_key_list, sign_token
 from exprsn_ipc.protocol.envelope import Envelope
 from exprsn_ipc.protocol.policy import load_policy
+from exprsn_ipc.protocol.tokens import BrokerTokenManager, vouched_claims
 from exprsn_ipc.settings import Settings
+from exprsn_ipc.transport.base import Transport
 
 __all__ = ["WorkerIdentity"]
 
@@ -42,13 +44,48 @@ class WorkerIdentity:
             return None
         return lambda token: sign_token(credential, token)
 
-    def trust_of(self, envelope: Envelope) -> str:
-        """``meta.trust`` of a message whose broker token verified.
+    def check(self, envelope: Envelope, tokens: BrokerTokenManager, *, vouched: bool) -> tuple[dict[str, Any], str]:
+        """The claims and ``meta.trust`` of a received message.
+
+        ``vouched``: the transport delivers only what a Bridge checked (identity at the
+        connection), so an envelope without a token carries the Bridge's stamp instead.
 
         Raises:
+            TokenError: a bad or missing token (or stamp).
             CredentialError: (and subclasses) the shared key may not speak for its source, or
                 its countersignature is bad.
         """
+        if envelope.token is None and vouched:
+            return vouched_claims(envelope)
+        claims = tokens.verify_envelope(envelope)
         assert envelope.token is not None
-        metadata: dict[str, Any] = envelope.metadata
-        return self.identities.check_message(envelope.source, envelope.token, metadata)
+        return claims, self.identities.check_message(envelope.source, envelope.token, envelope.metadata)
+
+    def build(
+        self,
+        tokens: BrokerTokenManager,
+        transport: Transport,
+        event: str,
+        data: Any,
+        *,
+        target: str,
+        operation: str,
+        require_ack: bool,
+        ttl: int | None,
+        metadata: dict[str, Any] | None,
+    ) -> Envelope:
+        """An outgoing envelope: signed (and countersigned with a credential), or, on a lane
+        with identity at the connection, without a token for the Bridge to stamp."""
+        if transport.sends_unsigned and ttl is None:
+            return tokens.unsigned_envelope(
+                event,
+                data,
+                target=target,
+                trust=transport.lane_trust,
+                operation=operation,
+                require_ack=require_ack,
+                metadata=metadata,
+            )
+        return tokens.sign_envelope(
+            event, data, target=target, operation=operation, require_ack=require_ack, ttl=ttl, metadata=metadata
+        )

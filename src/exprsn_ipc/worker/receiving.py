@@ -29,7 +29,7 @@ from exprsn_ipc.errors import (
     TokenReplayedError,
 )
 from exprsn_ipc.logsafe import get_logger
-from exprsn_ipc.protocol.constants import BROADCAST
+from exprsn_ipc.protocol.constants import BROADCAST, MESSAGE_ID_KEY
 from exprsn_ipc.protocol.envelope import Envelope
 from exprsn_ipc.protocol.events import LOCAL_EVENTS, BusEvent, crud_operation
 from exprsn_ipc.protocol.instances import INSTANCE_KEY, REPLY_TO_KEY, valid_instance
@@ -145,7 +145,8 @@ class Receiver:
         accepted = self._accept(channel, raw)
         if ack is not None:
             return self._accept_durable(accepted, ack)
-        if accepted is not None and not self._first_use(accepted[1].token):
+        # A vouched envelope came over the Bridge's lane, where no one else can resend it.
+        if accepted is not None and accepted[0].token is not None and not self._first_use(accepted[1].token):
             self._reject(TokenReplayedError("an exact replay of an envelope already handled"), channel, accepted[0])
             return None
         return accepted
@@ -179,8 +180,7 @@ class Receiver:
             )
             return None
         try:
-            claims = self.tokens.verify_envelope(envelope)
-            trust = self.identity.trust_of(envelope)
+            claims, trust = self.identity.check(envelope, self.tokens, vouched=self.out.transport.vouched)
         except (TokenError, CredentialError) as exc:
             self._reject(exc, channel, envelope)
             return None
@@ -481,7 +481,7 @@ class Receiver:
             )
 
     async def _send_ack(self, envelope: Envelope) -> None:
-        ack = {"originalEvent": envelope.event, "originalId": envelope.token}
+        ack = {"originalEvent": envelope.event, "originalId": envelope.token or envelope.metadata.get(MESSAGE_ID_KEY)}
         try:
             await self.out.publish(self.out.build_envelope(BusEvent.ACK, ack, target=envelope.source, operation="ack"))
         except IPCError as exc:

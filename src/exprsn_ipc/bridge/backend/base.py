@@ -29,6 +29,9 @@ class BridgeBackend(Bus, Protocol):
     transport of the Bridge's own worker, the rate limiter and the replay guard shared
     by Bridges."""
 
+    #: Only this Bridge publishes on the bus (embedded): see :attr:`MemoryBackend.vouches`.
+    vouches: bool
+
     @property
     def replays(self) -> ReplayGuard: ...
 
@@ -41,6 +44,9 @@ class MemoryBackend:
     """The embedded bus: one Bridge process, no Redis, nothing to set up."""
 
     name = "embedded"
+    #: Everything on this bus was checked by this Bridge (no one else can publish on it), so
+    #: its workers' lane may carry envelopes without broker tokens (identity at the connection).
+    vouches = True
 
     def __init__(self, bus: MemoryBus | None = None) -> None:
         self.bus = bus if bus is not None else MemoryBus()
@@ -91,7 +97,7 @@ class MemoryBackend:
         return self.bus.claim(key, ttl_s)
 
     def worker_transport(self) -> Transport:
-        return MemoryTransport(self.bus)
+        return MemoryTransport(self.bus, vouched=True)
 
     def rate_limiter(self, settings: Settings) -> RateLimiter:
         return MemoryRateLimiter(max_requests=settings.ipc_rate_max, window_ms=settings.ipc_rate_window)

@@ -87,6 +87,9 @@ class RedisBackend:
     """
 
     name = "redis"
+    #: Others publish on Redis (the Node workers, every holder of the password): every
+    #: envelope there carries its broker token.
+    vouches = False
 
     #: Seconds between registry refreshes.
     registry_refresh_s: float = REGISTRY_REFRESH_S
