@@ -162,7 +162,7 @@ async def test_doctor_all_green_for_a_migrated_service_over_https(pki: PKI) -> N
             verify=pki.client_context(),
         )
         assert [(i.name, i.ok) for i in items if not i.ok] == []
-        assert len(items) == 6  # no Redis configured: that item is not run
+        assert len(items) == 7  # no Redis configured: that item is not run
         await service_manager.stop()
         items = await run_doctor(
             svc_settings,

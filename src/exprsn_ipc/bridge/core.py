@@ -337,7 +337,7 @@ class Bridge:
             raise AuthError(f"{conn.service} may not publish as {envelope.source}")
         validate_event_name(envelope.event)
         validate_service_name(envelope.target, allow_broadcast=not durable)
-        if envelope.token is None and conn.unsigned and not durable:
+        if envelope.token is None and conn.unsigned:
             # Identity at the connection: the stamp must be the connection's own.
             if envelope.metadata.get(TRUST_KEY) != conn.trust:
                 raise AuthError(f"{conn.service}'s connection is {conn.trust}, not {envelope.metadata.get(TRUST_KEY)}")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from exprsn_ipc.certs.credentials import Credential
-from exprsn_ipc.certs.handshake import sign_handshake
 from exprsn_ipc.certs.identity import find_credential
 from exprsn_ipc.errors import (
     AuthError,
@@ -36,11 +35,7 @@ from exprsn_ipc.protocol.constants import (
     BATCH_MAX_ITEMS,
     BROADCAST,
     ENVELOPE_PROTOCOL,
-    IDENTITY_AT_CONNECTION,
-    IDENTITY_OPTION,
     STREAM_PREFIX,
-    TRUST_KEY,
-    TRUST_LEVELS,
     TRUST_SHARED_KEY,
     batch_byte_cap,
     channel_for,
@@ -51,6 +46,7 @@ from exprsn_ipc.protocol.tokens import BrokerTokenManager
 from exprsn_ipc.settings import Settings
 from exprsn_ipc.sio.link import SocketIOLink
 from exprsn_ipc.transport.base import Transport, TransportPeer
+from exprsn_ipc.transport.lane_auth import connect_auth, granted_trust, refusal_hint
 
 __all__ = ["BUFFERED", "BridgeRevocationStore", "BridgeTransport"]
 
@@ -58,12 +54,6 @@ log = get_logger("exprsn_ipc.transport.bridge")
 
 #: ``publish`` returns this for an emit buffered while the Bridge is unreachable.
 BUFFERED = -1
-
-
-def _refusal_hint(exc: AuthError, credentialed: bool) -> str:
-    if exc.code.startswith("CREDENTIAL_") or credentialed:
-        return "(see `exprsn-ipc certs list` and docs/security.md, service credentials)"
-    return "(compare IPC_BROKER_KEY with the Bridge's)"
 
 
 def _remote_error(reply: Any) -> IPCError:
@@ -172,17 +162,7 @@ class BridgeTransport(Transport):
 
     async def _auth(self) -> dict[str, Any]:
         assert self._peer is not None and self._tokens is not None
-        # Each (re)connection signs a new one: a handshake token is good once.
-        credential = self._credential
-        return {
-            "token": sign_handshake(credential)
-            if credential is not None
-            else self._tokens.generate_token(operation="connect"),
-            "protocol": ENVELOPE_PROTOCOL,
-            "entry": self._peer.registry_entry(),
-            "durable": self.durable,
-            IDENTITY_OPTION: IDENTITY_AT_CONNECTION,
-        }
+        return connect_auth(self._tokens, self._credential, entry=self._peer.registry_entry(), durable=self.durable)
 
     async def connect(self, peer: TransportPeer, channels: list[str]) -> None:
         self._peer = peer
@@ -220,7 +200,7 @@ class BridgeTransport(Transport):
             log.warning("%s: the Bridge refused the connection: %s", peer.service_name, exc)
             raise AuthError(
                 f"the Bridge did not accept {peer.service_name} on {self._namespace}: {exc} "
-                + _refusal_hint(exc, self._credential is not None),
+                + refusal_hint(exc, self._credential is not None),
                 code=exc.code,
             ) from None
         except TransportError as exc:
@@ -235,10 +215,9 @@ class BridgeTransport(Transport):
         assert link is not None and peer is not None
         # Granted by an embedded Bridge's lane: no per-message signatures either way. A Bridge
         # on Redis (or an older one) does not grant it, and each envelope is signed again.
-        granted = link.connect_data.get(IDENTITY_OPTION) == IDENTITY_AT_CONNECTION
-        trust = link.connect_data.get(TRUST_KEY)
-        self.vouched = self.sends_unsigned = granted and trust in TRUST_LEVELS
-        self.lane_trust = str(trust) if self.sends_unsigned else TRUST_SHARED_KEY
+        trust = granted_trust(link.connect_data)
+        self.vouched = self.sends_unsigned = trust is not None
+        self.lane_trust = trust or TRUST_SHARED_KEY
         for channel in sorted(self._extra_channels):
             await link.emit(SioEvent.SUBSCRIBE, channel)
         if self._was_connected:
