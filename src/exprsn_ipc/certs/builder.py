@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exprsn_ipc.certs.files import LOCALHOST_NAME
 
-__all__ = ["BACKDATE", "build_ca", "build_leaf", "new_key"]
+__all__ = ["BACKDATE", "build_ca", "build_leaf", "leaf_key_usage", "new_key"]
 
 #: ``not_valid_before`` is set this far in the past to tolerate clock skew.
 BACKDATE: Final = _dt.timedelta(minutes=5)
@@ -63,6 +63,21 @@ def _signing_hash(key: object) -> hashes.SHA256 | None:
     if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | dsa.DSAPrivateKey):
         return hashes.SHA256()
     return None
+
+
+def leaf_key_usage(*, key_encipherment: bool) -> x509.KeyUsage:
+    """A leaf's key usage: digital signatures, and key encipherment for TLS with RSA keys."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def build_ca(key: rsa.RSAPrivateKey, days: int, now: _dt.datetime) -> x509.Certificate:
@@ -127,20 +142,7 @@ def build_leaf(
         .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(leaf_key_usage(key_encipherment=True), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
             critical=False,

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exprsn_ipc.certs.authority import _atomic_write
+from exprsn_ipc.certs.builder import BACKDATE, leaf_key_usage
 from exprsn_ipc.certs.files import CA_NAME, cert_paths, chains_to, load_ca, load_cert, normalize_service_name, utc_now
 from exprsn_ipc.errors import (
     CertificateError,
@@ -58,7 +59,6 @@ CRL_NAME: Final = "revoked.crl"
 DEFAULT_CREDENTIAL_DAYS: Final = 90
 _URI_PREFIX: Final = "urn:exprsn-ipc:service:"
 _UNIT: Final = "exprsn-ipc service credential"
-_BACKDATE: Final = _dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,23 +126,10 @@ def _build(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(leaf_key_usage(key_encipherment=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(_URI_PREFIX + service)]), critical=False
@@ -236,7 +223,7 @@ def revoke_credential(certs_dir: Path | str, service_or_serial: str) -> Credenti
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
-        .last_update(now - _BACKDATE)
+        .last_update(now - BACKDATE)
         .next_update(now + _dt.timedelta(days=3650))
     )
     revoked = {record.serial}

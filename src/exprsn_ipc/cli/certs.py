@@ -13,6 +13,12 @@ from exprsn_ipc.errors import CertificateError
 certs_app = typer.Typer(help="Root CA and per-service TLS certificates.", no_args_is_help=True, rich_markup_mode=None)
 
 
+#: ``--dir`` of the commands that read or extend an existing certificates folder.
+CertsDir = Annotated[
+    Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
+]
+
+
 def _dir(value: Path | None) -> Path:
     return value if value is not None else load_settings(read_only=True).certs_dir
 
@@ -49,9 +55,7 @@ def generate(
 @certs_app.command("show")
 def show(
     service: Annotated[str, typer.Argument(metavar="SERVICE", help="Service name, 'localhost' or 'ca'.")],
-    certs_dir: Annotated[
-        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
-    ] = None,
+    certs_dir: CertsDir = None,
 ) -> None:
     """Show one certificate and check its chain and expiry."""
     from exprsn_ipc.certs.authority import cert_paths, certificate_info, verify_certificate
@@ -75,9 +79,7 @@ def show(
 
 @certs_app.command("verify")
 def verify(
-    certs_dir: Annotated[
-        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
-    ] = None,
+    certs_dir: CertsDir = None,
 ) -> None:
     """Check every certificate's chain, key and expiry (warns under 30 days)."""
     from exprsn_ipc.certs.authority import verify_all
@@ -108,9 +110,7 @@ def _print_result(name: str, ok: bool, problems: tuple[str, ...], warning: str |
 @certs_app.command("issue")
 def issue(
     service: Annotated[str, typer.Argument(metavar="SERVICE", help="The service the credential speaks for.")],
-    certs_dir: Annotated[
-        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
-    ] = None,
+    certs_dir: CertsDir = None,
     days: Annotated[int, typer.Option("--days", metavar="DAYS", help="Validity of the credential.")] = 90,
     replace: Annotated[
         bool, typer.Option("--replace", help="Revoke the service's current credential and issue a new one.")
@@ -136,9 +136,7 @@ def issue(
 
 @certs_app.command("list")
 def list_(
-    certs_dir: Annotated[
-        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
-    ] = None,
+    certs_dir: CertsDir = None,
 ) -> None:
     """List the service credentials: service, serial, expiry and status."""
     from exprsn_ipc.certs.credentials import list_credentials
@@ -164,9 +162,7 @@ def revoke(
     credential: Annotated[
         str, typer.Argument(metavar="SERVICE|SERIAL", help="The service, or the credential's serial (hex).")
     ],
-    certs_dir: Annotated[
-        Path | None, typer.Option("--dir", metavar="DIR", help="Certificates folder [default: CERTS_DIR].")
-    ] = None,
+    certs_dir: CertsDir = None,
 ) -> None:
     """Revoke a service credential: Bridges close its live connections and refuse new ones."""
     from exprsn_ipc.certs.credentials import revoke_credential

@@ -207,10 +207,7 @@ class BrokerTokenManager:
             EnvelopeError: ``operation`` is the login operation; such a token in a
                 message would let every receiver log in as this service.
         """
-        if operation == LOGIN_OPERATION:
-            raise EnvelopeError(f"a message cannot have operation {LOGIN_OPERATION!r} (that marks a login token)")
-        meta = dict(metadata or {})
-        meta.pop(CREDENTIAL_META_KEY, None)
+        meta = _message_metadata(operation, metadata)
         claims = self.build_claims(
             data, target_service=target, operation=operation, ttl=ttl, metadata={"event": event, **meta}
         )
@@ -241,21 +238,10 @@ class BrokerTokenManager:
     ) -> Envelope:
         """An envelope without a broker token, for a connection whose identity the Bridge
         verified (``IDENTITY_AT_CONNECTION``): the Bridge stamps it, receivers trust the Bridge."""
-        if operation == LOGIN_OPERATION:
-            raise EnvelopeError(f"a message cannot have operation {LOGIN_OPERATION!r} (that marks a login token)")
-        meta = dict(metadata or {})
-        meta.pop(CREDENTIAL_META_KEY, None)
+        meta = _message_metadata(operation, metadata)
         meta[MESSAGE_ID_KEY] = secrets.token_hex(16)
         meta[TRUST_KEY] = trust
-        return Envelope(
-            event=event,
-            source=self.service_name,
-            target=target,
-            data=data,
-            operation=operation,
-            require_ack=require_ack,
-            metadata=meta,
-        )
+        return Envelope(event, self.service_name, target, data, operation, require_ack=require_ack, metadata=meta)
 
     # Verification ---------------------------------------------------------------
     def verify_token(self, token: str) -> dict[str, Any]:
@@ -357,6 +343,16 @@ class BrokerTokenManager:
 
     async def delete_state(self, token_id: str) -> bool:
         return await self.states.delete_state(token_id)
+
+
+def _message_metadata(operation: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """A message's metadata, refused for the login operation: such a token in a message would
+    let every receiver log in as its sender. A countersignature is never taken from the caller."""
+    if operation == LOGIN_OPERATION:
+        raise EnvelopeError(f"a message cannot have operation {LOGIN_OPERATION!r} (that marks a login token)")
+    meta = dict(metadata or {})
+    meta.pop(CREDENTIAL_META_KEY, None)
+    return meta
 
 
 def vouched_claims(envelope: Envelope) -> tuple[dict[str, Any], str]:
