@@ -158,9 +158,11 @@ async def test_a_rolling_restart_fails_no_call_and_runs_none_twice(tmp_path: Pat
             stop.set()
             return during
 
+        callers = [asyncio.create_task(call_steadily()) for _ in range(CALLERS)]
         try:
             async with asyncio.timeout(RUN_BOUND_S):
-                results = await asyncio.gather(restart_each(), *(call_steadily() for _ in range(CALLERS)))
+                during = await restart_each()
+                await asyncio.gather(*callers)
         except TimeoutError:
             raise AssertionError(
                 f"not done within {RUN_BOUND_S} s: answered by {dict(answered_by)}, "
@@ -168,6 +170,7 @@ async def test_a_rolling_restart_fails_no_call_and_runs_none_twice(tmp_path: Pat
             ) from None
         finally:
             stop.set()
+            await asyncio.gather(*callers, return_exceptions=True)  # raised above if it ran to the end
             await caller.disconnect()
             for replica in replicas:
                 await replica.stop()
@@ -175,7 +178,6 @@ async def test_a_rolling_restart_fails_no_call_and_runs_none_twice(tmp_path: Pat
     handled = Counter(int(line) for log in logs for line in log.read_text().split())
     latencies.sort()
     p99 = latencies[int(sent * 0.99)]
-    during = results[0]
     print(
         f"rolling restart: {sent} calls, {len(during)} restarts ({during} calls started during each), "
         f"p50 {latencies[sent // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
