@@ -261,7 +261,16 @@ def _strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
 
 _IMPORT_EACH = r"""
 import os, sys, traceback
-pending = list(reversed(sys.argv[1:]))
+# argv: the dependencies to preload (comma-separated), then the modules to import one per child.
+for dependency in filter(None, sys.argv[1].split(",")):
+    try:
+        __import__(dependency)
+    except Exception:
+        pass  # the child that needs it imports it again, and reports the failure
+ours = sorted(name for name in sys.modules if name == sys.argv[2] or name.startswith(sys.argv[2] + "."))
+if ours:
+    sys.exit("preloading the dependencies imported the package itself: " + ", ".join(ours))
+pending = list(reversed(sys.argv[3:]))
 running, failed = {}, []
 width = max(1, os.cpu_count() or 1)  # one child per core: the imports are CPU-bound
 while pending or running:
@@ -284,26 +293,76 @@ print("FAILED:" + ",".join(sorted(failed)))
 """
 
 
+def dependencies_of(package: Path, root_name: str) -> list[str]:
+    """The modules other than ``root_name``'s own that ``package``'s modules import at module level."""
+    found: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node, kind in _walk_imports(ast.parse(path.read_text(encoding="utf-8")), "top"):
+            if kind != "top":
+                continue
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif not node.level and node.module:
+                found.add(node.module)
+    return sorted(name for name in found if name.split(".")[0] != root_name)
+
+
+def import_each(names: list[str], *, root_name: str, preload: list[str], cwd: Path, **env: str) -> tuple[str, str]:
+    """Import each of ``names`` first, in a child forked from an interpreter that has imported
+    ``preload`` and nothing of ``root_name``; returns (the modules that failed, stderr)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EACH, ",".join(preload), root_name, *names],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        env={**os.environ, **env},
+        check=False,
+        cwd=cwd,
+    )
+    failed = done.stdout.rpartition("FAILED:")[2].strip() if done.returncode == 0 else f"(exit {done.returncode})"
+    return failed, done.stderr
+
+
 @pytest.mark.timeout(240)
 def test_every_module_imports_in_a_fresh_interpreter(tmp_path: Path) -> None:
     """Each module imported first, alone: an import that only works after another one fails here.
 
-    The parent interpreter imports nothing of the package or its dependencies, and
-    forks a child per module, so each child starts from a fresh interpreter's state.
+    The parent interpreter imports the third-party and standard-library modules the
+    package imports at module level, but nothing of the package, and forks a child
+    per module: each child starts with none of our modules loaded, and only pays for
+    its own imports.
     """
     names = [name for name in load_modules() if not name.endswith("__main__")]
-    env = {**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning:exprsn_ipc"}
-    done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_EACH, *names],
-        capture_output=True,
-        text=True,
-        timeout=220,
-        env=env,
-        check=False,
+    failed, stderr = import_each(
+        names,
+        root_name="exprsn_ipc",
+        preload=dependencies_of(PACKAGE, "exprsn_ipc"),
         cwd=tmp_path,  # the README's example service reads .env and may write a development key here
+        PYTHONWARNINGS="error::DeprecationWarning:exprsn_ipc",
     )
-    failed = done.stdout.rpartition("FAILED:")[2].strip()
-    assert done.returncode == 0 and failed == "", f"modules that fail to import alone: {failed}\n{done.stderr[-4000:]}"
+    assert failed == "", f"modules that fail to import alone: {failed}\n{stderr[-4000:]}"
+
+
+def test_the_import_check_catches_a_module_that_only_imports_after_another(tmp_path: Path) -> None:
+    """The check above, on a package of two modules where ``late`` needs ``early`` imported first."""
+    package = tmp_path / "orderpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("", "utf-8")
+    (package / "early.py").write_text("import json\nimport orderpkg\n\norderpkg.READY = True\n", "utf-8")
+    (package / "late.py").write_text("import orderpkg\n\nassert orderpkg.READY\n", "utf-8")
+    preload = dependencies_of(package, "orderpkg")
+    assert preload == ["json"]
+    failed, stderr = import_each(
+        ["orderpkg", "orderpkg.early", "orderpkg.late"],
+        root_name="orderpkg",
+        preload=[*preload, "orderpkg.early"],
+        cwd=tmp_path,
+    )
+    assert failed.startswith("(exit"), "a preload that imports the package itself must be refused"
+    failed, stderr = import_each(
+        ["orderpkg", "orderpkg.early", "orderpkg.late"], root_name="orderpkg", preload=preload, cwd=tmp_path
+    )
+    assert failed == "orderpkg.late", stderr
 
 
 # --------------------------------------------------------------------------- #

@@ -83,14 +83,19 @@ class Client:
     async def _on_disconnect(self, reason: Any = None) -> None:
         self.disconnected.set()
 
-    async def connect(self, auth: Any = None, *, transports: list[str] | None = None) -> Client:
+    async def connect(
+        self, auth: Any = None, *, transports: list[str] | None = None, wait_timeout: float = WAIT
+    ) -> Client:
+        """Connect to the namespace; raises :class:`ConnectRefused` with the Bridge's
+        ``connect_error`` payload if it refuses, or python-socketio's ``ConnectionError`` if
+        no answer came within ``wait_timeout``."""
         try:
             await self.sio.connect(
                 self.url,
                 namespaces=[self.namespace],
                 auth=auth,
                 transports=transports or ["websocket"],
-                wait_timeout=WAIT,
+                wait_timeout=wait_timeout,
             )
         except socketio.exceptions.ConnectionError:
             await self.sio.disconnect()

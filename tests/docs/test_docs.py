@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ..cli.test_check import cli_env
+from ..e2e.test_wheel import assert_demo_runs_from
 from .blocks import Block, read_blocks
 from .session import Session
 
@@ -70,8 +71,9 @@ def _port_free(port: int) -> bool:
 
 
 @pytest.mark.timeout(600)
-def test_readme_newcomer_walk(tmp_path: Path) -> None:
-    """The README, top to bottom: install into a fresh venv, the demo, then the migration."""
+def test_readme_newcomer_walk(tmp_path: Path, wheelhouse: Path) -> None:
+    """The README, top to bottom: install into a fresh venv, the demo, then the migration;
+    then ``demo --once`` from the venv the README installed the wheel into."""
     busy = [port for port in README_PORTS if not _port_free(port)]
     assert busy == [], f"the README uses ports {README_PORTS}; something already listens on {busy}"
     checkout = tmp_path / "exprsn-ipc"
@@ -90,7 +92,16 @@ def test_readme_newcomer_walk(tmp_path: Path) -> None:
     home.mkdir()
     env = session_env(home, PATH=_path_without_venvs())
     env.pop("PYTHONPATH", None)
+    # pip installs what the README names from the session's wheelhouse, not from the index
+    # again for each command (tests/docs/wheelhouse.py).
+    env["PIP_NO_INDEX"] = "1"
+    env["PIP_FIND_LINKS"] = " ".join(filter(None, [str(wheelhouse), env.get("PIP_FIND_LINKS")]))
     follow(read_blocks(ROOT / "README.md"), Session(checkout, env, RUNBLOCK))
+    # The README's "Installing into your service's environment" put the wheel into this fresh
+    # venv: the demo runs from it, reading nothing from the checkout (tests/e2e/test_wheel.py).
+    wheel_venv = home / "exprsn-timeline" / ".venv"
+    assert (wheel_venv / "bin" / "exprsn-ipc").exists(), "the README no longer installs the wheel into a venv"
+    assert_demo_runs_from(wheel_venv, tmp_path / "elsewhere", checkouts=(checkout, ROOT), HOME=str(home))
 
 
 def _path_without_venvs() -> str:

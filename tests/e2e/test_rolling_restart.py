@@ -2,10 +2,14 @@
 
 Two ``exprsn-ipc bridge`` processes share one real redis-server. Three replicas of
 exprsn-auth run as processes of their own (``replica_process.py``), spread over both
-Bridges. Callers on the first Bridge call ``user:validate`` at a steady rate for
-:data:`RUN_S` seconds while each replica in turn gets SIGTERM and is replaced. Every
-call must be answered, every call must have run exactly once (the replicas log each
-call's number), and the latency p99 is printed (``-s``) for docs/performance.md.
+Bridges. Callers on the first Bridge call ``user:validate`` at a steady rate while each
+replica in turn gets SIGTERM and is replaced. No step waits a fixed time: the first
+restart comes once every replica has answered :data:`TAKEN_OVER` calls, each next one
+once the replica that replaced the last has answered as many (it is chosen, and takes its
+share), and the callers stop once the last replacement has. Calls must be on their way
+during every restart. Every call must be answered, every call must have run exactly once
+(the replicas log each call's number), and the latency p99 is printed (``-s``) for
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -29,15 +33,19 @@ from exprsn_ipc.transport.bridge import BridgeTransport
 from ..cli.test_check import cli_env
 from ..cli.test_hostile_logs import bridge_process
 
-#: How long the callers run; the three restarts happen inside it.
-RUN_S = 30.0
+#: Calls a replica must have answered before the next step (first restart, next restart, end).
+TAKEN_OVER = 20
+#: Calls that must start while each restart is under way (SIGTERM until the replacement is ready).
+DURING_RESTART = 5
+#: Bound of the whole run (it takes about 15 s here).
+RUN_BOUND_S = 90.0
 #: Calls per second, over CALLERS concurrent callers.
 RATE = 40
 CALLERS = 4
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.timeout(RUN_S + 120)
+pytestmark = pytest.mark.timeout(RUN_BOUND_S + 60)
 
 
 class Replica:
@@ -46,6 +54,7 @@ class Replica:
     def __init__(self, url: str, key: str, log: Path) -> None:
         self.url, self.key, self.log = url, key, log
         self.process: asyncio.subprocess.Process | None = None
+        self.instance = ""
 
     async def start(self) -> Replica:
         env = cli_env(IPC_BROKER_KEY=self.key, NODE_ENV="test", TLS_ENABLED="false", IPC_TRANSPORT="bridge")
@@ -62,6 +71,7 @@ class Replica:
         assert self.process.stdout is not None
         line = await asyncio.wait_for(self.process.stdout.readline(), 20)
         assert line.startswith(b"ready "), line
+        self.instance = line.decode().split()[1]
         return self
 
     async def restart(self) -> Replica:
@@ -97,7 +107,11 @@ async def test_a_rolling_restart_fails_no_call_and_runs_none_twice(tmp_path: Pat
     key = secrets.token_hex(32)
     async with two_bridges(tmp_path, key, redis_url) as (first, second):
         logs = [tmp_path / f"replica-{i}.log" for i in range(3)]
-        replicas = [await Replica(url, key, log).start() for url, log in zip((first, second, first), logs, strict=True)]
+        replicas = list(
+            await asyncio.gather(
+                *(Replica(url, key, log).start() for url, log in zip((first, second, first), logs, strict=True))
+            )
+        )
         settings = make_test_settings(ipc_broker_key=key, ipc_transport="bridge")
         caller = await IPCWorker(
             "exprsn-timeline", settings=settings, transport=BridgeTransport(settings, url=first)
@@ -105,32 +119,58 @@ async def test_a_rolling_restart_fails_no_call_and_runs_none_twice(tmp_path: Pat
         numbers = iter(range(1_000_000))
         latencies: list[float] = []
         failures: list[str] = []
-        deadline = time.monotonic() + RUN_S
+        answered_by: Counter[str] = Counter()
+        progress = asyncio.Event()  # set at every answer
+        stop = asyncio.Event()
+        begun = 0  # calls started so far
 
         async def call_steadily() -> None:
-            while time.monotonic() < deadline:
+            nonlocal begun
+            while not stop.is_set():
                 n = next(numbers)
+                begun += 1
                 started = time.perf_counter()
                 try:
                     answer = await caller.request("exprsn-auth", "user:validate", {"n": n}, timeout=10)
                     if answer.get("n") != n:
                         failures.append(f"{n}: wrong answer {answer}")
+                    answered_by[str(answer.get("by"))] += 1
+                    progress.set()
                 except IPCError as exc:
                     failures.append(f"{n}: {exc.code} {exc}")
                 latencies.append(time.perf_counter() - started)
                 await asyncio.sleep(CALLERS / RATE)
 
-        async def restart_each() -> int:
-            restarted = 0
-            for index in range(3):
-                await asyncio.sleep(RUN_S / 4)
-                replicas[index] = await replicas[index].restart()
-                restarted += 1
-            return restarted
+        async def taken_over(*instances: str) -> None:
+            while any(answered_by[instance] < TAKEN_OVER for instance in instances):
+                progress.clear()
+                await progress.wait()
 
+        async def restart_each() -> list[int]:
+            """Restart the replicas in turn; returns how many calls started during each restart."""
+            during: list[int] = []
+            await taken_over(*(replica.instance for replica in replicas))
+            for index in range(3):
+                before = begun
+                replicas[index] = await replicas[index].restart()
+                during.append(begun - before)
+                await taken_over(replicas[index].instance)
+            stop.set()
+            return during
+
+        callers = [asyncio.create_task(call_steadily()) for _ in range(CALLERS)]
         try:
-            results = await asyncio.gather(restart_each(), *(call_steadily() for _ in range(CALLERS)))
+            async with asyncio.timeout(RUN_BOUND_S):
+                during = await restart_each()
+                await asyncio.gather(*callers)
+        except TimeoutError:
+            raise AssertionError(
+                f"not done within {RUN_BOUND_S} s: answered by {dict(answered_by)}, "
+                f"replicas {[r.instance for r in replicas]}, failures {failures[:10]}"
+            ) from None
         finally:
+            stop.set()
+            await asyncio.gather(*callers, return_exceptions=True)  # raised above if it ran to the end
             await caller.disconnect()
             for replica in replicas:
                 await replica.stop()
@@ -139,12 +179,12 @@ async def test_a_rolling_restart_fails_no_call_and_runs_none_twice(tmp_path: Pat
     latencies.sort()
     p99 = latencies[int(sent * 0.99)]
     print(
-        f"rolling restart: {sent} calls, {results[0]} restarts, p50 {latencies[sent // 2] * 1000:.1f} ms, "
-        f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
+        f"rolling restart: {sent} calls, {len(during)} restarts ({during} calls started during each), "
+        f"p50 {latencies[sent // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms"
     )
-    assert results[0] == 3
+    assert len(during) == 3
     assert failures == [], failures[:10]
-    assert sent > RUN_S * RATE * 0.5
+    assert all(n >= DURING_RESTART for n in during), during
     twice = {n: c for n, c in handled.items() if c > 1}
     assert twice == {}, twice
     assert set(handled) == set(range(sent)), sorted(set(range(sent)) - set(handled))[:10]
