@@ -149,6 +149,9 @@ class Bridge:
                 now = int(time.time() * 1000)
                 for service, conn in latest.items():
                     await self._register(service, {**conn.record, "lastSeen": now})
+                    if not self._service_refs.get(service):
+                        # Its last socket left while this was written: take the entry back out.
+                        await self.backend.unregister(service)
             except Exception:
                 log.exception("could not refresh the service registry")
 
