@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from exprsn_ipc.errors import IPCError, TokenError
 from exprsn_ipc.logsafe import get_logger
@@ -186,7 +186,7 @@ class Delivery:
         metadata = envelope.metadata
         if envelope.token is None:
             # The Bridge's stamp is for workers; a client sees the metadata as the sender gave it.
-            metadata = {k: v for k, v in metadata.items() if k not in (TRUST_KEY, MESSAGE_ID_KEY)}
+            metadata = without_stamp(metadata)
         meta = {
             "source": envelope.source,
             "target": envelope.target,
@@ -237,7 +237,7 @@ class OnBehalf:
             vouched_claims(envelope)
         except TokenError:
             return raw  # no Bridge stamped it: the receiver refuses it ("no broker token")
-        metadata = {k: v for k, v in envelope.metadata.items() if k not in (TRUST_KEY, MESSAGE_ID_KEY)}
+        metadata = without_stamp(envelope.metadata)
         signed = self.bridge.signer(envelope.source).sign_envelope(
             envelope.event,
             envelope.data,
@@ -247,3 +247,8 @@ class OnBehalf:
             metadata=metadata,
         )
         return signed.encode()
+
+
+def without_stamp(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` as the sender gave it: without the Bridge's stamp of identity at the connection."""
+    return {k: v for k, v in metadata.items() if k not in (TRUST_KEY, MESSAGE_ID_KEY)}

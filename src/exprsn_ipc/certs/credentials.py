@@ -17,6 +17,7 @@ certificate the root CA issued for that name. The files live in
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 from dataclasses import dataclass
@@ -179,19 +180,13 @@ def issue_credential(
 
 def list_credentials(certs_dir: Path | str) -> list[CredentialRecord]:
     """Every credential certificate in ``certs_dir/credentials``, with its status."""
-    folder = Path(certs_dir) / CREDENTIALS_DIR
     store = TrustStore(certs_dir)
-    records = []
-    for path in sorted(folder.glob("*.crt")):
-        try:
-            cert = load_cert(path)
-        except CertificateError:
-            continue
-        service = service_of(cert) or path.stem
-        records.append(
-            CredentialRecord(service, cert.serial_number, cert.not_valid_after_utc, store.status(cert), path)
+    return [
+        CredentialRecord(
+            service_of(cert) or path.stem, cert.serial_number, cert.not_valid_after_utc, store.status(cert), path
         )
-    return records
+        for path, cert in store.certificates
+    ]
 
 
 def revoke_credential(certs_dir: Path | str, service_or_serial: str) -> CredentialRecord:
@@ -292,8 +287,9 @@ class TrustStore:
         self._ca: x509.Certificate | None = None
         self.revoked: frozenset[int] = frozenset()
         self._credentialed: frozenset[str] = frozenset()
-        #: Incremented each time the files are re-read.
-        self.version = 0
+        #: The certificates in ``credentials/`` as last read, with their files.
+        self.certificates: list[tuple[Path, x509.Certificate]] = []
+        self._by_path: dict[Path, x509.Certificate] = {}
         self.refresh()
 
     def _mtimes(self) -> tuple[float, float]:
@@ -311,24 +307,31 @@ class TrustStore:
         if stamp == self._stamp:
             return frozenset()
         self._stamp = stamp
-        self.version += 1
         try:
             self._ca = load_cert(self._ca_path)
         except CertificateError:
             self._ca = None
         before = self.revoked
         self.revoked = frozenset(_read_crl(self._crl_path, self._ca)) if self._ca is not None else frozenset()
-        names = set()
-        for path in (self.certs_dir / CREDENTIALS_DIR).glob("*.crt"):
-            try:
-                cert = load_cert(path)
-            except CertificateError:
-                continue
-            service = service_of(cert)
-            if service is not None and self.status(cert) == "valid":
-                names.add(service)
-        self._credentialed = frozenset(names)
+        self.certificates = []
+        for path in sorted((self.certs_dir / CREDENTIALS_DIR).glob("*.crt")):
+            with contextlib.suppress(CertificateError):
+                self.certificates.append((path, load_cert(path)))
+        self._by_path = dict(self.certificates)
+        self._credentialed = frozenset(
+            service
+            for _, cert in self.certificates
+            if (service := service_of(cert)) is not None and self.status(cert) == "valid"
+        )
         return self.revoked - before
+
+    def certificate(self, service: str) -> x509.Certificate | None:
+        """The credential certificate of ``service`` here (``credentials/<service>.crt``), if any."""
+        try:
+            wanted = credential_paths(self.certs_dir, service)[0]
+        except CertificateError:
+            return None  # not a service name, so no file of one
+        return self._by_path.get(wanted)
 
     @property
     def has_ca(self) -> bool:

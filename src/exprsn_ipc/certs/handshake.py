@@ -16,7 +16,6 @@ the certificate's key, the names, the lifetime and that the token is used once.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import secrets
 import time
@@ -29,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from exprsn_ipc.certs.credentials import Credential, TrustStore
 from exprsn_ipc.errors import CredentialError
+from exprsn_ipc.protocol.tokens import b64url_decode, b64url_encode
 
 __all__ = ["HANDSHAKE_AUDIENCE", "HANDSHAKE_TTL_S", "is_handshake", "sign_handshake", "verify_handshake"]
 
@@ -44,11 +44,7 @@ MAX_HANDSHAKE_BYTES: Final = 8192
 
 
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return b64url_encode(data).decode("ascii")
 
 
 def sign_handshake(credential: Credential, *, now: float | None = None) -> str:
@@ -78,8 +74,8 @@ def _header(token: str) -> dict[str, Any] | None:
     if len(head) > MAX_HANDSHAKE_BYTES:
         return None
     try:
-        header = json.loads(_unb64(head))
-    except (ValueError, binascii.Error):
+        header = json.loads(b64url_decode(head))
+    except ValueError:  # binascii.Error and TokenError are ValueErrors
         return None
     return header if isinstance(header, dict) else None
 
@@ -112,9 +108,9 @@ def verify_handshake(
         raise CredentialError("the handshake token carries no certificate (x5c)")
     try:
         cert = x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True))
-        payload = json.loads(_unb64(parts[1]))
-        signature = _unb64(parts[2])
-    except (ValueError, binascii.Error):
+        payload = json.loads(b64url_decode(parts[1]))
+        signature = b64url_decode(parts[2])
+    except ValueError:  # binascii.Error and TokenError are ValueErrors
         raise CredentialError("malformed handshake token") from None
     trust.verify(cert, service)
     public = cert.public_key()

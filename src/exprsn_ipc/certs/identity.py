@@ -17,8 +17,6 @@ such a message (``CREDENTIAL_REQUIRED``).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -28,9 +26,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from exprsn_ipc.certs.credentials import Credential, TrustStore, credential_paths, load_credential
-from exprsn_ipc.certs.files import load_cert
 from exprsn_ipc.certs.handshake import verify_handshake
-from exprsn_ipc.errors import CertificateError, CredentialError, CredentialRequiredError, IPCError
+from exprsn_ipc.errors import CertificateError, CredentialError, CredentialRequiredError
 from exprsn_ipc.protocol.constants import (
     BRIDGE_SERVICE,
     CREDENTIAL_META_KEY,
@@ -40,6 +37,7 @@ from exprsn_ipc.protocol.constants import (
     full_service_name,
 )
 from exprsn_ipc.protocol.stores import MemoryReplayGuard
+from exprsn_ipc.protocol.tokens import b64url_decode, b64url_encode
 
 __all__ = [
     "TRUST_BYPASS",
@@ -93,7 +91,7 @@ def find_credential(certs_dir: Path, service: str, configured: Path | None) -> C
 def sign_token(credential: Credential, token: str) -> str:
     """The ``metadata.credential`` value for a message whose broker token is ``token``."""
     signature = credential.key.sign(token.encode("ascii"))
-    encoded = base64.urlsafe_b64encode(signature).rstrip(b"=").decode("ascii")
+    encoded = b64url_encode(signature).decode("ascii")
     return f"{credential.service}:{credential.serial:x}.{encoded}"
 
 
@@ -107,16 +105,11 @@ class ServiceIdentities:
         self.recheck_s = recheck_s
         self._checked = time.monotonic()
         self._handshakes = MemoryReplayGuard(max_entries=_HANDSHAKES_REMEMBERED)
-        self._certs: dict[str, x509.Certificate | None] = {}
 
     def refresh(self) -> frozenset[int]:
         """Re-read the CA, credentials and revocation list if they changed; the newly revoked serials."""
         self._checked = time.monotonic()
-        version = self.trust.version
-        revoked = self.trust.refresh()
-        if self.trust.version != version:
-            self._certs.clear()
-        return revoked
+        return self.trust.refresh()
 
     def _maybe_refresh(self) -> None:
         # Per message, a stat() of three files would cost more than the check itself.
@@ -179,25 +172,16 @@ class ServiceIdentities:
         if signer not in (source, BRIDGE_SERVICE) or not signature:
             raise CredentialError(f"metadata.credential of a message from {source} is signed by {signer!r}")
         self._maybe_refresh()
-        cert = self._certificate(signer)
+        cert = self.trust.certificate(signer)
         if cert is None or f"{cert.serial_number:x}" != serial_hex:
             raise CredentialError(f"no credential {serial_hex} of {signer} is known here (CERTS_DIR/credentials)")
         self.trust.verify(cert, signer)
         public = cert.public_key()
         try:
-            raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+            raw = b64url_decode(signature)
             if not isinstance(public, ed25519.Ed25519PublicKey):
                 raise CredentialError("the credential's key is no Ed25519 key")
             public.verify(raw, token.encode("ascii"))
-        except (InvalidSignature, ValueError, binascii.Error):
+        except (InvalidSignature, ValueError):
             raise CredentialError(f"the message's credential signature does not verify for {signer}") from None
         return TRUST_CREDENTIAL
-
-    def _certificate(self, service: str) -> x509.Certificate | None:
-        if service not in self._certs:
-            path = credential_paths(self.trust.certs_dir, service)[0]
-            try:
-                self._certs[service] = load_cert(path)
-            except (CertificateError, IPCError):
-                self._certs[service] = None
-        return self._certs[service]

@@ -97,16 +97,15 @@ def _policy(settings: Settings) -> DoctorItem:
 
 def _identity(settings: Settings, service: str) -> DoctorItem:
     """The service's own credential, or whether the shared key may still speak for it."""
-    from exprsn_ipc.certs.identity import ServiceIdentities, find_credential, parse_shared_key_list
     from exprsn_ipc.errors import IPCError
-    from exprsn_ipc.protocol.policy import load_policy
+    from exprsn_ipc.worker.identity import WorkerIdentity
 
     name = "Service identity"
     fix = f"exprsn-ipc certs issue {service} --dir {settings.certs_dir}"
     try:
-        credential = find_credential(settings.certs_dir, service, settings.ipc_credential)
-        shared = parse_shared_key_list(settings.ipc_shared_key_services, load_policy(settings.ipc_policy).shared_key)
-        identities = ServiceIdentities(settings.certs_dir, shared_key=shared)
+        # The worker's own view: the credential it would load, the list it would apply.
+        worker = WorkerIdentity(service, settings)
+        identities, credential = worker.identities, worker.credential
         if credential is not None:
             identities.trust.verify(credential.certificate, credential.service)
             until = credential.certificate.not_valid_after_utc
@@ -114,6 +113,7 @@ def _identity(settings: Settings, service: str) -> DoctorItem:
         identities.check_shared_key(service)
     except IPCError as exc:
         return DoctorItem(name, False, str(exc), fix)
+    shared = identities.shared_key
     allowed = "every service without a credential" if shared is None else ", ".join(sorted(shared))
     return DoctorItem(name, True, f"the shared broker key (still allowed for: {allowed})")
 

@@ -42,18 +42,33 @@ from exprsn_ipc.protocol.jsonvalues import json_equal
 from exprsn_ipc.protocol.stores import MemoryRevocationStore, MemoryStateStore, RevocationStore, StateStore
 from exprsn_ipc.settings import Settings
 
-__all__ = ["BrokerTokenManager", "decode_unverified", "is_message_token", "token_lifetime", "vouched_claims"]
+__all__ = [
+    "BrokerTokenManager",
+    "b64url_decode",
+    "b64url_encode",
+    "decode_unverified",
+    "is_message_token",
+    "token_lifetime",
+    "vouched_claims",
+]
 
 _HEADER: Final = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
 
 
-def _b64(raw: bytes) -> bytes:
+def b64url_encode(raw: bytes) -> bytes:
+    """Unpadded base64url, as JWTs use it."""
     return base64.urlsafe_b64encode(raw).rstrip(b"=")
 
 
-def _unb64(seg: bytes) -> bytes:
+def b64url_decode(seg: bytes | str) -> bytes:
+    """The inverse of :func:`b64url_encode`.
+
+    Raises:
+        TokenError: (a ``ValueError``) not base64url.
+    """
     try:
-        return base64.urlsafe_b64decode(seg + b"=" * (-len(seg) % 4))
+        data = seg.encode("ascii") if isinstance(seg, str) else seg
+        return base64.urlsafe_b64decode(data + b"=" * (-len(data) % 4))
     except (binascii.Error, ValueError):
         raise TokenError("jwt malformed") from None
 
@@ -63,7 +78,7 @@ def decode_unverified(token: str) -> dict[str, Any]:
     parts = token.encode("ascii", "replace").split(b".")
     if len(parts) != 3:
         raise TokenError("jwt malformed")
-    claims = _json(_unb64(parts[1]))
+    claims = _json(b64url_decode(parts[1]))
     if not isinstance(claims, dict):
         raise TokenError("jwt malformed")
     return claims
@@ -161,8 +176,8 @@ class BrokerTokenManager:
         return claims
 
     def sign_claims(self, claims: dict[str, Any]) -> str:
-        signing_input = _HEADER + b"." + _b64(dumps(claims))
-        return (signing_input + b"." + _b64(hmac.digest(self._key, signing_input, "sha256"))).decode("ascii")
+        signing_input = _HEADER + b"." + b64url_encode(dumps(claims))
+        return (signing_input + b"." + b64url_encode(hmac.digest(self._key, signing_input, "sha256"))).decode("ascii")
 
     def generate_token(
         self,
@@ -263,13 +278,13 @@ class BrokerTokenManager:
         if not dot or not dot2 or b"." in body:
             raise TokenError("jwt malformed")
         if header != _HEADER:
-            head = _json(_unb64(header))
+            head = _json(b64url_decode(header))
             if not isinstance(head, dict) or head.get("alg") != "HS256":
                 raise TokenError("invalid algorithm")
         expected = hmac.digest(self._key, signing_input, "sha256")
-        if not hmac.compare_digest(_unb64(signature), expected):
+        if not hmac.compare_digest(b64url_decode(signature), expected):
             raise TokenError("invalid signature")
-        claims = _json(_unb64(body))
+        claims = _json(b64url_decode(body))
         if not isinstance(claims, dict) or claims.get("type") != TOKEN_TYPE:
             raise TokenError("Invalid broker token type")
         exp = claims.get("exp")
